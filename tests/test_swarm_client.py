@@ -1,0 +1,220 @@
+"""The shared SwarmUI client (`common.swarmui`) against the SwarmUI stand-in run as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from common.swarmui import (
+    I2VParams,
+    SwarmUIClient,
+    SwarmUIError,
+    SwarmUIUnavailable,
+    SyncSwarmUIClient,
+    T2IParams,
+    decode_data_url,
+    params_for,
+)
+from tests.fakes import swarmui as fake
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open")
+
+
+def start_fake(tmp: Path, *, required_auth: str = "", bypass_ips: str | None = None,
+               env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    models = tmp / "models"
+    (models / "Stable-Diffusion" / "OfficialStableDiffusion").mkdir(parents=True, exist_ok=True)
+    (models / "Stable-Diffusion" / "OfficialStableDiffusion" / "sd_xl_base_1.0.safetensors").write_bytes(b"x")
+    (models / "diffusion_models" / "Wan").mkdir(parents=True, exist_ok=True)
+    (models / "diffusion_models" / "Wan" / "wan2.2_i2v_high.safetensors").write_bytes(b"x")
+    (models / "Lora").mkdir(exist_ok=True)
+    (models / "Lora" / "style.safetensors").write_bytes(b"x")
+    fake.write_settings(tmp / "Data", model_root=models, output_dir=tmp / "Output", required_auth=required_auth,
+                        bypass_ips=bypass_ips)
+    port = free_port()
+    cmd = fake.launch_command().format(port=port, data_dir=tmp / "Data", settings_file=tmp / "Data/Settings.fds",
+                                       backends_file=tmp / "Data/Backends.fds").split()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("swarm")
+    proc, url = start_fake(tmp)
+    yield url, tmp
+    proc.terminate()
+    proc.wait(10)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_generate_over_websocket_and_http_with_view_paths(swarm):
+    url, tmp = swarm
+
+    async def go():
+        events = []
+        async with SwarmUIClient(url) as c:
+            ws = await c.generate(T2IParams(prompt="a cat", model="OfficialStableDiffusion/sd_xl_base_1.0",
+                                            steps=4, images=2, seed=3), on_event=events.append)
+            http = await c.generate({"prompt": "a dog", "images": 1, "steps": 2}, websocket=False)
+            data = await c.read_output(ws.outputs[0])
+            saved = await c.save_output(http.outputs[0], tmp / "saved")
+            return ws, http, events, data, saved
+
+    ws, http, events, data, saved = run(go())
+    assert len(ws.outputs) == 2 and all(o.startswith("View/local/raw/") for o in ws.outputs)
+    assert ws.progress_events == 8 and ws.last_percent == 1.0
+    assert any("gen_progress" in e for e in events) and any("status" in e for e in events)
+    assert json.loads(ws.metadata[0])["sui_image_params"]["seed"] == 3
+    assert data.startswith(b"\x89PNG")
+    assert http.outputs[0].startswith("View/") and saved.read_bytes().startswith(b"\x89PNG")
+
+
+def test_donotsave_returns_data_urls_and_i2v_params(swarm):
+    url, _ = swarm
+    init = "data:image/png;base64," + base64.b64encode(fake.tiny_png(1)).decode()
+    params = I2VParams(prompt="zoom", model="OfficialStableDiffusion/sd_xl_base_1.0", initimage=init,
+                       videomodel="Wan/wan2.2_i2v_high", videoframes=9, videosteps=3, videocfg=3.5, donotsave=True)
+    assert params.to_body()["initimagecreativity"] == 0.0
+
+    async def go():
+        async with SwarmUIClient(url) as c:
+            return await c.generate(params)
+
+    result = run(go())
+    mime, data = decode_data_url(result.outputs[0])
+    assert mime == "video/mp4" and data[4:8] == b"ftyp"
+    assert result.progress_events == 3
+
+
+def test_errors_with_http_200_raise(swarm):
+    url, _ = swarm
+
+    async def go(websocket):
+        async with SwarmUIClient(url) as c:
+            await c.generate({"prompt": "x", "model": "missing/model"}, websocket=websocket)
+
+    for websocket in (True, False):
+        with pytest.raises(SwarmUIError, match="missing/model"):
+            run(go(websocket))
+
+    async def bad_subtype():
+        async with SwarmUIClient(url) as c:
+            await c.list_models("NoSuchType")
+
+    with pytest.raises(SwarmUIError, match="sub-type"):
+        run(bad_subtype())
+
+
+def test_invalid_session_is_renewed_once(swarm):
+    url, _ = swarm
+
+    async def go():
+        async with SwarmUIClient(url) as c:
+            first = await c.session_id()
+            c._session_id = "STALE"  # what a restarted SwarmUI makes of a cached id
+            status = await c.current_status()
+            after_http = await c.session_id()
+            c._session_id = "STALE"
+            gen = await c.generate({"prompt": "x", "steps": 1})
+            return first, status, after_http, await c.session_id(), gen
+
+    first, status, after_http, after_ws, gen = run(go())
+    assert after_http not in (first, "STALE") and after_ws not in (after_http, "STALE")
+    assert status["backend_status"]["status"] == "running"
+    assert len(gen.outputs) == 1
+
+
+def test_list_models_status_and_sync_wrapper(swarm):
+    url, _ = swarm
+    with SyncSwarmUIClient(url) as c:
+        models = c.list_models()
+        loras = c.list_models("LoRA")
+        glob = c.global_status()
+        backends = c.list_backends()
+    assert "OfficialStableDiffusion/sd_xl_base_1.0.safetensors" in models.names
+    assert "Wan/wan2.2_i2v_high.safetensors" in models.names
+    assert loras.names == ["style.safetensors"]
+    assert glob["status"] == {"waiting_gens": 0, "loading_models": 0, "waiting_backends": 0, "live_gens": 0}
+    assert backends["0"]["status"] == "running"
+
+
+def test_chunked_body_is_refused_by_the_stand_in(swarm):
+    url, _ = swarm
+
+    async def go():
+        async def gen():
+            yield b"{}"
+
+        async with aiohttp.ClientSession() as s, s.post(f"{url}/API/GetNewSession", data=gen()) as r:
+            return r.status, await r.json()
+
+    status, body = run(go())
+    assert status == 400 and body["error_id"] == "basic_api"
+
+
+def test_required_authorization_and_loopback_bypass(tmp_path):
+    # SwarmUI's default exempts loopback, which is everything behind an in-container proxy.
+    proc, url = start_fake(tmp_path / "a", required_auth="Bearer internal-secret")
+    proc2, url2 = start_fake(tmp_path / "b", required_auth="Bearer internal-secret", bypass_ips="")
+    try:
+        async def go():
+            async with SwarmUIClient(url) as open_c:
+                await open_c.session_id()
+            async with SwarmUIClient(url2) as closed:
+                with pytest.raises(SwarmUIError) as err:
+                    await closed.session_id()
+                assert err.value.status == 401
+            async with SwarmUIClient(url2, token="internal-secret") as ok:
+                return await ok.session_id()
+
+        assert run(go())
+    finally:
+        for p in (proc, proc2):
+            p.terminate()
+            p.wait(10)
+
+
+def test_unreachable_server_and_param_validation():
+    async def go():
+        async with SwarmUIClient(f"http://127.0.0.1:{free_port()}") as c:
+            await c.current_status()
+
+    with pytest.raises(SwarmUIUnavailable):
+        run(go())
+    with pytest.raises(ValueError, match="session_id"):
+        params_for({"prompt": "x", "session_id": "abc"})
+    with pytest.raises(ValueError, match="initimage"):
+        params_for({"prompt": "x", "videomodel": "wan"})
+    assert isinstance(params_for({"prompt": "x", "customparam": 5}), T2IParams)
+    assert params_for({"prompt": "x", "customparam": 5}).to_body()["customparam"] == 5
