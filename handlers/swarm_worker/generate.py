@@ -1,0 +1,125 @@
+"""The `generate` action: one SwarmUI generation, outputs returned inline or uploaded."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import mimetypes
+import re
+from pathlib import Path
+from typing import Any
+
+from common.jobs import JobError, Progress, Timings
+from common.swarmui import SwarmUIError, SwarmUIUnavailable, is_data_url
+from handlers.swarm_worker.runtime import WorkerRuntime
+from handlers.swarm_worker.schema import GenerateInput
+from handlers.swarm_worker.swarm_process import SwarmStartError
+
+log = logging.getLogger("swarm.generate")
+
+MODEL_FIELDS = ("model", "videomodel", "videoswapmodel")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _describe(path: Path) -> dict[str, Any]:
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return {"filename": path.name, "mime": mime, "kind": mime.split("/")[0],
+            "size_bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _model_key(name: str) -> str:
+    return re.sub(r"\.(safetensors|ckpt|pt|pth|bin|gguf|sft|engine)$", "", name.replace("\\", "/").strip("/"),
+                  flags=re.I).lower()
+
+
+async def check_models(rt: WorkerRuntime, body: dict[str, Any]) -> None:
+    """Name a missing model before SwarmUI spends time on the request (SwarmUI's own error is vaguer)."""
+    wanted = {f: str(body[f]) for f in MODEL_FIELDS if body.get(f)}
+    if not wanted:
+        return
+    names = (await rt.process.client.list_models("Stable-Diffusion")).names
+    known = {_model_key(n) for n in names}
+    missing = [f"params.{f}: model {v!r} is not on this worker" for f, v in wanted.items() if _model_key(v) not in known]
+    if missing:
+        sample = ", ".join(sorted(names)[:10]) or "none"
+        raise JobError("invalid_input", "; ".join(missing) + f" (available: {sample})", missing)
+
+
+def _crash_error(rt: WorkerRuntime, code: int | None, exc: Exception) -> JobError:
+    tail = rt.process.tail(15)
+    if code is None:
+        return JobError("engine_failed", f"SwarmUI connection failed during the generation: {exc}", tail)
+    restart = ("it is being restarted" if rt.process.state in ("starting", "ready")
+               else "it will not be restarted again")
+    return JobError("engine_failed", f"SwarmUI exited with code {code} during the generation; {restart}. "
+                    "Last log lines are in details.", tail)
+
+
+async def run_generate(rt: WorkerRuntime, job: dict, req: GenerateInput, timings: Timings,
+                       progress: Progress) -> dict:
+    params = req.swarm_params()
+    body = params.to_body()
+    with timings.stage("startup"):
+        try:
+            await rt.ensure_ready()
+        except SwarmStartError as exc:
+            raise JobError("engine_failed", f"SwarmUI is not available: {exc}", exc.tail[-15:]) from None
+    await check_models(rt, body)
+    progress.update("generate", 0, "sending the generation to SwarmUI")
+
+    def on_event(event: dict) -> None:
+        prog = event.get("gen_progress")
+        if isinstance(prog, dict) and isinstance(prog.get("overall_percent"), (int, float)):
+            progress.update("generate", 100 * prog["overall_percent"])
+
+    client = rt.process.client
+    with timings.stage("generate"):
+        try:
+            result = await client.generate(body, websocket=req.websocket, on_event=on_event,
+                                           timeout=req.timeout_seconds)
+        except SwarmUIUnavailable as exc:
+            code = await rt.process.wait_exit(3)
+            raise _crash_error(rt, code, exc) from None
+        except SwarmUIError as exc:
+            raise JobError("engine_failed", f"SwarmUI refused the generation: {exc.message}") from None
+    if not result.outputs:
+        raise JobError("engine_failed", "SwarmUI finished without any output")
+
+    job_dir = rt.cfg.output_dir / re.sub(r"[^\w.-]+", "_", str(job.get("id") or "job"))
+    with timings.stage("collect"):
+        files = []
+        for i, ref in enumerate(result.outputs):
+            files.append(await client.save_output(ref, job_dir, index=i))
+            if not is_data_url(ref):  # SwarmUI's copy is not needed any more
+                (rt.cfg.swarm_output_dir / ref.lstrip("/")[len("View/"):]).unlink(missing_ok=True)
+        outputs = [await asyncio.to_thread(_describe, f) for f in files]
+
+    total = sum(o["size_bytes"] for o in outputs)
+    inline_max = rt.cfg.inline_max_bytes if req.inline_max_bytes is None else req.inline_max_bytes
+    if req.output is None and total <= inline_max:
+        for out, path in zip(outputs, files, strict=True):
+            out["base64"] = base64.b64encode(path.read_bytes()).decode()
+        delivery = "inline"
+    else:
+        from common.uploads import upload
+
+        progress.update("upload", 0, f"uploading {len(files)} output(s), {total} bytes")
+        volume_dir = job_dir if str(job_dir).startswith("/runpod-volume/") else None
+        with timings.stage("upload"):
+            for out, path in zip(outputs, files, strict=True):
+                out["upload"] = await asyncio.to_thread(upload, [path], req.output, job_id=str(job.get("id")),
+                                                        volume_dir=volume_dir, progress=progress)
+        delivery = "upload"
+    progress.update("done", 100, f"{len(outputs)} output(s)", force=True)
+    shown = {k: v for k, v in body.items() if k != "initimage"}
+    return {"success": True, "outputs": outputs, "delivery": delivery, "params": shown,
+            "progress_events": result.progress_events}

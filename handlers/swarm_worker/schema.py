@@ -1,0 +1,62 @@
+"""Job input models, one per action. Legacy and lease inputs ignore keys they do not know
+(clients of both extension generations send what they send); `generate` rejects them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from common.swarmui import MODEL_SUBTYPES, T2IParams, params_for
+from common.uploads.spec import UploadSpec
+
+LEGACY_ACTIONS = ("wakeup", "ready", "health", "keepalive", "shutdown")
+ACTIONS = ("lease", *LEGACY_ACTIONS, "generate", "models", "status")
+
+
+class _Tolerant(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class HoldInput(_Tolerant):
+    """`wakeup` and `keepalive`: hold the worker `duration` seconds, checking SwarmUI every `interval`."""
+
+    action: Literal["wakeup", "keepalive"]
+    duration: float = Field(180, ge=0, le=7 * 24 * 3600)
+    interval: float = Field(30, gt=0, le=3600)
+
+
+class LeaseInput(_Tolerant):
+    action: Literal["lease"]
+    idle_seconds: float | None = Field(None, ge=0)
+    startup_grace_seconds: float | None = Field(None, ge=0)
+    max_lease_seconds: float | None = Field(None, ge=0)
+
+
+class ModelsInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["models"]
+    subtypes: list[Literal[MODEL_SUBTYPES]] = Field(default_factory=lambda: list(MODEL_SUBTYPES),  # type: ignore[valid-type]
+                                                    min_length=1)
+
+
+class GenerateInput(BaseModel):
+    """A SwarmUI generation: `params` is the GenerateText2Image body (text-to-image, or image-to-video
+    when it names a `videomodel`); results come back inline when small, else uploaded per `output`."""
+
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["generate"]
+    params: dict[str, Any]
+    output: UploadSpec | None = None
+    inline_max_bytes: int | None = Field(None, ge=0, description="inline results up to this total size")
+    websocket: bool = Field(True, description="generate over SwarmUI's WebSocket route (no 100 s proxy limit)")
+    timeout_seconds: float = Field(3600, gt=0, le=24 * 3600)
+
+    @field_validator("params")
+    @classmethod
+    def _valid_params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        params_for(value)  # raises ValueError naming the bad parameter
+        return value
+
+    def swarm_params(self) -> T2IParams:
+        return params_for(self.params)
