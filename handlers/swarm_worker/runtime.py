@@ -126,7 +126,8 @@ class WorkerRuntime:
 
     async def ensure_ready(self) -> None:
         await self.boot()
-        await self.process.ensure_ready(self.cfg.startup_timeout)
+        # a little beyond the process manager's own deadline, so its clearer error wins
+        await self.process.ensure_ready(self.cfg.startup_timeout + 5)
 
     # -- URLs and tokens --------------------------------------------------------------------------------
 

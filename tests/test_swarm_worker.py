@@ -1,0 +1,360 @@
+"""The swarm worker's handler called directly: legacy actions, generate, models, leases, crashes.
+
+SwarmUI is the stand-in (`tests/fakes/swarmui.py`) launched by the worker's own process
+manager through `SWARMUI_LAUNCH_CMD`, behind the worker's real gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from common.swarmui import SwarmUIClient, SwarmUIError
+from tests.fakes import swarmui as fake
+from tests.swarm_helpers import call, configured_worker
+
+SDXL = "OfficialStableDiffusion/sd_xl_base_1.0"
+WAN_HIGH = "Wan/wan2.2_i2v_high_noise_14B_fp8"
+WAN_LOW = "Wan/wan2.2_i2v_low_noise_14B_fp8"
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("worker")
+    with configured_worker(tmp) as env:
+        yield env, tmp
+
+
+def runtime():
+    from handlers.swarm_worker.runtime import get_runtime
+
+    return get_runtime()
+
+
+# -- legacy actions: the fields the legacy extension reads ---------------------------------------------------
+
+
+def test_legacy_ready_health_wakeup_keepalive_shutdown_fields(worker):
+    env, _ = worker
+    ready = call({"action": "ready"})
+    assert ready["ready"] is True and "error" not in ready
+    assert set(ready) >= {"ready", "public_url", "session_id", "worker_id", "version"}
+    base = f"http://127.0.0.1:{env['SWARM_PUBLIC_PORT']}/t/"
+    assert ready["public_url"].startswith(base) and len(ready["public_url"]) > len(base) + 30
+    assert ready["session_id"]
+
+    health = call({"action": "health"})
+    assert health["healthy"] is True and health["protocol"] == 2 and health["worker_id"] == ready["worker_id"]
+
+    started = time.monotonic()
+    wake = call({"action": "wakeup", "duration": 0.4, "interval": 0.1})
+    assert time.monotonic() - started >= 0.4  # held: the worker is not jobless before `ready` arrives
+    assert wake["success"] is True and wake["reason"] == "completed" and wake["public_url"] == ready["public_url"]
+
+    keep = call({"action": "keepalive", "duration": 0.3, "interval": 0.1})
+    assert keep["success"] is True and keep["checks"] >= 2 and keep["healthy"] is True
+
+    down = call({"action": "shutdown"})
+    assert down["success"] is True
+    # shutdown revoked the legacy token: the next `ready` hands out a new one
+    again = call({"action": "ready"})
+    assert again["ready"] is True and again["public_url"] != ready["public_url"]
+
+
+def test_legacy_url_reaches_swarmui_and_images_come_back_as_raw_base64(worker):
+    ready = call({"action": "ready"})
+
+    async def legacy_generate():
+        # What the legacy extension does: POST public_url + "/API/GenerateText2Image" with session_id.
+        async with SwarmUIClient(ready["public_url"]) as c:
+            c._session_id = ready["session_id"]
+            return await c.call("GenerateText2Image", {"images": 2, "prompt": "cat", "model": SDXL, "steps": 2})
+
+    result = asyncio.run(legacy_generate())
+    assert len(result["images"]) == 2
+    for img in result["images"]:
+        assert base64.b64decode(img).startswith(b"\x89PNG")
+
+
+def test_concurrent_shutdown_ends_keepalive(worker):
+    results = {}
+
+    def keepalive():
+        results["keep"] = call({"action": "keepalive", "duration": 30, "interval": 0.2}, "keep-1")
+
+    t = threading.Thread(target=keepalive)
+    started = time.monotonic()
+    t.start()
+    deadline = time.monotonic() + 10
+    while not runtime().holds and time.monotonic() < deadline:
+        time.sleep(0.02)
+    down = call({"action": "shutdown"}, "shutdown-1")
+    t.join(10)
+    assert down["success"] is True and down["released_holds"] == 1
+    assert results["keep"]["reason"] == "shutdown"
+    assert time.monotonic() - started < 10
+
+
+def test_unknown_action_and_bad_input(worker):
+    out = call({"action": "explode"})
+    assert out == {"success": False, "error": "Unknown action: explode", "error_id": "unknown_action",
+                   "available_actions": ["lease", "wakeup", "ready", "health", "keepalive", "shutdown", "generate",
+                                         "models", "status"]}
+    bad = call({"action": "keepalive", "duration": -1})
+    assert bad["error_code"] == "invalid_input" and "duration" in bad["error"]
+    gen = call({"action": "generate", "params": {"prompt": "x", "steps": 0}, "bogus": 1})
+    assert gen["error_code"] == "invalid_input"
+    assert "params.steps" in gen["error"] and "bogus: unknown field" in gen["error"]
+    i2v = call({"action": "generate", "params": {"prompt": "x", "videomodel": WAN_HIGH}})
+    assert "params.initimage: Field required" in i2v["error"]
+
+
+# -- generate, models, status -----------------------------------------------------------------------------------
+
+
+def test_generate_text_to_image_inline(worker):
+    out = call({"action": "generate", "params": {"prompt": "a red fox", "model": SDXL, "steps": 4, "images": 2,
+                                                 "seed": 7}}, "gen-t2i")
+    assert out["success"] is True and out["delivery"] == "inline" and len(out["outputs"]) == 2
+    first = out["outputs"][0]
+    assert first["mime"] == "image/png" and first["kind"] == "image"
+    assert base64.b64decode(first["base64"]).startswith(b"\x89PNG")
+    assert out["progress_events"] == 8 and "generate" in out["timings"] and out["worker_version"]
+    # SwarmUI's own copies are gone; the job's copies are in the job folder
+    _, tmp = worker
+    assert not list((tmp / "work" / "Output").rglob("*a red fox*"))
+    assert len(list((tmp / "job-outputs" / "gen-t2i").iterdir())) == 2
+
+
+def test_generate_image_to_video_over_http(worker):
+    init = "data:image/png;base64," + base64.b64encode(fake.tiny_png(5)).decode()
+    out = call({"action": "generate", "websocket": False, "params": {
+        "prompt": "the fox turns its head", "model": SDXL, "initimage": init, "videomodel": WAN_HIGH,
+        "videoswapmodel": WAN_LOW, "videoframes": 81, "videosteps": 4, "videocfg": 1, "width": 832, "height": 480}},
+        "gen-i2v")
+    assert out["success"] is True, out
+    video = out["outputs"][0]
+    assert video["kind"] == "video" and video["filename"].endswith(".mp4")
+    assert base64.b64decode(video["base64"])[4:8] == b"ftyp"
+    assert out["params"]["initimagecreativity"] == 0.0 and "initimage" not in out["params"]
+
+
+def test_generate_unknown_model_is_named_before_generating(worker):
+    out = call({"action": "generate", "params": {"prompt": "x", "model": "nope/missing"}})
+    assert out["error_code"] == "invalid_input"
+    assert "params.model: model 'nope/missing' is not on this worker" in out["error"]
+    assert "OfficialStableDiffusion/sd_xl_base_1.0.safetensors" in out["error"]
+
+
+def test_models_lists_volume_through_a_per_worker_tree(worker):
+    _, tmp = worker
+    new = tmp / "volume" / "SwarmUI" / "Models" / "Lora" / "added_later.safetensors"
+    new.write_bytes(b"w")
+    out = call({"action": "models", "subtypes": ["Stable-Diffusion", "LoRA", "VAE", "Clip"]})
+    assert out["success"] is True
+    assert f"{SDXL}.safetensors" in out["models"]["Stable-Diffusion"]
+    assert f"{WAN_HIGH}.safetensors" in out["models"]["Stable-Diffusion"]
+    assert "added_later.safetensors" in out["models"]["LoRA"]
+    assert out["models"]["VAE"] == ["Wan/wan_2.1_vae.safetensors"]
+    # SwarmUI wrote its metadata files into the tree, never into the shared volume
+    assert not list((tmp / "volume").rglob("*.ldb"))
+    assert list((tmp / "work" / "model_tree").rglob("model_metadata.ldb"))
+    link = tmp / "work" / "model_tree" / "Lora" / "added_later.safetensors"
+    assert link.is_symlink() and link.resolve() == new.resolve()
+    new.unlink()
+    out = call({"action": "models", "subtypes": ["LoRA"]})
+    assert "added_later.safetensors" not in out["models"]["LoRA"] and not link.is_symlink()
+
+
+def test_status_reports_swarmui_and_lease(worker):
+    out = call({"action": "status"})
+    assert out["success"] is True and out["swarmui"]["state"] == "ready" and out["lease"] is None
+    assert out["global_status"]["status"]["live_gens"] == 0
+
+
+def test_swarmui_settings_close_the_loopback_bypass(worker):
+    env, tmp = worker
+    settings = fake.parse_fds((tmp / "work" / "Data" / "Settings.fds").read_text())
+    assert settings["Network"]["AuthBypassIPs"] == "" and settings["Network"]["RequiredAuthorization"].startswith(
+        "Bearer ")
+    assert settings["Paths"]["ModelRoot"] == str(tmp / "work" / "model_tree")
+
+    async def direct():
+        async with SwarmUIClient(f"http://127.0.0.1:{env['SWARMUI_INTERNAL_PORT']}") as c:
+            await c.session_id()
+
+    with pytest.raises(SwarmUIError) as err:
+        asyncio.run(direct())  # loopback, but without the gateway's secret
+    assert err.value.status == 401
+
+
+# -- leases (iterating the lease stream directly) ---------------------------------------------------------------------
+
+
+async def _collect_lease(job_input: dict, during=None) -> tuple[list[dict], float]:
+    from handlers.swarm_worker.handler import lease_session
+
+    items, start = [], time.monotonic()
+    task = None
+    async for item in lease_session({"id": "lease-job", "input": {"action": "lease", **job_input}}):
+        items.append(item)
+        if during and item.get("token"):
+            task = asyncio.create_task(during(item))
+    if task:
+        await task
+    return items, time.monotonic() - start
+
+
+def test_lease_startup_grace_expires_and_busy(worker):
+    async def go():
+        async def second(first):
+            return await _collect_lease({})
+
+        from handlers.swarm_worker.handler import lease_session
+
+        gen = lease_session({"id": "l1", "input": {"action": "lease", "idle_seconds": 5,
+                                                    "startup_grace_seconds": 0.5, "max_lease_seconds": 60}})
+        first = await gen.__anext__()
+        busy, _ = await _collect_lease({})
+        rest = [item async for item in gen]
+        return first, busy, rest
+
+    first, busy, rest = asyncio.run(go())
+    assert first["protocol"] == 2 and first["success"] is True and len(first["token"]) >= 60
+    assert first["startup_grace_seconds"] == 0.5 and first["idle_seconds"] == 5 and first["max_lease_seconds"] == 60
+    assert set(first) >= {"public_url", "token", "worker_id", "version", "lease"}
+    assert busy == [{"success": False, "error": f"this worker already holds lease {first['lease']}",
+                     "error_id": "lease_busy", "worker_id": first["worker_id"]}]
+    assert rest[-1]["released"] is True and rest[-1]["reason"] == "startup_grace_expired"
+
+
+def test_lease_idle_release_revokes_token_and_wipes_outputs(worker):
+    env, tmp = worker
+    seen = {}
+
+    async def use(first):
+        async with SwarmUIClient(first["public_url"], token=first["token"]) as c:
+            seen["gen"] = await c.generate({"prompt": "lease gen", "model": SDXL, "steps": 30})
+            seen["outputs"] = list((tmp / "work" / "Output").rglob("*.png"))
+
+    items, elapsed = asyncio.run(_collect_lease({"idle_seconds": 0.5, "startup_grace_seconds": 30,
+                                                 "max_lease_seconds": 60}, during=use))
+    first, last = items
+    assert last["released"] is True and last["reason"] == "idle"
+    assert elapsed < 20  # released on idle, long before the 30 s grace
+    assert len(seen["gen"].outputs) == 1 and seen["outputs"]
+    assert not list((tmp / "work" / "Output").rglob("*.png"))  # wiped at release
+
+    async def after():
+        async with SwarmUIClient(first["public_url"], token=first["token"]) as c:
+            await c.session_id()
+
+    with pytest.raises(SwarmUIError) as err:
+        asyncio.run(after())
+    assert err.value.status == 401
+
+
+def test_lease_max_lifetime_waits_for_a_running_generation(worker):
+    seen = {}
+
+    async def long_generation(first):
+        async with SwarmUIClient(first["public_url"], token=first["token"]) as c:
+            result = await c.generate({"prompt": "long", "steps": 150})  # about 1.5 s with 0.01 s steps
+            seen["done"] = time.monotonic()
+            seen["outputs"] = result.outputs
+
+    items, _ = asyncio.run(_collect_lease({"idle_seconds": 30, "startup_grace_seconds": 30,
+                                           "max_lease_seconds": 0.3}, during=long_generation))
+    released_at = time.monotonic()
+    assert items[-1]["reason"] == "max_lifetime"
+    assert len(seen["outputs"]) == 1  # the generation was not cut
+    assert released_at >= seen["done"]
+    assert items[-1]["held_seconds"] >= 1.0
+
+
+def test_lease_limits_are_clamped(worker):
+    rt = runtime()
+    limits = rt.lease_limits(0.0001, 10**9, None)
+    assert limits["idle_seconds"] == rt.cfg.lease_min_seconds
+    assert limits["startup_grace_seconds"] == rt.cfg.lease_cap_seconds
+    assert limits["max_lease_seconds"] == rt.cfg.max_lease_seconds
+
+
+# -- SwarmUI failures -----------------------------------------------------------------------------------------------------
+
+
+def test_crash_mid_generation_gives_a_clear_error_and_restarts(tmp_path):
+    with configured_worker(tmp_path):
+        assert call({"action": "ready"})["ready"] is True
+        first_pid = runtime().process.pid
+        out = call({"action": "generate", "params": {"prompt": "CRASH_SWARMUI please", "steps": 10}})
+        assert out["error_code"] == "engine_failed"
+        assert "SwarmUI exited with code 134 during the generation; it is being restarted" in out["error"]
+        assert any("simulated fatal error" in line for line in out["details"])
+        assert "refresh_worker" not in out
+        again = call({"action": "generate", "params": {"prompt": "after the crash", "steps": 2}})
+        assert again["success"] is True
+        assert runtime().process.restarts == 1 and runtime().process.pid != first_pid
+        # a second crash exhausts the restart budget: the worker asks RunPod for a fresh one
+        out = call({"action": "generate", "params": {"prompt": "CRASH_SWARMUI again", "steps": 10}})
+        assert "will not be restarted again" in out["error"] and out["refresh_worker"] is True
+        assert call({"action": "health"})["healthy"] is False
+
+
+def test_startup_failure_reports_the_log_tail(tmp_path):
+    with configured_worker(tmp_path, FAKE_SWARMUI_FAIL_START="1", SWARMUI_STARTUP_TIMEOUT="10"):
+        os.environ["FAKE_SWARMUI_FAIL_START"] = "1"
+        ready = call({"action": "ready"})
+        assert ready["ready"] is False
+        assert "exited with code 1 while starting" in ready["error"]
+        assert any("simulated startup failure" in line for line in ready["log_tail"])
+        assert runtime().process.restarts == 1 and runtime().process.state == "failed"
+        lease = call({"action": "lease"})
+        assert lease["reason"] == "swarmui_failed" and lease["error"].startswith("engine_failed")
+    os.environ.pop("FAKE_SWARMUI_FAIL_START", None)
+
+
+def test_slow_start_waits_for_the_backend(tmp_path):
+    with configured_worker(tmp_path, FAKE_SWARMUI_START_DELAY="0.5", FAKE_SWARMUI_BACKEND_DELAY="0.8"):
+        started = time.monotonic()
+        ready = call({"action": "ready"})
+        assert ready["ready"] is True and time.monotonic() - started >= 1.0
+        assert runtime().process.restarts == 0
+
+
+def test_startup_timeout(tmp_path):
+    with configured_worker(tmp_path, FAKE_SWARMUI_BACKEND_DELAY="60", SWARMUI_STARTUP_TIMEOUT="1",
+                           SWARMUI_MAX_RESTARTS="0"):
+        ready = call({"action": "ready"})
+        assert ready["ready"] is False and "not ready within 1 s (backends: loading)" in ready["error"]
+
+
+def test_stop_kills_the_process_group(tmp_path):
+    with configured_worker(tmp_path):
+        assert call({"action": "ready"})["ready"] is True
+        pid = runtime().process.pid
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_default_launch_command_uses_the_image_install(tmp_path, monkeypatch):
+    from handlers.swarm_worker.config import WorkerConfig
+
+    for name in ("SWARMUI_LAUNCH_CMD", "SWARMUI_MODEL_ROOT", "SWARM_ACCESS_TOKEN", "SWARMUI_INTERNAL_PORT",
+                 "SWARM_PUBLIC_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SWARMUI_DIR", "/opt/SwarmUI")
+    cfg = WorkerConfig.from_env()
+    assert cfg.launch_cmd.startswith("/opt/SwarmUI/src/bin/live_release/SwarmUI --launch_mode none "
+                                     "--host 127.0.0.1 --port {port}")
+    assert cfg.internal_port == 7810 and cfg.public_port == 7801
+    assert Path("/opt/SwarmUI/Models") in cfg.model_roots
+    monkeypatch.setenv("SWARM_ACCESS_TOKEN", "short")
+    with pytest.raises(ValueError, match="SWARM_ACCESS_TOKEN"):
+        WorkerConfig.from_env()
