@@ -15,7 +15,6 @@ import secrets
 import shlex
 import signal
 import time
-from pathlib import Path
 
 from common.swarmui import SwarmUIClient, SwarmUIError
 from handlers.swarm_worker.config import WorkerConfig
@@ -275,10 +274,3 @@ class SwarmProcess:
                     return
                 time.sleep(0.05)
             self._signal_group(proc.pid, signal.SIGKILL)
-
-
-def read_log_tail(path: Path, n: int = 30) -> list[str]:
-    try:
-        return path.read_text(errors="replace").splitlines()[-n:]
-    except OSError:
-        return []
