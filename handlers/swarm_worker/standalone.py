@@ -1,0 +1,137 @@
+"""vast.ai / RunPod pod mode: SwarmUI + the gateway (+ a Cloudflare quick tunnel), no job queue.
+
+    python -m handlers.swarm_worker.standalone      (what images/swarm-worker/start.sh runs)
+
+1. fetch the models of `SWARM_MODEL_MANIFEST` that are missing (common.downloads);
+2. start the gateway and SwarmUI, wait until SwarmUI can generate;
+3. open a quick tunnel when asked (`SWARM_TUNNEL=cloudflared`, or `auto`: when cloudflared
+   is installed and the instance has no proxy of its own);
+4. print the public URL, `<base>/t/<token>`, and write it to `SWARM_URL_FILE`;
+5. run until SIGTERM/SIGINT, or exit 1 when SwarmUI is gone for good.
+
+The token is `SWARM_ACCESS_TOKEN` (set it in the template so the URL survives restarts);
+without it one is minted and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from common.jobs import JobError
+from common.redaction import configure_logging, register_env_secrets
+from handlers.swarm_worker.config import WorkerConfig
+from handlers.swarm_worker.manifest import fetch_models, load_manifest
+from handlers.swarm_worker.runtime import WorkerRuntime
+from handlers.swarm_worker.swarm_process import SwarmStartError
+from handlers.swarm_worker.tunnel import QuickTunnel, TunnelError
+
+log = logging.getLogger("swarm.standalone")
+
+
+def direct_base_url(cfg: WorkerConfig) -> str:
+    """The gateway's address without a tunnel: SWARM_PUBLIC_URL, the RunPod pod proxy, vast.ai's mapped port."""
+    if cfg.public_url or os.environ.get("RUNPOD_POD_ID"):
+        return cfg.public_base_url()
+    ip = os.environ.get("PUBLIC_IPADDR")
+    port = os.environ.get(f"VAST_TCP_PORT_{cfg.public_port}")
+    if ip and port:
+        return f"http://{ip}:{port}"
+    return cfg.public_base_url()
+
+
+def tunnel_binary(mode: str) -> str | None:
+    binary = os.environ.get("SWARM_CLOUDFLARED_BIN") or shutil.which("cloudflared")
+    if mode == "none":
+        return None
+    if mode == "cloudflared":
+        if not binary:
+            raise TunnelError("SWARM_TUNNEL=cloudflared but no cloudflared binary (set SWARM_CLOUDFLARED_BIN)")
+        return binary
+    if mode == "auto":
+        has_proxy = bool(os.environ.get("SWARM_PUBLIC_URL") or os.environ.get("RUNPOD_POD_ID"))
+        return None if has_proxy else binary
+    raise TunnelError(f"SWARM_TUNNEL: expected auto, cloudflared or none, got {mode!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url-file", default=os.environ.get("SWARM_URL_FILE"),
+                        help="write the public URL here (default: <SWARM_WORK_DIR>/public_url.txt)")
+    args = parser.parse_args(argv)
+    configure_logging()
+    register_env_secrets(["SWARM_ACCESS_TOKEN"])
+    try:
+        cfg = WorkerConfig.from_env()
+        mode = os.environ.get("SWARM_TUNNEL", "auto").strip().lower()
+        binary = tunnel_binary(mode)
+        manifest = os.environ.get("SWARM_MODEL_MANIFEST", "").strip()
+        entries = load_manifest(manifest) if manifest else []
+    except (ValueError, JobError, TunnelError) as exc:
+        log.error("configuration error: %s", exc)
+        return 2
+    minted = not cfg.access_token
+    if minted:
+        cfg.access_token = secrets.token_urlsafe(32)
+        log.warning("SWARM_ACCESS_TOKEN is not set: minted a token for this run (the URL changes on restart)")
+
+    if entries:
+        root = Path(os.environ.get("SWARM_MODEL_DOWNLOAD_ROOT") or cfg.model_roots[0])
+        try:
+            for rec in fetch_models(entries, root):
+                log.info("model %s: %s", rec["status"], rec["path"])
+        except JobError as exc:
+            log.error("model download failed: %s", exc)
+            return 1
+
+    rt = WorkerRuntime(cfg)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    tunnel = None
+    try:
+        rt.start_background().result(60)
+        try:
+            rt.submit(rt.process.ensure_ready(cfg.startup_timeout + 5)).result()
+        except SwarmStartError as exc:
+            log.error("SwarmUI did not start: %s\n%s", exc, "\n".join(exc.tail[-20:]))
+            return 1
+        base = direct_base_url(cfg)
+        if binary:
+            tunnel = QuickTunnel(binary, f"http://127.0.0.1:{cfg.public_port}")
+            try:
+                base = rt.submit(tunnel.start()).result()
+            except TunnelError as exc:
+                log.error("quick tunnel failed: %s (the gateway is still reachable at %s)", exc, base)
+                tunnel = None
+        url = f"{base}/t/{cfg.access_token}"
+        url_file = Path(args.url_file) if args.url_file else cfg.work_dir / "public_url.txt"
+        url_file.parent.mkdir(parents=True, exist_ok=True)
+        url_file.write_text(url + "\n")
+        url_file.chmod(0o600)
+        # A minted token can only be learnt from here, so its URL is printed (stdout, once); a token the
+        # operator set stays out of the output: they know it, and logs are often shared.
+        shown = url if minted else f"{base}/t/<SWARM_ACCESS_TOKEN>"
+        print(f"SWARM_PUBLIC_URL={shown}", flush=True)
+        print(f"SwarmUI is ready at {base} (token in the path, or 'Authorization: Bearer <token>'); "
+              f"full URL in {url_file}", flush=True)
+        while not stop.wait(1.0):
+            if rt.process.state == "failed":
+                log.error("SwarmUI is gone: %s", rt.process.error)
+                return 1
+        return 0
+    finally:
+        if tunnel:
+            rt.submit(tunnel.stop()).result(10)
+        rt.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""A Cloudflare quick tunnel to the gateway (vast.ai / pods without their own proxy).
+
+`cloudflared tunnel --no-autoupdate --url http://127.0.0.1:<port>` prints its public
+`https://<words>.trycloudflare.com` address on stderr after a few seconds. Quick tunnels
+have no SLA and cut responses not started within 100 s: clients generate over WebSockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import re
+import signal
+
+log = logging.getLogger("swarm.tunnel")
+
+URL_RE = re.compile(r"https://[-a-z0-9]+\.trycloudflare\.com")
+
+
+class TunnelError(RuntimeError):
+    pass
+
+
+class QuickTunnel:
+    def __init__(self, binary: str, local_url: str, *, timeout: float = 60):
+        self.binary = binary
+        self.local_url = local_url
+        self.timeout = timeout
+        self.url: str | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._tail: collections.deque[str] = collections.deque(maxlen=30)
+        self._reader: asyncio.Task | None = None
+
+    async def start(self) -> str:
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                self.binary, "tunnel", "--no-autoupdate", "--url", self.local_url,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            raise TunnelError(f"cannot run {self.binary!r}: {exc}") from None
+        found: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.create_task(self._read(found))
+        try:
+            self.url = await asyncio.wait_for(asyncio.shield(found), self.timeout)
+        except asyncio.TimeoutError:
+            await self.stop()
+            raise TunnelError(f"cloudflared printed no tunnel URL within {self.timeout:.0f} s: "
+                              + " | ".join(self._tail)) from None
+        log.info("quick tunnel up: %s", self.url)
+        return self.url
+
+    async def _read(self, found: asyncio.Future[str]) -> None:
+        assert self._proc and self._proc.stderr
+        async for raw in self._proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self._tail.append(line)
+            m = URL_RE.search(line)
+            if m and not found.done():
+                found.set_result(m.group(0))
+        if not found.done():
+            found.set_exception(TunnelError("cloudflared exited: " + " | ".join(self._tail)))
+
+    async def stop(self) -> None:
+        if self._proc and self._proc.returncode is None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                await asyncio.wait_for(self._proc.wait(), 5)
+            except asyncio.TimeoutError:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+        if self._reader:
+            self._reader.cancel()

@@ -1,0 +1,141 @@
+"""vast.ai / pod mode through the image's start script: SwarmUI stand-in + gateway + tunnel + manifest."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.server
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from common.jobs import JobError
+from common.swarmui import SwarmUIClient
+from handlers.swarm_worker.manifest import load_manifest
+from tests.swarm_helpers import ROOT, worker_env
+
+START = ROOT / "images" / "swarm-worker" / "start.sh"
+FAKE_CLOUDFLARED = """#!{python}
+import signal, sys, time
+print("2026-01-01T00:00:00Z INF Requesting new quick Tunnel on trycloudflare.com...", file=sys.stderr, flush=True)
+print("2026-01-01T00:00:01Z INF |  https://brave-words-fake-tunnel.trycloudflare.com  |", file=sys.stderr, flush=True)
+with open(sys.argv[0] + ".args", "w") as fh:
+    fh.write(" ".join(sys.argv[1:]))
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+while True:
+    time.sleep(0.2)
+"""
+
+
+@pytest.fixture()
+def model_server(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    payload = os.urandom(300_000)
+    (served / "wan22_high.gguf").write_bytes(payload)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(served), **kw)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", hashlib.sha256(payload).hexdigest(), payload
+    server.shutdown()
+
+
+def _run_start_script(env: dict, url_file: Path, timeout: float = 40) -> tuple[subprocess.Popen, list[str]]:
+    proc = subprocess.Popen(["bash", str(START)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip())
+        if line.startswith("SWARM_PUBLIC_URL="):
+            return proc, lines
+    proc.kill()
+    raise AssertionError("start script printed no URL:\n" + "\n".join(lines))
+
+
+def test_start_script_runs_swarmui_gateway_tunnel_and_fetches_models(tmp_path, model_server):
+    base_url, sha, payload = model_server
+    cloudflared = tmp_path / "cloudflared"
+    cloudflared.write_text(FAKE_CLOUDFLARED.format(python=sys.executable))
+    cloudflared.chmod(0o755)
+    url_file = tmp_path / "url.txt"
+    token = "vast-template-token-0123456789abcdef"
+    manifest = f'[{{"url": "{base_url}/wan22_high.gguf", "folder": "diffusion_models/Wan", "sha256": "{sha}"}}]'
+    env = {**os.environ, **worker_env(tmp_path), "APP_DIR": str(ROOT), "PYTHON": sys.executable,
+           "SWARM_TUNNEL": "cloudflared", "SWARM_CLOUDFLARED_BIN": str(cloudflared), "SWARM_URL_FILE": str(url_file),
+           "SWARM_ACCESS_TOKEN": token, "SWARM_MODEL_MANIFEST": manifest, "ALLOW_PRIVATE_DOWNLOADS": "1"}
+    env.pop("RUNPOD_WEBHOOK_GET_JOB", None)
+    model_root = Path(env["SWARMUI_MODEL_ROOT"])
+    proc, lines = _run_start_script(env, url_file)
+    try:
+        assert lines[-1] == "SWARM_PUBLIC_URL=https://brave-words-fake-tunnel.trycloudflare.com/t/<SWARM_ACCESS_TOKEN>"
+        assert token not in "\n".join(lines)
+        assert url_file.read_text().strip() == f"https://brave-words-fake-tunnel.trycloudflare.com/t/{token}"
+        assert (tmp_path / "cloudflared.args").read_text() == (
+            f"tunnel --no-autoupdate --url http://127.0.0.1:{env['SWARM_PUBLIC_PORT']}")
+        fetched = model_root / "diffusion_models" / "Wan" / "wan22_high.gguf"
+        assert fetched.read_bytes() == payload
+
+        async def through_gateway():
+            async with SwarmUIClient(f"http://127.0.0.1:{env['SWARM_PUBLIC_PORT']}/t/{token}") as c:
+                models = await c.list_models()
+                gen = await c.generate({"prompt": "vast", "steps": 2, "model": "Wan/wan22_high"})
+                return models.names, gen
+
+        names, gen = asyncio.run(through_gateway())
+        assert "Wan/wan22_high.gguf" in names and gen.outputs
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
+    # SwarmUI and the tunnel went with it
+    assert not any(f"--port {env['SWARMUI_INTERNAL_PORT']}" in p for p in _processes())
+    # a second start skips what is present
+    fetched_mtime = fetched.stat().st_mtime_ns
+    proc, lines = _run_start_script(env, url_file)
+    proc.terminate()
+    proc.wait(20)
+    assert fetched.stat().st_mtime_ns == fetched_mtime
+    assert any("model present, skipped" in line for line in lines)
+
+
+def _processes() -> list[str]:
+    out = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            out.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            pass
+    return out
+
+
+def test_bad_manifest_stops_before_starting(tmp_path):
+    env = {**os.environ, **worker_env(tmp_path), "APP_DIR": str(ROOT), "PYTHON": sys.executable,
+           "SWARM_TUNNEL": "none", "SWARM_MODEL_MANIFEST": '[{"url": "https://x/y.gguf", "folder": "../etc"}]'}
+    env.pop("RUNPOD_WEBHOOK_GET_JOB", None)
+    out = subprocess.run(["bash", str(START)], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "[0].folder: Value error" not in out.stderr and "models[0].folder: must be a relative folder" in out.stderr
+
+
+def test_manifest_forms():
+    entries = load_manifest('{"models": [{"url": "https://h/x/a%20b.safetensors", "folder": "Lora"}]}')
+    assert entries[0].target(Path("/m")) == Path("/m/Lora/a b.safetensors")
+    with pytest.raises(JobError, match="neither JSON nor a file"):
+        load_manifest("/no/such/manifest.json")
+    with pytest.raises(JobError, match=r"models\[0\]\.sha256"):
+        load_manifest('[{"url": "https://h/a.gguf", "folder": "x", "sha256": "zz"}]')
