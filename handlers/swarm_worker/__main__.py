@@ -7,15 +7,15 @@ is ready as early as possible. Several jobs run at once, so `health`, `ready` an
 
 from __future__ import annotations
 
-import runpod
-
 from common.redaction import configure_logging, register_env_secrets
 from handlers.swarm_worker.handler import handler
 from handlers.swarm_worker.runtime import get_runtime
 
 
 def main() -> None:
-    configure_logging()
+    configure_logging()  # before importing runpod, whose import adds a root handler when there is none
+    import runpod
+
     register_env_secrets(["SWARM_ACCESS_TOKEN"])
     runtime = get_runtime()
     runtime.start_background()

@@ -263,6 +263,7 @@ class SwarmProcess:
 
     def _kill_group_now(self) -> None:
         """atexit: the worker is exiting, take SwarmUI and its children with it."""
+        self._stopping = True
         proc = self._proc
         if proc is not None:
             self._signal_group(proc.pid, signal.SIGTERM)
