@@ -1,0 +1,95 @@
+"""Where a job's files live on the volume. Nothing is shared between jobs except `models/`.
+
+    <root>/models/                                shared weights (locked, atomic downloads)
+    <root>/jobs/<job_id>/downloads/               archives as downloaded (deleted after extraction)
+    <root>/jobs/<job_id>/dataset/{images,videos}  flat folders the engine scans
+    <root>/jobs/<job_id>/config/                  config.toml, dataset.toml, request.json
+    <root>/jobs/<job_id>/logs/                    train.log, caption logs
+    <root>/training_outputs/<job_id>/<run>/epochN the engine's output (run = its UTC timestamp)
+
+`<root>` is `DIFFUSION_PIPE_WORKING_DIR`, else `/runpod-volume/diffusion_pipe_working_folder`
+when the RunPod network volume is mounted, else `/workspace/...` on a pod, else a local temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+FOLDER = "diffusion_pipe_working_folder"
+_SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def working_root() -> Path:
+    env = os.environ.get("DIFFUSION_PIPE_WORKING_DIR")
+    if env:
+        return Path(env)
+    for volume in ("/runpod-volume", "/workspace"):
+        if os.path.ismount(volume) or Path(volume, FOLDER).is_dir():
+            return Path(volume) / FOLDER
+    return Path(tempfile.gettempdir()) / FOLDER
+
+
+def models_dir(root: Path | None = None) -> Path:
+    env = os.environ.get("DIFFUSION_PIPE_MODELS_DIR")
+    return Path(env) if env else (root or working_root()) / "models"
+
+
+def safe_job_id(job_id: str) -> str:
+    """A job id usable as one path component (RunPod ids are already safe; local ones may not be)."""
+    cleaned = _SAFE_ID.sub("_", job_id)[:128].strip(".")
+    return cleaned or "job"
+
+
+@dataclass(frozen=True)
+class JobDirs:
+    root: Path
+    job_id: str
+
+    @property
+    def job(self) -> Path:
+        return self.root / "jobs" / self.job_id
+
+    @property
+    def downloads(self) -> Path:
+        return self.job / "downloads"
+
+    @property
+    def dataset(self) -> Path:
+        return self.job / "dataset"
+
+    @property
+    def images(self) -> Path:
+        return self.dataset / "images"
+
+    @property
+    def videos(self) -> Path:
+        return self.dataset / "videos"
+
+    @property
+    def config(self) -> Path:
+        return self.job / "config"
+
+    @property
+    def logs(self) -> Path:
+        return self.job / "logs"
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "training_outputs" / self.job_id
+
+    @property
+    def models(self) -> Path:
+        return models_dir(self.root)
+
+    def create(self) -> JobDirs:
+        for d in (self.downloads, self.images, self.videos, self.config, self.logs, self.outputs, self.models):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def job_dirs(job_id: str, root: Path | None = None) -> JobDirs:
+    return JobDirs(root or working_root(), safe_job_id(job_id))
