@@ -70,6 +70,28 @@ def test_forwarded_headers_are_stripped_and_credentials_replaced(gw):
     assert TOKEN not in str(last["headers"])
 
 
+def test_browser_entry_sets_a_cookie_for_the_web_ui(gw):
+    base, env, _ = gw
+
+    async def go():
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{base}/t/{TOKEN}", allow_redirects=False) as r:
+                assert r.status == 302 and r.headers["Location"] == "/"
+                cookie = r.cookies["swarm_worker_token"]
+                assert cookie.value == TOKEN and cookie["httponly"] and cookie["samesite"] == "Lax"
+            async with s.get(f"{base}/", headers={"Cookie": f"other=1; swarm_worker_token={TOKEN}"}) as r:
+                page = (r.status, await r.text())
+            async with s.get(f"{base}/", headers={"Cookie": "swarm_worker_token=not-the-token"}) as r:
+                refused = r.status
+            async with s.get(f"http://127.0.0.1:{env['SWARMUI_INTERNAL_PORT']}/__fake__/requests") as r:
+                seen = [x for x in await r.json() if x["path"] == "/"][-1]
+        return page, refused, seen
+
+    page, refused, seen = asyncio.run(go())
+    assert page == (200, "<html>SwarmUI</html>") and refused == 401
+    assert seen["headers"]["Cookie"] == "other=1"  # the gateway's cookie is not passed on
+
+
 def test_chunked_client_body_is_forwarded_with_content_length(gw):
     base, _, _ = gw
 

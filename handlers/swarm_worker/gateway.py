@@ -11,6 +11,8 @@
 - HTTP and WebSocket. Responses are streamed, so large `View/` downloads never sit in memory.
 - On the legacy `/t/<token>` path, `GenerateText2Image` answers have their `images` rewritten
   to raw base64, which is what the legacy extension decodes.
+- A browser opening `<base>/t/<token>` is redirected to `/` with the token in an HttpOnly
+  cookie, so SwarmUI's own web UI (which loads `/css/...`, `/API/...`) works behind the gateway.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
               "forwarded", "x-real-ip", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
               "sec-websocket-accept"}
 RESPONSE_DROP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "server", "date"}
+COOKIE = "swarm_worker_token"
 _TOKEN_PATH = re.compile(r"^/t/([^/?#]+)(/[^?#]*)?$")
 GENERATION_ROUTES = {"/api/generatetext2image", "/api/generatetext2imagews"}
 CHUNK = 256 * 1024
@@ -118,12 +121,14 @@ class Gateway:
             token, rest, legacy = m.group(1), m.group(2) or "/", True
         else:
             auth = request.headers.get("Authorization", "")
-            token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+            token = auth[7:].strip() if auth[:7].lower() == "bearer " else request.cookies.get(COOKIE)
             rest = raw_path
         known = self._match(token)
         if known is None:
             log.info("refused %s %s: no valid token", request.method, rest)
             return _error(401, "worker_unauthorized", "A valid worker token is required.")
+        if legacy and rest == "/" and request.method == "GET":
+            return self._browser_entry(request, known)
         if not self._is_ready():
             return _error(503, "worker_starting", "SwarmUI is starting; retry shortly.", **{"Retry-After": "5"})
         target = f"{self.upstream}{rest}" + (f"?{query}" if query else "")
@@ -140,10 +145,22 @@ class Gateway:
                 self.generations_in_flight -= 1
                 self.last_generation_at = time.monotonic()
 
+    @staticmethod
+    def _browser_entry(request: web.Request, token: str) -> web.Response:
+        response = web.HTTPFound("/")
+        secure = request.headers.get("X-Forwarded-Proto", request.scheme) == "https"
+        response.set_cookie(COOKIE, token, httponly=True, samesite="Lax", secure=secure, path="/")
+        return response
+
     def _upstream_headers(self, request: web.Request) -> dict[str, str]:
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in HOP_BY_HOP and not k.lower().startswith("x-forwarded-")}
         headers["Authorization"] = f"Bearer {self._upstream_secret()}"
+        cookie = headers.pop("Cookie", None) or headers.pop("cookie", None)
+        if cookie:
+            kept = [c for c in cookie.split(";") if c.strip() and c.strip().split("=", 1)[0] != COOKIE]
+            if kept:
+                headers["Cookie"] = ";".join(kept).strip()
         return headers
 
     async def _proxy_http(self, request: web.Request, target: str, *, rewrite_images: bool) -> web.StreamResponse:
