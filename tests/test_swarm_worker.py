@@ -278,6 +278,49 @@ def test_lease_max_lifetime_waits_for_a_running_generation(worker):
     assert items[-1]["held_seconds"] >= 1.0
 
 
+def test_cancelled_lease_job_releases_at_once(worker):
+    from handlers.swarm_worker.handler import handler
+
+    async def go():
+        task = asyncio.create_task(handler({"id": "cancel-me", "input": {"action": "lease", "idle_seconds": 60,
+                                                                         "startup_grace_seconds": 60}}))
+        rt = runtime()
+        deadline = time.monotonic() + 10
+        while (rt.lease is None or rt.lease.published is None) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        token = rt.lease.token
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        while rt.lease is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return rt.lease, rt.gateway._match(token)
+
+    lease, still_valid = asyncio.run(go())
+    assert lease is None and still_valid is None
+
+
+def test_wakeup_hold_outlasts_a_running_generation(worker):
+    ready = call({"action": "ready"})
+    done = {}
+
+    def legacy_generation():
+        async def go():
+            async with SwarmUIClient(ready["public_url"]) as c:
+                await c.generate({"prompt": "slow", "steps": 120}, websocket=False)  # about 1.2 s
+        asyncio.run(go())
+        done["at"] = time.monotonic()
+
+    t = threading.Thread(target=legacy_generation)
+    t.start()
+    time.sleep(0.2)
+    wake = call({"action": "wakeup", "duration": 0.1, "interval": 0.05})
+    ended = time.monotonic()
+    t.join(10)
+    assert wake["reason"] == "completed" and ended >= done["at"] - 0.05
+    assert wake["held_seconds"] >= 0.5
+
+
 def test_lease_limits_are_clamped(worker):
     rt = runtime()
     limits = rt.lease_limits(0.0001, 10**9, None)
