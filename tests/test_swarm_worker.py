@@ -52,10 +52,17 @@ def test_legacy_ready_health_wakeup_keepalive_shutdown_fields(worker):
     health = call({"action": "health"})
     assert health["healthy"] is True and health["protocol"] == 2 and health["worker_id"] == ready["worker_id"]
 
-    started = time.monotonic()
-    wake = call({"action": "wakeup", "duration": 0.4, "interval": 0.1})
-    assert time.monotonic() - started >= 0.4  # held: the worker is not jobless before `ready` arrives
-    assert wake["success"] is True and wake["reason"] == "completed" and wake["public_url"] == ready["public_url"]
+    wake = call({"action": "wakeup", "duration": 30, "interval": 5})  # SwarmUI is up: no wait
+    assert wake["success"] is True and wake["reason"] == "ready" and wake["ready"] is True
+    assert wake["public_url"] == ready["public_url"] and wake["held_seconds"] < 5
+
+    runtime().cfg.wakeup_hold = "duration"  # SWARM_WAKEUP_HOLD=duration: the literal hold
+    try:
+        started = time.monotonic()
+        wake = call({"action": "wakeup", "duration": 0.4, "interval": 0.1})
+        assert time.monotonic() - started >= 0.4 and wake["reason"] == "completed"
+    finally:
+        runtime().cfg.wakeup_hold = "ready"
 
     keep = call({"action": "keepalive", "duration": 0.3, "interval": 0.1})
     assert keep["success"] is True and keep["checks"] >= 2 and keep["healthy"] is True
@@ -300,7 +307,7 @@ def test_cancelled_lease_job_releases_at_once(worker):
     assert lease is None and still_valid is None
 
 
-def test_wakeup_hold_outlasts_a_running_generation(worker):
+def test_hold_outlasts_a_running_generation(worker):
     ready = call({"action": "ready"})
     done = {}
 
@@ -314,11 +321,11 @@ def test_wakeup_hold_outlasts_a_running_generation(worker):
     t = threading.Thread(target=legacy_generation)
     t.start()
     time.sleep(0.2)
-    wake = call({"action": "wakeup", "duration": 0.1, "interval": 0.05})
+    hold = call({"action": "keepalive", "duration": 0.1, "interval": 0.05})
     ended = time.monotonic()
     t.join(10)
-    assert wake["reason"] == "completed" and ended >= done["at"] - 0.05
-    assert wake["held_seconds"] >= 0.5
+    assert hold["reason"] == "completed" and ended >= done["at"] - 0.05
+    assert hold["held_seconds"] >= 0.5
 
 
 def test_lease_limits_are_clamped(worker):
@@ -361,6 +368,16 @@ def test_startup_failure_reports_the_log_tail(tmp_path):
         lease = call({"action": "lease"})
         assert lease["reason"] == "swarmui_failed" and lease["error"].startswith("engine_failed")
     os.environ.pop("FAKE_SWARMUI_FAIL_START", None)
+
+
+def test_wakeup_holds_a_cold_worker_until_swarmui_is_ready(tmp_path):
+    with configured_worker(tmp_path, FAKE_SWARMUI_START_DELAY="0.6", FAKE_SWARMUI_BACKEND_DELAY="0.6"):
+        started = time.monotonic()
+        wake = call({"action": "wakeup", "duration": 30, "interval": 5})
+        held = time.monotonic() - started
+        assert wake["reason"] == "ready" and wake["ready"] is True
+        assert 1.0 <= held < 15  # through the boot, not the whole 30 s the legacy extension would wait out
+        assert call({"action": "ready"})["ready"] is True
 
 
 def test_slow_start_waits_for_the_backend(tmp_path):

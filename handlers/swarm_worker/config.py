@@ -27,6 +27,13 @@ def _int(name: str, default: int) -> int:
     return int(_float(name, default))
 
 
+def _choice(name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = os.environ.get(name, "").strip().lower() or default
+    if value not in allowed:
+        raise ValueError(f"environment variable {name}: expected one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
 def default_model_roots(swarmui_dir: Path) -> list[Path]:
     """The network volume's model folder (serverless or pod mount), then the models baked into the image."""
     roots = []
@@ -63,6 +70,7 @@ class WorkerConfig:
     lease_cap_seconds: float = 3600
     idle_poll_seconds: float = 5
     hold_cap_seconds: float = 3600
+    wakeup_hold: str = "ready"
     concurrency: int = 8
     inline_max_bytes: int = 6 * 1024 * 1024
     stop_timeout: float = 15
@@ -101,6 +109,7 @@ class WorkerConfig:
             lease_cap_seconds=_float("SWARM_LEASE_CAP_SECONDS", 3600),
             idle_poll_seconds=_float("SWARM_IDLE_POLL_SECONDS", 5),
             hold_cap_seconds=_float("SWARM_HOLD_CAP_SECONDS", 3600),
+            wakeup_hold=_choice("SWARM_WAKEUP_HOLD", ("ready", "duration"), "ready"),
             concurrency=max(2, _int("SWARM_WORKER_CONCURRENCY", 8)),
             inline_max_bytes=_int("SWARM_INLINE_MAX_BYTES", 6 * 1024 * 1024),
             stop_timeout=_float("SWARMUI_STOP_TIMEOUT", 15),

@@ -91,7 +91,10 @@ async def _hold(job: dict) -> dict:
     if isinstance(req, dict):
         return req
     rt = get_runtime()
-    held = await rt.call(rt.hold(req.duration, req.interval))
+    # The legacy extension awaits its wakeup job before it polls `ready`: by default wakeup holds the
+    # worker through SwarmUI's boot (at most `duration`) instead of making every generation wait it out.
+    until_ready = req.action == "wakeup" and rt.cfg.wakeup_hold == "ready"
+    held = await rt.call(rt.hold(req.duration, req.interval, until_ready=until_ready))
     out = {"success": True, "action": req.action, "worker_id": rt.worker_id, "version": rt.version,
            "ready": rt.process.ready, **held}
     if req.action == "wakeup":

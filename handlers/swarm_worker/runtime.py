@@ -263,9 +263,10 @@ class WorkerRuntime:
 
     # -- legacy holds ---------------------------------------------------------------------------------------
 
-    async def hold(self, duration: float, interval: float) -> dict:
+    async def hold(self, duration: float, interval: float, *, until_ready: bool = False) -> dict:
         """Keep this job (and so the worker) alive for `duration` s, or until `shutdown`; a generation
-        still running at the end extends the hold (up to the hold cap)."""
+        still running at the end extends the hold (up to the hold cap). With `until_ready` the hold
+        also ends as soon as SwarmUI is ready (or has failed for good)."""
         duration = max(0.0, min(float(duration), self.cfg.hold_cap_seconds))
         interval = max(0.05, float(interval))
         event = asyncio.Event()
@@ -274,23 +275,28 @@ class WorkerRuntime:
         checks, healthy, reason = 0, self.process.ready, "completed"
         try:
             while True:
+                if until_ready and self.process.state in ("ready", "failed"):
+                    reason = "ready" if self.process.ready else "swarmui_failed"
+                    break
                 elapsed = time.monotonic() - start
                 if elapsed >= duration:
                     if elapsed < self.cfg.hold_cap_seconds and await self.swarm_busy():
                         await asyncio.sleep(min(interval, self.cfg.idle_poll_seconds))
                         continue
                     break
+                wait = min(interval, duration - elapsed)
                 try:
-                    await asyncio.wait_for(event.wait(), min(interval, duration - elapsed))
+                    await asyncio.wait_for(event.wait(), min(wait, 0.25) if until_ready else wait)
                     reason = "shutdown"
                     break
                 except asyncio.TimeoutError:
-                    checks += 1
-                    healthy = await self.healthy()
+                    if not until_ready:
+                        checks += 1
+                        healthy = await self.healthy()
         finally:
             self.holds.discard(event)
         return {"reason": reason, "held_seconds": round(time.monotonic() - start, 2), "checks": checks,
-                "healthy": healthy}
+                "healthy": self.process.ready if until_ready else healthy}
 
     async def release_holds(self) -> int:
         count = len(self.holds)
