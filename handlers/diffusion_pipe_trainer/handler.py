@@ -1,0 +1,314 @@
+"""RunPod handler: LoRA training with diffusion-pipe (seed 002).
+
+validate -> download + extract dataset -> caption -> write configs -> [dry_run stops here]
+-> fetch model weights -> train (child process group) -> upload the latest epoch's LoRA.
+
+The handler is async so that a RunPod cancel or timeout reaches it as CancelledError,
+which ends the training process group before the cancellation goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from common.jobs import JobError, Progress, Timings, run_job_async
+from common.redaction import redact
+from handlers.diffusion_pipe_trainer import captions, configs, dataset, model_fetch, training
+from handlers.diffusion_pipe_trainer.models import JOYCAPTION_DIR, JOYCAPTION_REPO, REGISTRY, Fetch, ModelSpec
+from handlers.diffusion_pipe_trainer.outputs import latest_lora
+from handlers.diffusion_pipe_trainer.schema import TrainRequest, parse_request
+from handlers.diffusion_pipe_trainer.train_log import TrainProgress, steps_per_epoch_estimate
+from handlers.diffusion_pipe_trainer.workspace import JobDirs, job_dirs
+
+log = logging.getLogger("trainer")
+REQUEST_FILE = "request.json"
+
+
+def _progress_interval() -> float:
+    return float(os.environ.get("TRAINER_PROGRESS_INTERVAL_S", "10"))
+
+
+def _timeout(req: TrainRequest) -> float | None:
+    if req.timeout_s:
+        return req.timeout_s
+    env = os.environ.get("TRAINER_TIMEOUT_S")
+    return float(env) if env else None
+
+
+def _hf_token(req: TrainRequest) -> str | None:
+    return req.api_keys.huggingface_token or os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+
+
+# ---------------------------------------------------------------- dataset + captions
+
+
+async def _prepare_dataset(req: TrainRequest, dirs: JobDirs, progress: Progress) -> dict[str, dataset.MediaSet]:
+    ds = req.dataset
+    assert ds is not None
+    sets: dict[str, dataset.MediaSet] = {}
+    for kind in ds.kinds():
+        url = ds.images_url if kind == "images" else ds.videos_url
+        progress.update("downloading", 0, f"downloading {kind}", force=True)
+
+        def on_bytes(done: int = 0, total: int | None = None, *_a: Any, _kind: str = kind, **_k: Any) -> None:
+            pct = 100.0 * done / total if total else None
+            progress.update("downloading", pct, f"{_kind}: {done / 1e6:.1f} MB")
+
+        sets[kind] = await asyncio.to_thread(
+            dataset.prepare, url, kind, dirs.downloads, dirs.images if kind == "images" else dirs.videos,
+            precaptioned=ds.type == "precaptioned", sha256=(ds.sha256 or {}).get(kind), progress=on_bytes,
+        )
+    return sets
+
+
+async def _caption(req: TrainRequest, sets: dict[str, dataset.MediaSet], dirs: JobDirs,
+                   progress: Progress) -> dict[str, int]:
+    ds = req.dataset
+    assert ds is not None
+    trigger = ds.trigger_word
+    todo = {kind: (list(m.media) if req.caption.overwrite and ds.type != "precaptioned" else list(m.uncaptioned))
+            for kind, m in sets.items()}
+    if ds.type == "precaptioned":
+        todo = {kind: [] for kind in sets}
+    kept = {kind: [p for p in sets[kind].media if p not in set(todo[kind])] for kind in sets}
+    stats = {"captioned_images": 0, "captioned_videos": 0,
+             "kept_captions": sum(len(v) for v in kept.values()),
+             "trigger_added": sum(captions.add_trigger_to_existing(v, trigger) for v in kept.values())}
+    total = sum(len(v) for v in todo.values())
+    done = 0
+
+    def on_caption(path: Path, _caption: str) -> None:
+        nonlocal done
+        done += 1
+        progress.update("captioning", 100.0 * done / total, f"captioned {done}/{total}: {path.name}",
+                        file=path.name, done=done, total=total)
+
+    if todo.get("images"):
+        progress.update("captioning", 0, f"captioning {len(todo['images'])} images with JoyCaption", force=True)
+        model_dir = await asyncio.to_thread(model_fetch.ensure, dirs.models,
+                                            Fetch(JOYCAPTION_REPO, JOYCAPTION_DIR, required=("config.json",)),
+                                            token=_hf_token(req))
+        await captions.caption_images(
+            model_dir, todo["images"], prompt=_image_prompt(req), trigger=trigger,
+            max_new_tokens=req.caption.max_new_tokens, on_caption=on_caption, log_file=dirs.logs / "joycaption.log",
+        )
+        stats["captioned_images"] = len(todo["images"])
+    if todo.get("videos"):
+        progress.update("captioning", 100.0 * done / total, f"captioning {len(todo['videos'])} videos with Gemini",
+                        force=True)
+        key = req.api_keys.gemini_api_key or os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
+        await asyncio.to_thread(captions.caption_videos, todo["videos"], api_key=key, model=req.caption.gemini_model,
+                                prompt=req.caption.video_prompt, trigger=trigger, on_caption=on_caption)
+        stats["captioned_videos"] = len(todo["videos"])
+    return stats
+
+
+def _image_prompt(req: TrainRequest) -> str:
+    from handlers.diffusion_pipe_trainer.joycaption import build_prompt
+
+    return build_prompt(req.caption.prompt, req.dataset.trigger_word if req.dataset else None)
+
+
+# ---------------------------------------------------------------- resume
+
+
+def _earlier_job(req: TrainRequest, root: Path) -> tuple[JobDirs, dict]:
+    earlier = job_dirs(req.resume or "", root)
+    saved = earlier.config / REQUEST_FILE
+    if not saved.is_file():
+        raise JobError("invalid_input", f"resume: no job '{req.resume}' on this volume ({earlier.job} not found)")
+    info = json.loads(saved.read_text())
+    if info.get("model_type") != req.model_type:
+        raise JobError("invalid_input", f"resume: job '{req.resume}' trained {info.get('model_type')}, "
+                                        f"not {req.model_type}")
+    if not any(earlier.outputs.glob("*/latest")):
+        raise JobError("invalid_input", f"resume: job '{req.resume}' has no checkpoint to resume from "
+                                        "(checkpoints are written every checkpoint_every_n_minutes/epochs)")
+    return earlier, info
+
+
+# ---------------------------------------------------------------- the job
+
+
+async def _body(job: dict, timings: Timings) -> dict:
+    started = time.monotonic()
+    with timings.stage("validate"):
+        req = parse_request(job.get("input"))
+    spec: ModelSpec = REGISTRY[req.model_type]
+    dirs = job_dirs(str(job.get("id") or "local_test")).create()
+    if req.resume and req.dataset is not None:
+        raise JobError("invalid_input", "dataset: leave it out when resuming; the job continues on the dataset "
+                                        f"of job '{req.resume}'")
+    hub = _start_hub_updates(req, dirs.job_id)
+    progress = Progress(job, min_interval=_progress_interval(), sinks=[hub] if hub else None)
+    try:
+        result = await _train(req, spec, dirs, progress, timings, started)
+    except BaseException as exc:
+        progress.close()
+        if hub:
+            from common.jobs import error_result
+
+            err = error_result(exc) if isinstance(exc, Exception) else {"error": "cancelled: the job was cancelled"}
+            await asyncio.to_thread(hub.finish, {"status": "failed", **err})
+        raise
+    progress.close()
+    if hub:
+        await asyncio.to_thread(hub.finish, {"status": result["status"], "output": result.get("output")})
+    return result
+
+
+def _start_hub_updates(req: TrainRequest, job_id: str):
+    """UPDATES/ progress when the output goes to the Hub (method huggingface, or auto with a token)."""
+    out = req.output
+    if out is None or req.dry_run or out.method not in ("huggingface", "auto"):
+        return None
+    token = (out.huggingface.token if out.huggingface else None) or os.environ.get("HF_TOKEN")
+    if not token:
+        return None
+    from handlers.diffusion_pipe_trainer.hub_updates import HubUpdates, resolve_repo_id
+
+    hf = out.huggingface
+    try:
+        repo_id = resolve_repo_id(token, hf.repo_id if hf else None, job_id, req.model_type)
+        hub = HubUpdates(token, repo_id, job_id, private=hf.private if hf else True)
+        hub.start()
+    except Exception as exc:  # progress on the Hub is a convenience; the upload reports real failures
+        log.warning("UPDATES/ disabled: %s", exc)
+        return None
+    if hf is None:
+        from common.uploads.spec import HuggingFaceSpec
+
+        out.huggingface = HuggingFaceSpec(token=token, repo_id=repo_id)
+    else:
+        hf.repo_id = repo_id  # the upload goes to the same repo as the updates
+    return hub
+
+
+async def _train(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, progress: Progress, timings: Timings,
+                 started: float) -> dict:
+    summary: dict[str, Any] = {}
+    if req.resume:
+        earlier, info = _earlier_job(req, dirs.root)
+        data_dirs = configs.DatasetDirs(
+            images=earlier.images if any(earlier.images.iterdir()) else None,
+            videos=earlier.videos if any(earlier.videos.iterdir()) else None,
+            image_repeats=info["image_repeats"], video_repeats=info["video_repeats"],
+        )
+        counts = {k: int(info.get("counts", {}).get(k, 0)) for k in ("images", "videos")}
+        output_dir = earlier.outputs
+        summary["resumed_from"] = req.resume
+    else:
+        with timings.stage("download"):
+            sets = await _prepare_dataset(req, dirs, progress)
+        with timings.stage("caption"):
+            summary.update(await _caption(req, sets, dirs, progress))
+        ds = req.dataset
+        data_dirs = configs.DatasetDirs(
+            images=dirs.images if "images" in sets else None, videos=dirs.videos if "videos" in sets else None,
+            image_repeats=ds.image_repeats, video_repeats=ds.video_repeats,
+        )
+        counts = {k: (sets[k].count if k in sets else 0) for k in ("images", "videos")}
+        summary["ignored_files"] = sorted(f for m in sets.values() for f in m.ignored)[:50]
+        output_dir = dirs.outputs
+
+    with timings.stage("config"):
+        progress.update("configs", None, "writing config.toml and dataset.toml", force=True)
+        cfg_path = dirs.config / configs.CONFIG_NAME
+        cfg = configs.build_config(spec, req.training, models_dir=dirs.models, output_dir=output_dir,
+                                   dataset_toml=dirs.config / configs.DATASET_NAME)
+        ds_cfg = configs.build_dataset(spec, req.training, data_dirs)
+        texts = configs.write_configs(dirs.config, cfg, ds_cfg)
+        (dirs.config / REQUEST_FILE).write_text(json.dumps(redact({
+            "model_type": req.model_type, "counts": counts, "image_repeats": data_dirs.image_repeats,
+            "video_repeats": data_dirs.video_repeats, "request": req.model_dump(mode="json"),
+        }), indent=2))
+    steps = steps_per_epoch_estimate(
+        [(counts["images"], data_dirs.image_repeats)] * bool(data_dirs.images)
+        + [(counts["videos"], data_dirs.video_repeats)] * bool(data_dirs.videos),
+        len(ds_cfg["resolutions"]), req.training.batch_size, req.training.gradient_accumulation_steps,
+    )
+    base = {"job_id": dirs.job_id, "model_type": req.model_type, "model_name": spec.model_name}
+    dataset_info = {"images": counts["images"], "videos": counts["videos"], **summary,
+                    "trigger_word": req.dataset.trigger_word if req.dataset else None}
+    if req.dry_run:
+        return {
+            "status": "dry_run", **base, "configs": texts,
+            "config_dir": str(dirs.config), "dataset": dataset_info,
+            "model_paths": {f.repo_id: str(dirs.models / f.local_dir) for f in spec.fetch},
+            "estimated_steps_per_epoch": steps,
+            "estimated_total_steps": steps * req.training.epochs if not req.training.max_steps
+            else min(steps * req.training.epochs, req.training.max_steps),
+            "command": training.command(cfg_path, resume=bool(req.resume), num_gpus=1),
+            "lora_file": spec.lora_file, "lora_format": spec.lora_format,
+        }
+
+    with timings.stage("models"):
+        token = _hf_token(req)
+        for i, item in enumerate(spec.fetch):
+            progress.update("fetching_models", 100.0 * i / len(spec.fetch), f"{item.repo_id}", force=True)
+            await asyncio.to_thread(model_fetch.ensure, dirs.models, item, token=token)
+
+    tp = TrainProgress(epochs=req.training.epochs, steps_per_epoch=steps, max_steps=req.training.max_steps)
+    remaining = None
+    if (limit := _timeout(req)) is not None:
+        remaining = max(1.0, limit - (time.monotonic() - started))
+
+    def on_update(p: TrainProgress) -> None:
+        stage = "training" if p.phase == "training" else "caching"
+        msg = (f"epoch {p.epoch}/{p.epochs} step {p.step}/{p.total_steps}" + (f" loss {p.loss:.4f}" if p.loss else "")
+               if stage == "training" else "caching latents and text embeddings")
+        progress.update(stage, p.percent() if stage == "training" else None, msg,
+                        force=p.completed, **p.report())
+
+    progress.update("training", 0, "starting diffusion-pipe", force=True)
+    with timings.stage("training"):
+        await training.run(cfg_path, progress=tp, log_file=dirs.logs / "train.log", on_update=on_update,
+                           resume=bool(req.resume), timeout_s=remaining)
+
+    lora = latest_lora(output_dir, spec.lora_file)
+    if lora is None:
+        raise JobError("engine_failed", f"training finished but no {spec.lora_file} was saved under {output_dir}")
+    with timings.stage("upload"):
+        progress.update("uploading", None, f"uploading {lora.name}", force=True)
+        record = await _upload(req, dirs.job_id, lora, progress)
+    epochs_completed = req.training.epochs if tp.completed and not req.training.max_steps else lora.epoch
+    output = {k: record[k] for k in ("download_url", "safetensors_url", "repo_url", "download_method",
+                                     "expires_in_days", "archive_size_mb", "size_bytes", "sha256", "attempts")
+              if k in record}
+    output["network_volume_path"] = record.get("network_volume_path") or str(lora.directory)
+    return {
+        "status": "success", **base,
+        "epochs_completed": epochs_completed, "latest_epoch": lora.name,
+        "saved_epochs": tp.saved, "steps": tp.step, "final_loss": tp.loss,
+        "lora_file": lora.file.name, "lora_format": spec.lora_format,
+        "dataset": dataset_info, "output": output,
+    }
+
+
+async def _upload(req: TrainRequest, job_id: str, lora, progress: Progress) -> dict:
+    from common.uploads import upload
+    from common.uploads.spec import UploadSpec
+
+    spec = req.output or UploadSpec()
+    files = [lora.file] + [p for p in (lora.directory / "adapter_config.json",) if p.is_file()]
+    try:
+        return await asyncio.to_thread(upload, files, spec, job_id=job_id, volume_dir=lora.directory,
+                                       progress=progress, zip_name=f"{job_id}_{lora.name}.zip")
+    except JobError as exc:
+        if exc.code == "upload_failed":
+            exc.details.append(f"the LoRA stays on the volume at {lora.directory}")
+        raise
+
+
+async def handler(job: dict) -> dict:
+    result = await run_job_async(job, _body)
+    if result.get("error_code") in ("engine_failed", "timeout"):
+        # a crashed or killed engine may leave GPU memory or ports behind: start the next job on a fresh worker
+        result["refresh_worker"] = True
+    return result

@@ -1,0 +1,164 @@
+"""Running diffusion-pipe as a child process group, with progress, a time limit and cancellation.
+
+    deepspeed --num_gpus=N --master_port=P train.py --deepspeed --config <job>/config/config.toml
+
+runs in `DIFFUSION_PIPE_DIR`. The launcher is `DIFFUSION_PIPE_LAUNCHER` (default `deepspeed`;
+tests point it at tests/fakes/diffusion_pipe_train.py). The child gets its own session, so a
+timeout or a cancelled job ends the launcher *and* its training process (which would otherwise
+keep the GPU and the DeepSpeed port).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from common.jobs import JobError
+from common.redaction import redact_text
+from handlers.diffusion_pipe_trainer.train_log import TrainProgress, hint_for
+
+log = logging.getLogger("trainer.engine")
+TAIL_LINES = 40
+
+
+def engine_dir() -> Path:
+    return Path(os.environ.get("DIFFUSION_PIPE_DIR", "/diffusion-pipe"))
+
+
+def visible_gpus() -> int:
+    """GPUs the engine may use: TRAINER_NUM_GPUS, else CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`, else 1."""
+    if env := os.environ.get("TRAINER_NUM_GPUS"):
+        return max(1, int(env))
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None and cvd.strip() not in ("", "all"):
+        return max(1, len([d for d in cvd.split(",") if d.strip()]))
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+            n = sum(1 for line in out.splitlines() if line.startswith("GPU "))
+            if n:
+                return n
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command(config: Path, *, resume: bool, num_gpus: int | None = None) -> list[str]:
+    launcher = shlex.split(os.environ.get("DIFFUSION_PIPE_LAUNCHER", "deepspeed"))
+    cmd = [*launcher, f"--num_gpus={num_gpus or visible_gpus()}", f"--master_port={free_port()}",
+           "train.py", "--deepspeed", "--config", str(config)]
+    if resume:
+        cmd.append("--resume_from_checkpoint")
+    return cmd
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("NCCL_P2P_DISABLE", "1")
+    env.setdefault("NCCL_IB_DISABLE", "1")
+    env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    env["PYTHONUNBUFFERED"] = "1"
+    for secret in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "RUNPOD_AI_API_KEY", "AWS_SECRET_ACCESS_KEY"):
+        env.pop(secret, None)  # the engine needs none of them
+    return env
+
+
+def kill_group(pid: int, grace_s: float | None = None) -> None:
+    """SIGTERM the child's process group, then SIGKILL whatever is left after `grace_s` (blocking)."""
+    grace = float(os.environ.get("TRAINER_KILL_GRACE_S", "10")) if grace_s is None else grace_s
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+async def run(cfg: Path, *, progress: TrainProgress, log_file: Path, on_update: Callable[[TrainProgress], None],
+              resume: bool = False, timeout_s: float | None = None,
+              on_first_line: Callable[[], None] | None = None) -> TrainProgress:
+    """Run training to the end; raises JobError on a non-zero exit, a timeout or a missing engine."""
+    cmd = command(cfg, resume=resume)
+    cwd = engine_dir()
+    if not (cwd / "train.py").is_file():
+        raise JobError("engine_failed", f"diffusion-pipe not found: {cwd}/train.py is missing (DIFFUSION_PIPE_DIR)")
+    log.info("starting diffusion-pipe: %s (cwd %s)", shlex.join(cmd), cwd)
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, cwd=str(cwd), env=child_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True, limit=1 << 20,
+        )
+    except OSError as exc:
+        raise JobError("engine_failed", f"could not start the DeepSpeed launcher: {exc}") from None
+
+    async def pump() -> int:
+        assert proc.stdout
+        first = True
+        with open(log_file, "a", encoding="utf-8", errors="replace") as logf:
+            buf = b""
+            while True:
+                chunk = await proc.stdout.read(65536)
+                if not chunk:
+                    break
+                buf += chunk
+                # tqdm redraws with \r; treat it as a line end so bars do not pile up.
+                *lines, buf = buf.replace(b"\r", b"\n").split(b"\n")
+                for raw in lines:
+                    line = raw.decode("utf-8", errors="replace").rstrip()
+                    if not line:
+                        continue
+                    if first and on_first_line:
+                        on_first_line()
+                        first = False
+                    logf.write(line + "\n")
+                    tail.append(line)
+                    if progress.feed(line):
+                        on_update(progress)
+                logf.flush()
+        return await proc.wait()
+
+    try:
+        rc = await asyncio.wait_for(pump(), timeout=timeout_s)
+    except asyncio.TimeoutError:
+        await asyncio.to_thread(kill_group, proc.pid)
+        await proc.wait()
+        raise JobError("timeout", f"training ran past the job's time limit of {timeout_s:g} s and was stopped at "
+                                  f"epoch {progress.epoch}, step {progress.step}; saved: "
+                                  f"{', '.join(progress.saved) or 'nothing yet'} (checkpoints stay on the volume; "
+                                  "send 'resume' with this job id to continue)",
+                       [redact_text(x) for x in tail][-10:]) from None
+    except BaseException:  # cancelled: end the whole group before letting the cancellation through
+        await asyncio.shield(asyncio.to_thread(kill_group, proc.pid))
+        raise
+    if rc != 0:
+        lines = [redact_text(x) for x in tail]
+        hint = hint_for(lines)
+        raise JobError("engine_failed", f"diffusion-pipe exited with code {rc}" + (f": {hint}" if hint else ""),
+                       lines)
+    return progress
