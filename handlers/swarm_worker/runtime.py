@@ -299,12 +299,12 @@ class WorkerRuntime:
                 "healthy": self.process.ready if until_ready else healthy}
 
     async def release_holds(self) -> int:
+        """`shutdown`: end every hold. The legacy token stays valid: with several generations in flight
+        (the extension's MaxConcurrent) one request's shutdown must not cut the others off, and whoever
+        can send jobs can ask `ready` for the token anyway."""
         count = len(self.holds)
         for ev in list(self.holds):
             ev.set()
-        if self.legacy_token:
-            await self.gateway.revoke(self.legacy_token)
-            self.legacy_token = None
         return count
 
     # -- status -------------------------------------------------------------------------------------------------
