@@ -54,7 +54,7 @@ def test_legacy_ready_health_wakeup_keepalive_shutdown_fields(worker):
 
     wake = call({"action": "wakeup", "duration": 30, "interval": 5})  # SwarmUI is up: no wait
     assert wake["success"] is True and wake["reason"] == "ready" and wake["ready"] is True
-    assert wake["public_url"] == ready["public_url"] and wake["held_seconds"] < 5
+    assert wake["public_url"] == ready["public_url"] and wake["held_seconds"] < 5 and wake["session_id"]
 
     runtime().cfg.wakeup_hold = "duration"  # SWARM_WAKEUP_HOLD=duration: the literal hold
     try:
@@ -367,6 +367,9 @@ def test_startup_failure_reports_the_log_tail(tmp_path):
         assert runtime().process.restarts == 1 and runtime().process.state == "failed"
         lease = call({"action": "lease"})
         assert lease["reason"] == "swarmui_failed" and lease["error"].startswith("engine_failed")
+        wake = call({"action": "wakeup"})
+        assert wake["success"] is False and wake["reason"] == "swarmui_failed" and wake["ready"] is False
+        assert "exited with code 1" in wake["error"] and wake["log_tail"]
     os.environ.pop("FAKE_SWARMUI_FAIL_START", None)
 
 

@@ -7,9 +7,11 @@ is ready as early as possible. Several jobs run at once, so `health`, `ready` an
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from common.redaction import configure_logging, register_env_secrets
 from handlers.swarm_worker.handler import handler
-from handlers.swarm_worker.runtime import get_runtime
+from handlers.swarm_worker.runtime import WorkerRuntime, get_runtime
 
 
 def main() -> None:
@@ -19,8 +21,17 @@ def main() -> None:
     register_env_secrets(["SWARM_ACCESS_TOKEN"])
     runtime = get_runtime()
     runtime.start_background()
-    concurrency = runtime.cfg.concurrency
-    runpod.serverless.start({"handler": handler, "concurrency_modifier": lambda _current: concurrency})
+    runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency_modifier(runtime)})
+
+
+def concurrency_modifier(runtime: WorkerRuntime) -> Callable[[int], int]:
+    """Jobs the worker takes at once. With SWARM_LEASE_EXCLUSIVE a leased worker takes no other job
+    (the SDK resizes its queue only once the lease has ended), so queued leases stay in RunPod's queue
+    and scale the endpoint out instead of being answered `lease_busy` here."""
+    n = runtime.cfg.concurrency
+    if runtime.cfg.lease_exclusive:
+        return lambda _current: 1 if runtime.lease is not None else n
+    return lambda _current: n
 
 
 if __name__ == "__main__":

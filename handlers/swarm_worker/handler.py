@@ -98,7 +98,11 @@ async def _hold(job: dict) -> dict:
     out = {"success": True, "action": req.action, "worker_id": rt.worker_id, "version": rt.version,
            "ready": rt.process.ready, **held}
     if req.action == "wakeup":
-        out["public_url"] = await rt.call(rt.legacy_url())
+        # What a wakeup answered "once SwarmUI is up" in the first worker generation: its address and session.
+        out.update(await rt.call(rt.legacy_info()))
+    if held["reason"] == "swarmui_failed":
+        out.update(success=False, error=f"engine_failed: SwarmUI did not start: {rt.process.error}",
+                   log_tail=rt.process.tail(15))
     return out
 
 

@@ -131,8 +131,15 @@ class WorkerRuntime:
 
     # -- URLs and tokens --------------------------------------------------------------------------------
 
-    async def legacy_url(self) -> str:
-        return self.legacy_public_url()
+    async def legacy_info(self) -> dict:
+        """`public_url` (with the token path) and, once SwarmUI is up, a `session_id`."""
+        info: dict[str, Any] = {"public_url": self.legacy_public_url(), "session_id": None}
+        if self.process.ready:
+            try:
+                info["session_id"] = await self.process.client.session_id()
+            except SwarmUIError as exc:
+                log.warning("no session for the wakeup reply: %s", exc)
+        return info
 
     def legacy_public_url(self) -> str:
         """`<base>/t/<token>`: the legacy extension appends `/API/...` to it, carrying the token."""
