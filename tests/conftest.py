@@ -10,4 +10,5 @@ os.environ.setdefault("RUNPOD_SKIP_GPU_CHECK", "true")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 pytest_plugins: list[str] = [
+    "tests.trainer_fixtures",
 ]

@@ -1,0 +1,125 @@
+"""Fixtures for the diffusion-pipe-trainer tests (registered in tests/conftest.py).
+
+- `trainer_models`: the tiny random-weight JoyCaption-shaped model, built once per session
+  into a models dir laid out like the volume's `models/`.
+- `dataset_server`: a static HTTP server on 127.0.0.1 serving files from a folder.
+- `gemini`: the Gemini stand-in (tests/fakes/gemini.py), fresh state per test.
+- `trainer_env`: environment for a job: working dir, models dir, the diffusion-pipe stand-in
+  as launcher, Gemini base URL, fast retry pacing.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import threading
+import zipfile
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.gemini import FakeGemini
+
+FAKE_ENGINE = Path(__file__).parent / "fakes" / "diffusion_pipe_train.py"
+GEMINI_KEY = "test-gemini-key"
+
+
+@pytest.fixture(scope="session")
+def trainer_models(tmp_path_factory) -> Path:
+    from scripts.tiny_models.trainer import build
+
+    models = tmp_path_factory.mktemp("trainer-models")
+    build(models)
+    return models
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+class DatasetServer:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def put(self, name: str, data: bytes) -> str:
+        (self.root / name).write_bytes(data)
+        return f"{self.url}/{name}"
+
+    def put_zip(self, name: str, files: dict[str, bytes]) -> str:
+        return self.put(name, make_zip(files))
+
+
+@pytest.fixture(scope="session")
+def dataset_server(tmp_path_factory):
+    server = DatasetServer(tmp_path_factory.mktemp("datasets"))
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+def make_zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def png(seed: int, size: tuple[int, int] = (40, 30)) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, ((seed * 37) % 256, (seed * 91) % 256, 120)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def mp4(seed: int, size: int = 3000) -> bytes:
+    """Bytes shaped like an MP4 header; neither the stand-ins nor the worker decode video frames."""
+    return b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + bytes((seed + i) % 251 for i in range(size))
+
+
+@pytest.fixture
+def gemini(monkeypatch):
+    with FakeGemini() as g:
+        monkeypatch.setenv("GEMINI_BASE_URL", g.base_url)
+        monkeypatch.setenv("GEMINI_RETRY_INITIAL_DELAY_S", "0.05")
+        monkeypatch.setenv("GEMINI_RETRY_JITTER_S", "0")
+        monkeypatch.setenv("GEMINI_POLL_S", "0.02")
+        yield g
+
+
+@pytest.fixture
+def trainer_env(tmp_path, monkeypatch, trainer_models) -> Path:
+    """Env for running jobs in-process or in a worker subprocess; returns the working dir."""
+    work = tmp_path / "work"
+    models = work / "models"  # per test; the tiny JoyCaption model is linked in, other weights are the test's
+    models.mkdir(parents=True)
+    for entry in trainer_models.iterdir():
+        (models / entry.name).symlink_to(entry)
+    engine = tmp_path / "diffusion-pipe"
+    engine.mkdir()
+    (engine / "train.py").write_text("# diffusion-pipe's entry point would be here; the stand-in launcher runs\n")
+    env = {
+        "DIFFUSION_PIPE_WORKING_DIR": str(work),
+        "DIFFUSION_PIPE_DIR": str(engine),
+        "DIFFUSION_PIPE_LAUNCHER": f"{sys.executable} {FAKE_ENGINE}",
+        "TRAINER_NUM_GPUS": "1",
+        "TRAINER_KILL_GRACE_S": "3",
+        "TRAINER_PROGRESS_INTERVAL_S": "0",
+        "HF_UPDATES_INTERVAL_S": "0",
+        "JOYCAPTION_SEED": "0",
+        "ALLOW_PRIVATE_DOWNLOADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    for k in ("HF_TOKEN", "GEMINI_API_KEY", "GOOGLE_API_KEY", "DIFFUSION_PIPE_MODELS_DIR"):
+        monkeypatch.delenv(k, raising=False)
+    return work
