@@ -132,6 +132,18 @@ def test_bad_manifest_stops_before_starting(tmp_path):
     assert "[0].folder: Value error" not in out.stderr and "models[0].folder: must be a relative folder" in out.stderr
 
 
+def test_check_mode_for_the_image_build(tmp_path):
+    env = {**os.environ, **worker_env(tmp_path), "SWARM_TUNNEL": "cloudflared"}  # ignored by --check
+    ok = subprocess.run([sys.executable, "-m", "handlers.swarm_worker.standalone", "--check"], env=env, cwd=ROOT,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "SwarmUI came up" in ok.stderr and "SWARM_PUBLIC_URL" not in ok.stdout
+    env["FAKE_SWARMUI_FAIL_START"] = "1"
+    bad = subprocess.run([sys.executable, "-m", "handlers.swarm_worker.standalone", "--check"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "simulated startup failure" in bad.stderr
+
+
 def test_manifest_forms():
     entries = load_manifest('{"models": [{"url": "https://h/x/a%20b.safetensors", "folder": "Lora"}]}')
     assert entries[0].target(Path("/m")) == Path("/m/Lora/a b.safetensors")

@@ -65,15 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url-file", default=os.environ.get("SWARM_URL_FILE"),
                         help="write the public URL here (default: <SWARM_WORK_DIR>/public_url.txt)")
+    parser.add_argument("--check", action="store_true",
+                        help="start SwarmUI, wait until its backend runs, stop and exit 0 (1 if it does not come up): "
+                             "the image build's pre-warm step, which also lets SwarmUI install what it installs on first start")
     args = parser.parse_args(argv)
     configure_logging()
     register_env_secrets(["SWARM_ACCESS_TOKEN"])
     try:
         cfg = WorkerConfig.from_env()
         mode = os.environ.get("SWARM_TUNNEL", "auto").strip().lower()
-        binary = tunnel_binary(mode)
+        binary = None if args.check else tunnel_binary(mode)
         manifest = os.environ.get("SWARM_MODEL_MANIFEST", "").strip()
-        entries = load_manifest(manifest) if manifest else []
+        entries = load_manifest(manifest) if manifest and not args.check else []
     except (ValueError, JobError, TunnelError) as exc:
         log.error("configuration error: %s", exc)
         return 2
@@ -103,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         except SwarmStartError as exc:
             log.error("SwarmUI did not start: %s\n%s", exc, "\n".join(exc.tail[-20:]))
             return 1
+        if args.check:
+            log.info("SwarmUI came up: %s", rt.process.describe())
+            return 0
         base = direct_base_url(cfg)
         if binary:
             tunnel = QuickTunnel(binary, f"http://127.0.0.1:{cfg.public_port}")
