@@ -167,6 +167,12 @@ def test_list_models_status_and_sync_wrapper(swarm):
     assert loras.names == ["style.safetensors"]
     assert glob["status"] == {"waiting_gens": 0, "loading_models": 0, "waiting_backends": 0, "live_gens": 0}
     assert backends["0"]["status"] == "running"
+    with SyncSwarmUIClient(url) as c:
+        assert c.select_model("OfficialStableDiffusion/sd_xl_base_1.0")["success"] is True
+        with pytest.raises(SwarmUIError, match="not found"):
+            c.select_model("nope")
+        assert c.interrupt_all()["success"] is True
+        assert c.current_status()["status"]["live_gens"] == 0
 
 
 def test_chunked_body_is_refused_by_the_stand_in(swarm):

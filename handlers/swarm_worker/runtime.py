@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from common.jobs import worker_version
-from common.swarmui import MODEL_SUBTYPES, SwarmUIError
+from common.swarmui import SwarmUIError
 from handlers.swarm_worker.config import WorkerConfig, worker_id
 from handlers.swarm_worker.gateway import Gateway
 from handlers.swarm_worker.swarm_files import build_model_tree, wipe_dir
@@ -350,8 +350,6 @@ class WorkerRuntime:
             found[subtype] = (await client.list_models(subtype)).names
         return {"models": found, "model_roots": [str(p) for p in self.cfg.model_roots], "tree": tree}
 
-
-DEFAULT_MODEL_SUBTYPES = list(MODEL_SUBTYPES)
 
 _runtime: WorkerRuntime | None = None
 _runtime_lock = threading.Lock()
