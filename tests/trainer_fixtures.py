@@ -36,15 +36,25 @@ def trainer_models(tmp_path_factory) -> Path:
     return models
 
 
-class _Quiet(SimpleHTTPRequestHandler):
+class _Recording(SimpleHTTPRequestHandler):
+    requests: list[str]
+
     def log_message(self, *args) -> None:
         pass
 
+    def send_head(self):
+        self.requests.append(self.path)
+        return super().send_head()
+
 
 class DatasetServer:
+    """Serves files from `root`; `requests` lists every path asked for (to prove nothing was downloaded)."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(root)))
+        self.requests: list[str] = []
+        handler = type("Handler", (_Recording,), {"requests": self.requests})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 

@@ -1,0 +1,195 @@
+"""Whole trainer jobs through the real handler: dataset served on 127.0.0.1, tiny JoyCaption model,
+Gemini stand-in, the labeled diffusion-pipe stand-in, uploads to local servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from handlers.diffusion_pipe_trainer.models import REGISTRY
+from tests.trainer_fixtures import GEMINI_KEY, make_zip, mp4, png
+
+
+def run_handler(job_input: dict, job_id: str = "job-1") -> dict:
+    from handlers.diffusion_pipe_trainer.handler import handler
+
+    return asyncio.run(handler({"id": job_id, "input": job_input}))
+
+
+def image_zip(n: int = 4, captioned: tuple[int, ...] = (0,), nested: bool = True) -> dict[str, bytes]:
+    files = {}
+    for i in range(n):
+        folder = f"set/{'ab'[i % 2]}/" if nested else ""
+        files[f"{folder}img_{i // 2}.png"] = png(i)
+        if i in captioned:
+            files[f"{folder}img_{i // 2}.txt"] = f"a photo number {i}".encode()
+    files["__MACOSX/set/._img_0.png"] = b"junk"
+    return files
+
+
+def seed_weights(work: Path, model_type: str) -> None:
+    """Stand-in weights: the folders the registry fetches, marked complete, so no download is attempted."""
+    for item in REGISTRY[model_type].fetch:
+        d = work / "models" / item.local_dir
+        for rel in item.required:
+            p = d / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if "." in p.name:
+                p.write_bytes(b"weights")
+            else:
+                p.mkdir(exist_ok=True)
+        (d / ".complete").write_text(item.repo_id)
+
+
+# ---------------------------------------------------------------- dry runs
+
+
+def test_dry_run_captions_images_and_returns_configs(trainer_env, dataset_server):
+    url = dataset_server.put_zip("imgs.zip", image_zip())
+    res = run_handler({"model_type": "wan13", "dry_run": True, "caption": {"max_new_tokens": 6},
+                       "dataset": {"type": "images", "images_url": url, "trigger_word": "ohwx", "image_repeats": 3},
+                       "training": {"epochs": 4, "lr_scheduler": "cosine"}}, job_id="dry-1")
+    assert res["status"] == "dry_run", res
+    assert res["model_name"] == "Wan 1.3B" and res["job_id"] == "dry-1"
+    images = trainer_env / "jobs" / "dry-1" / "dataset" / "images"
+    cfg = tomllib.loads(res["configs"]["config.toml"])
+    ds = tomllib.loads(res["configs"]["dataset.toml"])
+    assert (trainer_env / "jobs" / "dry-1" / "config" / "config.toml").read_text() == res["configs"]["config.toml"]
+    assert cfg["model"]["ckpt_path"] == str(trainer_env / "models" / "Wan2.1-T2V-1.3B")
+    assert cfg["output_dir"] == str(trainer_env / "training_outputs" / "dry-1")
+    assert cfg["lr_scheduler"] == "cosine" and cfg["epochs"] == 4
+    assert ds["directory"] == [{"path": str(images), "num_repeats": 3}]
+    # flattened, unique names, every image captioned once with the trigger word
+    media = sorted(p.name for p in images.glob("*.png"))
+    assert media == ["img_0.png", "img_1.png", "set_b_img_0.png", "set_b_img_1.png"]
+    for m in media:
+        text = (images / m).with_suffix(".txt").read_text().strip()
+        assert text.startswith("ohwx, ") and text.count("ohwx") == 1
+    assert (images / "img_0.txt").read_text().strip() == "ohwx, a photo number 0"  # existing caption kept
+    assert res["dataset"]["images"] == 4 and res["dataset"]["captioned_images"] == 3
+    assert res["dataset"]["kept_captions"] == 1
+    # nothing fetched, nothing trained; model paths are where they would be
+    assert res["model_paths"] == {"Wan-AI/Wan2.1-T2V-1.3B": str(trainer_env / "models" / "Wan2.1-T2V-1.3B")}
+    assert not (trainer_env / "models" / "Wan2.1-T2V-1.3B").exists()
+    assert not any((trainer_env / "training_outputs" / "dry-1").iterdir())
+    assert res["estimated_total_steps"] == 4 * (4 * 3 // 4)
+    assert set(res["timings"]) >= {"download", "caption", "config", "total"}
+    assert not (trainer_env / "jobs" / "dry-1" / "downloads" / "images.archive").exists()
+
+
+def test_dry_run_both_captions_videos_with_gemini(trainer_env, dataset_server, gemini):
+    gemini.state.rate_limit_next = 1
+    iurl = dataset_server.put_zip("b_imgs.zip", image_zip(2, captioned=(0, 1), nested=False))
+    vurl = dataset_server.put_zip("b_vids.zip", {"clips/a.mp4": mp4(1), "clips/b.mov": mp4(2),
+                                                 "clips/b.txt": b"ohwx, dancing"})
+    res = run_handler({"model_type": "wan14b_t2v", "dry_run": True,
+                       "dataset": {"type": "both", "images_url": iurl, "videos_url": vurl, "trigger_word": "ohwx",
+                                   "video_repeats": 2},
+                       "api_keys": {"gemini_api_key": GEMINI_KEY},
+                       "training": {"frame_buckets": [1, 17]}}, job_id="dry-2")
+    assert res["status"] == "dry_run", res
+    videos = trainer_env / "jobs" / "dry-2" / "dataset" / "videos"
+    assert (videos / "a.txt").read_text().startswith("ohwx, A person walks")
+    assert (videos / "b.txt").read_text().strip() == "ohwx, dancing"  # kept
+    assert len(gemini.state.uploads) == 1 and gemini.state.uploads[0]["size"] == len(mp4(1))
+    assert gemini.state.rate_limited == 1
+    ds = tomllib.loads(res["configs"]["dataset.toml"])
+    assert ds["frame_buckets"] == [1, 17]
+    assert [d["num_repeats"] for d in ds["directory"]] == [1, 2]
+    assert res["dataset"]["captioned_videos"] == 1 and res["dataset"]["captioned_images"] == 0
+    assert GEMINI_KEY not in json.dumps(res)
+
+
+# ---------------------------------------------------------------- bad input, before any download
+
+
+@pytest.mark.parametrize("job_input, field", [
+    ({"model_type": "hunyuan", "dataset": {"type": "images", "images_url": "URL"}}, "model_type"),
+    ({"dataset": {"type": "images", "images_url": "URL"}}, "model_type: Field required"),
+    ({"model_type": "sdxl", "dataset": {"type": "images"}}, "needs 'images_url'"),
+    ({"model_type": "wan13", "dataset": {"type": "videos", "videos_url": "URL"}}, "api_keys.gemini_api_key"),
+    ({"model_type": "flux", "dataset": {"type": "images", "images_url": "URL"}}, "api_keys.huggingface_token"),
+    ({"model_type": "sdxl", "dataset": {"type": "images", "images_url": "URL"}, "training": {"adapter": {"alpha": 8}}},
+     "adapter.alpha"),
+    ({"model_type": "sdxl", "dataset": {"type": "images", "images_url": "URL"},
+      "output": {"method": "presigned_put"}}, "upload_url"),
+])
+def test_bad_input_fails_before_any_download(trainer_env, dataset_server, job_input, field):
+    url = dataset_server.put_zip("never.zip", image_zip())
+    before = len(dataset_server.requests)
+    raw = json.loads(json.dumps(job_input).replace('"URL"', json.dumps(url)))
+    res = run_handler(raw, job_id="bad")
+    assert res["error_code"] == "invalid_input" and field in res["error"], res
+    assert len(dataset_server.requests) == before
+    assert not (trainer_env / "jobs" / "bad").exists()
+
+
+def test_zip_slip_dataset_is_refused(trainer_env, dataset_server, tmp_path):
+    url = dataset_server.put_zip("slip.zip", {"ok.png": png(1), "../../escaped.txt": b"pwned"})
+    res = run_handler({"model_type": "sdxl", "dataset": {"type": "images", "images_url": url}, "dry_run": True},
+                      job_id="slip")
+    assert res["error_code"] == "unsafe_archive", res
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_non_archive_url_is_refused(trainer_env, dataset_server):
+    url = dataset_server.put("page.zip", b"<!DOCTYPE html><html><body>Sign in to download</body></html>")
+    res = run_handler({"model_type": "sdxl", "dataset": {"type": "images", "images_url": url}, "dry_run": True},
+                      job_id="html")
+    assert res["error_code"] == "invalid_input" and "not a zip or tar archive (HTML" in res["error"], res
+
+
+def test_private_address_is_refused_without_the_switch(trainer_env, dataset_server, monkeypatch):
+    monkeypatch.setenv("ALLOW_PRIVATE_DOWNLOADS", "0")
+    url = dataset_server.put_zip("private.zip", image_zip())
+    before = len(dataset_server.requests)
+    res = run_handler({"model_type": "sdxl", "dataset": {"type": "images", "images_url": url}, "dry_run": True},
+                      job_id="ssrf")
+    assert res["error_code"] in ("download_failed", "invalid_input"), res
+    assert "127.0.0.1" in res["error"] or "private" in res["error"] or "loopback" in res["error"]
+    assert len(dataset_server.requests) == before
+
+
+def test_precaptioned_dataset_with_missing_captions_lists_them(trainer_env, dataset_server):
+    url = dataset_server.put_zip("pre.zip", image_zip(4, captioned=(0, 2), nested=False))
+    res = run_handler({"model_type": "sdxl", "dataset": {"type": "precaptioned", "images_url": url},
+                       "dry_run": True}, job_id="pre")
+    assert res["error_code"] == "invalid_input", res
+    assert "2 without a caption file" in res["error"] and "img_0.png" not in res["details"]
+    assert set(res["details"]) == {"img_1.png"} or len(res["details"]) == 2
+
+
+def test_wrong_media_kind_names_what_was_found(trainer_env, dataset_server, gemini):
+    url = dataset_server.put_zip("docs.zip", {"a.pdf": b"%PDF", "b.gif": b"GIF89a"})
+    res = run_handler({"model_type": "sdxl", "dataset": {"type": "images", "images_url": url}, "dry_run": True},
+                      job_id="kind")
+    assert res["error_code"] == "invalid_input" and "no images found" in res["error"]
+    assert ".pdf" in res["error"] and ".gif" in res["error"]
+
+
+# ---------------------------------------------------------------- training with the stand-in engine
+
+
+def test_crash_mid_epoch_is_engine_failed(trainer_env, dataset_server, monkeypatch):
+    monkeypatch.setenv("FAKE_DIFFUSION_PIPE_MODE", "crash")
+    seed_weights(trainer_env, "sdxl")
+    url = dataset_server.put_zip("crash.zip", image_zip(4, captioned=(0, 1, 2, 3)))
+    res = run_handler({"model_type": "sdxl", "dataset": {"type": "precaptioned", "images_url": url},
+                       "training": {"epochs": 3, "gradient_accumulation_steps": 1}}, job_id="crash")
+    assert res["error_code"] == "engine_failed" and "GPU ran out of memory" in res["error"], res
+    assert any("CUDA out of memory" in d for d in res["details"])
+    assert res["refresh_worker"] is True
+    assert "Traceback" in (trainer_env / "jobs" / "crash" / "logs" / "train.log").read_text()
+
+
+def test_hang_past_timeout_is_a_timeout(trainer_env, dataset_server, monkeypatch):
+    monkeypatch.setenv("FAKE_DIFFUSION_PIPE_MODE", "hang")
+    seed_weights(trainer_env, "z_image_turbo")
+    url = dataset_server.put_zip("hang.zip", image_zip(2, captioned=(0, 1)))
+    res = run_handler({"model_type": "z_image_turbo", "timeout_s": 4,
+                       "dataset": {"type": "precaptioned", "images_url": url}}, job_id="hang")
+    assert res["error_code"] == "timeout" and "time limit" in res["error"], res
