@@ -207,7 +207,7 @@ class CaptionOptions(_Strict):
     overwrite: bool = Field(False, description="caption every file again, even those with a .txt")
     gemini_model: str | None = Field(None, min_length=1, max_length=100,
                                      description="Gemini model name (default: env GEMINI_MODEL or the built-in)")
-    max_new_tokens: int = Field(300, ge=16, le=1024)
+    max_new_tokens: int = Field(300, ge=1, le=1024)
 
 
 class TrainRequest(_Strict):
