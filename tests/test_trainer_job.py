@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from handlers.diffusion_pipe_trainer.models import REGISTRY
-from tests.trainer_fixtures import GEMINI_KEY, make_zip, mp4, png
+from tests.trainer_fixtures import GEMINI_KEY, mp4, png
 
 
 def run_handler(job_input: dict, job_id: str = "job-1") -> dict:
@@ -193,3 +193,58 @@ def test_hang_past_timeout_is_a_timeout(trainer_env, dataset_server, monkeypatch
     res = run_handler({"model_type": "z_image_turbo", "timeout_s": 4,
                        "dataset": {"type": "precaptioned", "images_url": url}}, job_id="hang")
     assert res["error_code"] == "timeout" and "time limit" in res["error"], res
+
+
+def test_training_delivers_the_latest_epoch_lora_zipped(trainer_env, dataset_server, put_server):
+    import io
+    import zipfile
+
+    seed_weights(trainer_env, "qwen")
+    url = dataset_server.put_zip("train.zip", image_zip(4, captioned=(0, 1, 2, 3)))
+    res = run_handler({"model_type": "qwen", "dataset": {"type": "precaptioned", "images_url": url,
+                                                          "trigger_word": "ohwx"},
+                       "training": {"epochs": 3, "save_every_n_epochs": 2, "gradient_accumulation_steps": 1},
+                       "output": {"upload_url": put_server.url("lora.zip")}}, job_id="train-1")
+    assert res.get("status") == "success", res
+    assert res["model_name"] == "Qwen Image" and res["epochs_completed"] == 3 and res["latest_epoch"] == "epoch3"
+    assert res["saved_epochs"] == ["epoch2", "epoch3"] and res["steps"] == 12
+    assert res["lora_file"] == "adapter_model.safetensors" and res["lora_format"] == "ComfyUI"
+    out = res["output"]
+    assert out["download_method"] == "presigned_put"
+    assert out["network_volume_path"].startswith(str(trainer_env / "training_outputs" / "train-1"))
+    assert out["network_volume_path"].endswith("epoch3")
+    body = put_server.received["/bucket/lora.zip"]
+    names = zipfile.ZipFile(io.BytesIO(body)).namelist()
+    assert any(n.endswith("adapter_model.safetensors") for n in names)
+    assert not any("global_step" in n for n in names)
+    assert "X-Amz-Signature=deadbeef" not in json.dumps(res)  # the presigned query is a secret
+    assert set(res["timings"]) >= {"download", "caption", "config", "models", "training", "upload"}
+    assert (trainer_env / "jobs" / "train-1" / "dataset" / "images" / "img_0.txt").read_text().startswith("ohwx, ")
+
+
+def test_resume_continues_the_last_checkpoint(trainer_env, dataset_server, put_server, monkeypatch):
+    seed_weights(trainer_env, "sdxl")
+    url = dataset_server.put_zip("resume.zip", image_zip(4, captioned=(0, 1, 2, 3)))
+    monkeypatch.setenv("FAKE_DIFFUSION_PIPE_MODE", "crash")  # crashes in epoch 2, after epoch 1's checkpoint
+    first = run_handler({"model_type": "sdxl", "dataset": {"type": "precaptioned", "images_url": url},
+                         "training": {"epochs": 3, "gradient_accumulation_steps": 1, "checkpoint_every_n_epochs": 1,
+                                      "save_every_n_epochs": 1}}, job_id="first")
+    assert first["error_code"] == "engine_failed"
+    monkeypatch.setenv("FAKE_DIFFUSION_PIPE_MODE", "success")
+    before = len(dataset_server.requests)
+    res = run_handler({"model_type": "sdxl", "resume": "first",
+                       "training": {"epochs": 3, "gradient_accumulation_steps": 1, "checkpoint_every_n_epochs": 1,
+                                    "save_every_n_epochs": 1},
+                       "output": {"upload_url": put_server.url("resumed.zip")}}, job_id="second")
+    assert res.get("status") == "success", res
+    assert len(dataset_server.requests) == before  # the earlier job's dataset is reused
+    assert res["latest_epoch"] == "epoch3" and res["saved_epochs"] == ["epoch2", "epoch3"]
+    assert res["dataset"]["resumed_from"] == "first"
+    log = (trainer_env / "jobs" / "second" / "logs" / "train.log").read_text()
+    assert "Resuming training from checkpoint. Resuming at epoch: 2, step: 5" in log
+    assert "training_outputs/first/" in res["output"]["network_volume_path"]
+    # a resume of something that does not exist, or of another model type, is refused clearly
+    bad = run_handler({"model_type": "sdxl", "resume": "nope"}, job_id="third")
+    assert bad["error_code"] == "invalid_input" and "no job 'nope'" in bad["error"]
+    bad = run_handler({"model_type": "qwen", "resume": "first"}, job_id="fourth")
+    assert bad["error_code"] == "invalid_input" and "trained sdxl" in bad["error"]

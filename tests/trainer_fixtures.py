@@ -16,7 +16,7 @@ import sys
 import threading
 import zipfile
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -133,3 +133,33 @@ def trainer_env(tmp_path, monkeypatch, trainer_models) -> Path:
     for k in ("HF_TOKEN", "GEMINI_API_KEY", "GOOGLE_API_KEY", "DIFFUSION_PIPE_MODELS_DIR"):
         monkeypatch.delenv(k, raising=False)
     return work
+
+
+class _PutRecorder(BaseHTTPRequestHandler):
+    received: dict[str, bytes]
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_PUT(self) -> None:  # noqa: N802
+        n = int(self.headers.get("Content-Length") or 0)
+        self.received[self.path.split("?")[0]] = self.rfile.read(n)
+        self.send_response(200)
+        self.send_header("ETag", '"fake"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@pytest.fixture
+def put_server():
+    """A presigned-PUT target on 127.0.0.1: `url(name)` gives a signed-looking URL, `received` the bodies."""
+    received: dict[str, bytes] = {}
+    handler = type("Handler", (_PutRecorder,), {"received": received})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.received = received  # type: ignore[attr-defined]
+    httpd.url = lambda name: f"{base}/bucket/{name}?X-Amz-Signature=deadbeef&X-Amz-Credential=AKIAFAKE"  # type: ignore[attr-defined]
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
