@@ -106,6 +106,13 @@ def test_seed_keys_and_passthrough_land_where_the_engine_reads_them():
     assert [d["num_repeats"] for d in ds["directory"]] == [1, 2]
 
 
+def test_transformer_dtype_uses_the_key_each_model_class_reads():
+    cfg, _ = render("z_image_turbo", {"transformer_dtype": "float8"})
+    assert cfg["model"]["diffusion_model_dtype"] == "float8" and "transformer_dtype" not in cfg["model"]
+    cfg, _ = render("qwen", {"diffusion_model_dtype": "bfloat16"})
+    assert cfg["model"]["transformer_dtype"] == "bfloat16"
+
+
 def test_write_configs_reads_back(tmp_path):
     cfg = {"output_dir": str(tmp_path), "epochs": 1, "model": {"type": "sdxl", "dtype": "bfloat16"},
            "optimizer": {"betas": [0.9, 0.99]}}

@@ -76,6 +76,8 @@ def build_config(spec: ModelSpec, training: TrainingSpec, *, models_dir: Path, o
         if key in DATASET_KEYS:
             continue
         if key in MODEL_KEYS:
+            if key in ("transformer_dtype", "diffusion_model_dtype"):
+                key = spec.transformer_dtype_key
             tables["model"][key] = value
         elif key in tables and isinstance(value, dict):
             tables[key].update(value)

@@ -45,6 +45,8 @@ class ModelSpec:
     frame_buckets: tuple[int, ...] | None = None  # video models only
     video_clip_mode: str | None = None  # the engine's default unless set here
     note: str = ""
+    # ComfyUI-based model classes call the transformer's dtype key `diffusion_model_dtype`.
+    transformer_dtype_key: str = "transformer_dtype"
 
 
 def _wan(model_type: str, name: str, repo: str, local: str, *, i2v: bool) -> ModelSpec:
@@ -189,6 +191,7 @@ REGISTRY: dict[str, ModelSpec] = {
             lora_format="ComfyUI",
             media=("images",),
             resolution=1024,
+            transformer_dtype_key="diffusion_model_dtype",
         ),
     )
 }
