@@ -357,6 +357,18 @@ def test_crash_mid_generation_gives_a_clear_error_and_restarts(tmp_path):
         assert call({"action": "health"})["healthy"] is False
 
 
+def test_lease_ends_when_swarmui_is_gone_for_good(tmp_path):
+    with configured_worker(tmp_path, SWARMUI_MAX_RESTARTS="0"):
+        async def crash(first):
+            async with SwarmUIClient(first["public_url"], token=first["token"]) as c:
+                with pytest.raises(SwarmUIError):
+                    await c.generate({"prompt": "CRASH_SWARMUI", "steps": 10})
+
+        items, _ = asyncio.run(_collect_lease({"idle_seconds": 30, "startup_grace_seconds": 30}, during=crash))
+        assert items[-1]["released"] is True and items[-1]["reason"] == "swarmui_exited"
+        assert runtime().process.state == "failed"
+
+
 def test_startup_failure_reports_the_log_tail(tmp_path):
     with configured_worker(tmp_path, FAKE_SWARMUI_FAIL_START="1", SWARMUI_STARTUP_TIMEOUT="10"):
         os.environ["FAKE_SWARMUI_FAIL_START"] = "1"

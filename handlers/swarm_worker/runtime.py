@@ -195,7 +195,6 @@ class WorkerRuntime:
         lease = Lease(number=self.lease_count, token=secrets.token_urlsafe(48), **limits)
         self.lease = lease
         try:
-            wipe_dir(self.cfg.swarm_output_dir)
             await self.ensure_ready()
         except (SwarmStartError, OSError) as exc:
             await self.end_lease(lease, "swarmui_failed")
