@@ -120,6 +120,9 @@ def test_unknown_action_and_bad_input(worker):
     assert "params.steps" in gen["error"] and "bogus: unknown field" in gen["error"]
     i2v = call({"action": "generate", "params": {"prompt": "x", "videomodel": WAN_HIGH}})
     assert "params.initimage: Field required" in i2v["error"]
+    both = call({"action": "generate", "params": {"initimage": "abc", "videomodel": WAN_HIGH},
+                 "init_image_url": "https://example.com/a.png"})
+    assert "params: give either init_image_url or params.initimage, not both" in both["error"]
 
 
 # -- generate, models, status -----------------------------------------------------------------------------------

@@ -64,9 +64,32 @@ def _crash_error(rt: WorkerRuntime, code: int | None, exc: Exception) -> JobErro
                     "Last log lines are in details.", tail)
 
 
+INIT_IMAGE_MAX_BYTES = 50 * 1024 * 1024
+_IMAGE_MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"RIFF", "image/webp"),
+                (b"GIF8", "image/gif"))
+
+
+def _fetch_init_image(url: str, dest_dir: Path) -> str:
+    """Download the init image and return it as the data: URL SwarmUI takes."""
+    from common.downloads import download
+
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    path = download(url, dest_dir / "init_image", max_bytes=INIT_IMAGE_MAX_BYTES)
+    data = path.read_bytes()
+    mime = next((m for magic, m in _IMAGE_MAGIC if data.startswith(magic)), None)
+    if mime is None:
+        raise JobError("invalid_input", "init_image_url: the file is not a PNG, JPEG, WebP or GIF image")
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
 async def run_generate(rt: WorkerRuntime, job: dict, req: GenerateInput, timings: Timings,
                        progress: Progress) -> dict:
-    params = req.swarm_params()
+    job_dir = rt.cfg.output_dir / re.sub(r"[^\w.-]+", "_", str(job.get("id") or "job"))
+    initimage = None
+    if req.init_image_url:
+        with timings.stage("download"):
+            initimage = await asyncio.to_thread(_fetch_init_image, req.init_image_url, job_dir / "inputs")
+    params = req.swarm_params(initimage)
     body = params.to_body()
     with timings.stage("startup"):
         try:
@@ -94,7 +117,6 @@ async def run_generate(rt: WorkerRuntime, job: dict, req: GenerateInput, timings
     if not result.outputs:
         raise JobError("engine_failed", "SwarmUI finished without any output")
 
-    job_dir = rt.cfg.output_dir / re.sub(r"[^\w.-]+", "_", str(job.get("id") or "job"))
     with timings.stage("collect"):
         files = []
         for i, ref in enumerate(result.outputs):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from common.swarmui import MODEL_SUBTYPES, T2IParams, params_for
 from common.uploads.spec import UploadSpec
@@ -42,11 +42,13 @@ class ModelsInput(BaseModel):
 
 class GenerateInput(BaseModel):
     """A SwarmUI generation: `params` is the GenerateText2Image body (text-to-image, or image-to-video
-    when it names a `videomodel`); results come back inline when small, else uploaded per `output`."""
+    when it names a `videomodel`); results come back inline when small, else uploaded per `output`.
+    `init_image_url` fetches the init image on the worker (RunPod caps `/run` bodies at 10 MB)."""
 
     model_config = ConfigDict(extra="forbid")
     action: Literal["generate"]
-    params: dict[str, Any]
+    init_image_url: str | None = Field(None, pattern=r"^(https?|s3|hf)://", description="becomes params.initimage")
+    params: dict[str, Any]  # after init_image_url: its validator looks at it
     output: UploadSpec | None = None
     inline_max_bytes: int | None = Field(None, ge=0, description="inline results up to this total size")
     websocket: bool = Field(True, description="generate over SwarmUI's WebSocket route (no 100 s proxy limit)")
@@ -54,9 +56,17 @@ class GenerateInput(BaseModel):
 
     @field_validator("params")
     @classmethod
-    def _valid_params(cls, value: dict[str, Any]) -> dict[str, Any]:
-        params_for(value)  # raises ValueError naming the bad parameter
+    def _valid_params(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        body = dict(value)
+        if info.data.get("init_image_url"):
+            if body.get("initimage"):
+                raise ValueError("give either init_image_url or params.initimage, not both")
+            body["initimage"] = "fetched from init_image_url"
+        params_for(body)  # raises a ValidationError naming the bad parameter
         return value
 
-    def swarm_params(self) -> T2IParams:
-        return params_for(self.params)
+    def swarm_params(self, initimage: str | None = None) -> T2IParams:
+        body = dict(self.params)
+        if initimage is not None:
+            body["initimage"] = initimage
+        return params_for(body)
