@@ -141,11 +141,8 @@ async def _body(job: dict, timings: Timings) -> dict:
     with timings.stage("validate"):
         req = parse_request(job.get("input"))
     spec: ModelSpec = REGISTRY[req.model_type]
+    hub = _start_hub_updates(req, job_dirs(str(job.get("id") or "local_test")).job_id)
     dirs = job_dirs(str(job.get("id") or "local_test")).create()
-    if req.resume and req.dataset is not None:
-        raise JobError("invalid_input", "dataset: leave it out when resuming; the job continues on the dataset "
-                                        f"of job '{req.resume}'")
-    hub = _start_hub_updates(req, dirs.job_id)
     progress = Progress(job, min_interval=_progress_interval(), sinks=[hub] if hub else None)
     try:
         result = await _train(req, spec, dirs, progress, timings, started)
@@ -171,6 +168,8 @@ def _start_hub_updates(req: TrainRequest, job_id: str):
     token = (out.huggingface.token if out.huggingface else None) or os.environ.get("HF_TOKEN")
     if not token:
         return None
+    from huggingface_hub.errors import HfHubHTTPError
+
     from handlers.diffusion_pipe_trainer.hub_updates import HubUpdates, resolve_repo_id
 
     hf = out.huggingface
@@ -178,6 +177,14 @@ def _start_hub_updates(req: TrainRequest, job_id: str):
         repo_id = resolve_repo_id(token, hf.repo_id if hf else None, job_id, req.model_type)
         hub = HubUpdates(token, repo_id, job_id, private=hf.private if hf else True)
         hub.start()
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if out.method == "huggingface" and status in (401, 403):
+            # found out now rather than after hours of training
+            raise JobError("invalid_input", f"output.huggingface.token: the Hub refused it ({status}); "
+                                            "it needs write access") from None
+        log.warning("UPDATES/ disabled: %s", exc)
+        return None
     except Exception as exc:  # progress on the Hub is a convenience; the upload reports real failures
         log.warning("UPDATES/ disabled: %s", exc)
         return None

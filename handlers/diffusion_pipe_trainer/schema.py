@@ -244,6 +244,8 @@ def cross_field_errors(req: TrainRequest) -> list[str]:
     errors = []
     if req.dataset is None and req.resume is None:
         errors.append("dataset: required (only a 'resume' job reuses an earlier job's dataset)")
+    if req.dataset is not None and req.resume is not None:
+        errors.append(f"dataset: leave it out when resuming; the job continues on the dataset of job '{req.resume}'")
     if req.model_type == "flux" and not (req.api_keys.huggingface_token or _env_hf_token()):
         errors.append("api_keys.huggingface_token: flux needs a Hugging Face token "
                       "(FLUX.1-dev is gated; accept its licence with the token's account)")
