@@ -311,6 +311,10 @@ async def _upload(req: TrainRequest, job_id: str, lora, progress: Progress) -> d
         if exc.code == "upload_failed":
             exc.details.append(f"the LoRA stays on the volume at {lora.directory}")
         raise
+    except Exception as exc:
+        log.exception("upload crashed")
+        raise JobError("upload_failed", f"upload failed unexpectedly ({type(exc).__name__}); the LoRA stays on the "
+                                        f"volume at {lora.directory}", [str(lora.file)]) from None
 
 
 async def handler(job: dict) -> dict:
