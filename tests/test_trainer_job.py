@@ -248,3 +248,31 @@ def test_resume_continues_the_last_checkpoint(trainer_env, dataset_server, put_s
     assert bad["error_code"] == "invalid_input" and "no job 'nope'" in bad["error"]
     bad = run_handler({"model_type": "qwen", "resume": "first"}, job_id="fourth")
     assert bad["error_code"] == "invalid_input" and "trained sdxl" in bad["error"]
+
+
+def test_full_job_through_the_runpod_sdk_local_mode(trainer_env, dataset_server, put_server):
+    """`python -m handlers.diffusion_pipe_trainer --test_input ...`: the SDK's own local runner, end to end:
+    download, JoyCaption on the tiny model (real transformers code path), the engine stand-in, upload."""
+    import ast
+    import os
+    import subprocess
+    import sys
+
+    seed_weights(trainer_env, "sdxl")
+    url = dataset_server.put_zip("local.zip", image_zip(4, captioned=(1,)))
+    job = {"input": {"model_type": "sdxl", "dataset": {"type": "images", "images_url": url, "trigger_word": "ohwx"},
+                     "training": {"epochs": 2, "save_every_n_epochs": 1, "gradient_accumulation_steps": 2},
+                     "caption": {"max_new_tokens": 6},
+                     "output": {"upload_url": put_server.url("local.zip")}}}
+    proc = subprocess.run([sys.executable, "-m", "handlers.diffusion_pipe_trainer", "--test_input", json.dumps(job)],
+                          cwd=Path(__file__).parents[1], env=os.environ.copy(), capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if "Job result:" in x)
+    result = ast.literal_eval(line.split("Job result:", 1)[1].strip())["output"]
+    assert result["status"] == "success" and result["job_id"] == "local_test"
+    assert result["latest_epoch"] == "epoch2" and result["lora_file"] == "lora.safetensors"
+    assert result["dataset"]["captioned_images"] == 3
+    assert "/bucket/local.zip" in put_server.received
+    captions = sorted((trainer_env / "jobs" / "local_test" / "dataset" / "images").glob("*.txt"))
+    assert len(captions) == 4 and all(c.read_text().startswith("ohwx, ") for c in captions)
