@@ -149,3 +149,27 @@ def test_flatten_names_what_it_found_when_the_kind_is_wrong(tmp_path):
     with pytest.raises(JobError) as ei:
         dataset.flatten(src, "images", tmp_path / "flat2")
     assert "no images found" in ei.value.message and ".pdf" in ei.value.message
+
+
+def test_unreadable_and_animated_images_are_named(tmp_path):
+    import io
+
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "ok.png").write_bytes(png(1))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 255, 0))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="WEBP", save_all=True, append_images=frames[1:])
+    media = dataset.MediaSet("images", folder, [folder / "ok.png", folder / "broken.jpg"])
+    with pytest.raises(JobError) as ei:
+        dataset.check_images_open(media)
+    assert "1 image(s) cannot be read: broken.jpg" in ei.value.message
+    (folder / "anim.webp").write_bytes(buf.getvalue())
+    media = dataset.MediaSet("images", folder, [folder / "ok.png", folder / "anim.webp"])
+    with pytest.raises(JobError) as ei:
+        dataset.check_images_open(media)
+    assert "animated" in ei.value.message and "anim.webp" in ei.value.message
+    dataset.check_images_open(dataset.MediaSet("images", folder, [folder / "ok.png"]))

@@ -135,16 +135,22 @@ def check_images_open(media: MediaSet) -> None:
     """Pillow must recognise each image (the engine skips unreadable files without failing)."""
     from PIL import Image, UnidentifiedImageError
 
-    bad = []
+    bad, animated = [], []
     for path in media.media:
         try:
             with Image.open(path) as im:
+                if getattr(im, "n_frames", 1) > 1:
+                    animated.append(path.name)
                 im.verify()
         except (UnidentifiedImageError, OSError, SyntaxError):
             bad.append(path.name)
     if bad:
         raise JobError("invalid_input", f"dataset.images_url: {len(bad)} image(s) cannot be read: {_names(bad)}",
                        bad[:_LIST_LIMIT])
+    if animated:
+        raise JobError("invalid_input", f"dataset.images_url: {len(animated)} animated image(s), which "
+                                        f"diffusion-pipe rejects (send them as videos): {_names(animated)}",
+                       animated[:_LIST_LIMIT])
 
 
 def empty_captions(media: MediaSet) -> list[Path]:
