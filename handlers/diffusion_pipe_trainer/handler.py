@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.jobs import JobError, Progress, Timings, run_job_async
+from common.jobs import JobError, Progress, Timings, error_result, run_job_async
 from common.redaction import redact
 from handlers.diffusion_pipe_trainer import captions, configs, dataset, model_fetch, training
 from handlers.diffusion_pipe_trainer.models import JOYCAPTION_DIR, JOYCAPTION_REPO, REGISTRY, Fetch, ModelSpec
@@ -141,16 +141,15 @@ async def _body(job: dict, timings: Timings) -> dict:
     with timings.stage("validate"):
         req = parse_request(job.get("input"))
     spec: ModelSpec = REGISTRY[req.model_type]
-    hub = _start_hub_updates(req, job_dirs(str(job.get("id") or "local_test")).job_id)
-    dirs = job_dirs(str(job.get("id") or "local_test")).create()
+    dirs = job_dirs(str(job.get("id") or "local_test"))
+    hub = await asyncio.to_thread(_start_hub_updates, req, dirs.job_id)
+    dirs.create()
     progress = Progress(job, min_interval=_progress_interval(), sinks=[hub] if hub else None)
     try:
         result = await _train(req, spec, dirs, progress, timings, started)
     except BaseException as exc:
         progress.close()
         if hub:
-            from common.jobs import error_result
-
             err = error_result(exc) if isinstance(exc, Exception) else {"error": "cancelled: the job was cancelled"}
             await asyncio.to_thread(hub.finish, {"status": "failed", **err})
         raise
