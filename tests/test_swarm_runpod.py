@@ -1,13 +1,20 @@
-"""The swarm worker as RunPod runs it: `python -m handlers.swarm_worker` in the SDK's modes."""
+"""The swarm worker as RunPod runs it: `python -m handlers.swarm_worker` in the SDK's local mode
+and in its real worker loop against a local job server (tests/fakes/runpod_jobs.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
+from common.swarmui import SwarmUIClient, SwarmUIError
+from tests.fakes.runpod_jobs import RunPodJobServer, launch_handler
 from tests.swarm_helpers import ROOT, worker_env
 
 
@@ -33,3 +40,172 @@ def test_sdk_local_mode_runs_the_image_test_input(tmp_path):
     assert not any(f"--port {env['SWARMUI_INTERNAL_PORT']}" in p for p in _processes())
     assert "restarting SwarmUI" not in out.stderr
     assert json.loads(test_input)["input"]["action"] == "generate"
+
+
+# -- the real worker loop ------------------------------------------------------------------------------------------
+
+
+def _start_worker(tmp: Path, server: RunPodJobServer, **overrides: str):
+    env = worker_env(tmp, **overrides)
+    env["SWARM_PUBLIC_URL"] = f"http://127.0.0.1:{env['SWARM_PUBLIC_PORT']}"  # instead of RunPod's proxy
+    proc = launch_handler("swarm_worker", server, log_path=tmp / "worker.log", env=env)
+    return proc, env
+
+
+@pytest.fixture(scope="module")
+def loop_worker(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("loop")
+    with RunPodJobServer() as server:
+        proc, env = _start_worker(tmp, server)
+        try:
+            yield server, proc, env
+        finally:
+            assert proc.stop(30) == 0, proc.log_tail()
+    assert not any(f"--port {env['SWARMUI_INTERNAL_PORT']}" in p for p in _processes())
+
+
+def _lease_first_output(server: RunPodJobServer, job_id: str, proc, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rec = server.jobs[job_id]
+        if rec.stream:
+            return rec.stream[0]
+        if rec.result is not None:
+            raise AssertionError(f"lease ended before streaming: {rec.result}")
+        if proc.poll() is not None:
+            raise AssertionError(proc.log_tail())
+        time.sleep(0.05)
+    raise TimeoutError(proc.log_tail())
+
+
+def test_legacy_actions_answer_as_output_objects(loop_worker):
+    server, proc, env = loop_worker
+    ready = server.wait(server.submit({"action": "ready"}), 30, proc=proc)
+    assert ready.status == "COMPLETED" and isinstance(ready.output, dict)
+    assert ready.output["ready"] is True and ready.output["session_id"]
+    assert ready.output["public_url"].startswith(f"http://127.0.0.1:{env['SWARM_PUBLIC_PORT']}/t/")
+    assert ready.output["worker_id"] == "worker-1"
+    health = server.wait(server.submit({"action": "health"}), 30, proc=proc)
+    assert health.output["healthy"] is True and health.output["protocol"] == 2
+    unknown = server.wait(server.submit({"action": "dance"}), 30, proc=proc)
+    assert unknown.status == "FAILED" and unknown.error == "Unknown action: dance"
+    assert unknown.output["error_id"] == "unknown_action" and "lease" in unknown.output["available_actions"]
+
+
+def test_shutdown_runs_beside_a_keepalive(loop_worker):
+    server, proc, _ = loop_worker
+    keep = server.submit({"action": "keepalive", "duration": 60, "interval": 0.2})
+    deadline = time.monotonic() + 20
+    while server.jobs[keep].status != "IN_PROGRESS" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    down = server.wait(server.submit({"action": "shutdown"}), 20, proc=proc)
+    assert down.output["success"] is True and down.output["released_holds"] == 1
+    kept = server.wait(keep, 20, proc=proc)
+    assert kept.output["reason"] == "shutdown" and kept.output["success"] is True
+
+
+def test_lease_streams_its_first_output_and_releases_on_idle(loop_worker):
+    server, proc, env = loop_worker
+    job = server.submit({"action": "lease", "idle_seconds": 0.8, "startup_grace_seconds": 30,
+                         "max_lease_seconds": 120})
+    first = _lease_first_output(server, job, proc)
+    assert first["protocol"] == 2 and first["success"] is True and first["worker_id"] == "worker-1"
+    assert first["public_url"] == env["SWARM_PUBLIC_URL"] and len(first["token"]) >= 60
+    assert (first["idle_seconds"], first["startup_grace_seconds"], first["max_lease_seconds"]) == (0.8, 30, 120)
+    assert server.status(job)["status"] == "IN_PROGRESS"
+    assert server.jobs[job].progress[0] == first  # /status shows it too while the lease runs
+
+    async def generate():
+        async with SwarmUIClient(first["public_url"], token=first["token"]) as c:
+            return await c.generate({"prompt": "leased", "steps": 20})
+
+    assert asyncio.run(generate()).outputs
+    rec = server.wait(job, 30, proc=proc)
+    assert rec.status == "COMPLETED" and rec.output["released"] is True and rec.output["reason"] == "idle"
+    assert len(rec.stream) == 1
+
+    async def after():
+        async with SwarmUIClient(first["public_url"], token=first["token"]) as c:
+            await c.session_id()
+
+    with pytest.raises(SwarmUIError) as err:
+        asyncio.run(after())
+    assert err.value.status == 401
+
+
+def test_lease_grace_expiry_and_busy(loop_worker):
+    server, proc, _ = loop_worker
+    job = server.submit({"action": "lease", "idle_seconds": 30, "startup_grace_seconds": 1.5})
+    _lease_first_output(server, job, proc)
+    busy = server.wait(server.submit({"action": "lease"}), 20, proc=proc)
+    assert busy.status == "FAILED" and "already holds lease" in busy.error
+    assert busy.output["error_id"] == "lease_busy"
+    rec = server.wait(job, 30, proc=proc)
+    assert rec.output["reason"] == "startup_grace_expired"
+
+
+def test_lease_max_lifetime_does_not_cut_a_generation(loop_worker):
+    server, proc, _ = loop_worker
+    job = server.submit({"action": "lease", "idle_seconds": 30, "startup_grace_seconds": 30,
+                         "max_lease_seconds": 0.5})
+    first = _lease_first_output(server, job, proc)
+
+    async def long_generation():
+        async with SwarmUIClient(first["public_url"], token=first["token"]) as c:
+            result = await c.generate({"prompt": "long", "steps": 200})  # about 2 s
+            return result, time.time()
+
+    result, finished = asyncio.run(long_generation())
+    rec = server.wait(job, 30, proc=proc)
+    assert result.outputs and rec.output["reason"] == "max_lifetime"
+    assert rec.done_at >= finished
+
+
+def test_cancelled_lease_releases_the_token(loop_worker):
+    server, proc, _ = loop_worker
+    job = server.submit({"action": "lease", "idle_seconds": 60, "startup_grace_seconds": 60})
+    first = _lease_first_output(server, job, proc)
+    server.cancel(job)
+
+    async def probe():
+        async with SwarmUIClient(first["public_url"], token=first["token"]) as c:
+            await c.session_id()
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            asyncio.run(probe())
+        except SwarmUIError as exc:
+            assert exc.status == 401
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the cancelled lease's token still works")
+    assert server.status(job)["status"] == "CANCELLED"
+    health = server.wait(server.submit({"action": "health"}), 20, proc=proc)
+    assert health.output["lease_active"] is False
+
+
+def test_exclusive_leases_leave_queued_leases_to_other_workers(tmp_path):
+    with RunPodJobServer() as server:
+        proc, _ = _start_worker(tmp_path, server, SWARM_LEASE_EXCLUSIVE="1")
+        try:
+            first = server.submit({"action": "lease", "idle_seconds": 30, "startup_grace_seconds": 1.5})
+            _lease_first_output(server, first, proc)
+            second = server.submit({"action": "lease", "idle_seconds": 30, "startup_grace_seconds": 0.5})
+            time.sleep(1.0)
+            assert server.jobs[second].status == "IN_QUEUE"  # still there for RunPod to scale out with
+            assert server.wait(first, 30, proc=proc).output["reason"] == "startup_grace_expired"
+            assert server.wait(second, 30, proc=proc).output["reason"] == "startup_grace_expired"
+        finally:
+            assert proc.stop(30) == 0, proc.log_tail()
+
+
+def test_public_url_on_runpod(monkeypatch):
+    from handlers.swarm_worker.config import WorkerConfig
+
+    monkeypatch.delenv("SWARM_PUBLIC_URL", raising=False)
+    monkeypatch.setenv("RUNPOD_POD_ID", "abc123xyz")
+    monkeypatch.setenv("SWARM_PUBLIC_PORT", "7801")
+    assert WorkerConfig.from_env().public_base_url() == "https://abc123xyz-7801.proxy.runpod.net"
