@@ -86,6 +86,12 @@ def test_estimate_is_recalibrated_at_epoch_two(engine, tmp_path):
     assert tp.steps_per_epoch == 6 and tp.total_steps == 12 and tp.percent() == 100.0
 
 
+def test_estimate_follows_the_global_batch_size_of_data_parallel_runs():
+    tp = TrainProgress(epochs=2, steps_per_epoch=10, dataset_dirs=[(40, 1), (10, 2)], n_resolutions=1)
+    tp.feed("Global batch size = 8")  # e.g. micro batch 1 x accumulation 4 x 2 GPUs
+    assert tp.steps_per_epoch == 40 // 8 + 20 // 8 and tp.total_steps == 14
+
+
 def test_media_without_captions_are_what_the_engine_skips(engine, tmp_path):
     cfg, tp, _ = make_job(tmp_path, "sdxl", {"epochs": 1, "gradient_accumulation_steps": 1}, n_images=4, captions=3)
     run(cfg, tp, tmp_path)

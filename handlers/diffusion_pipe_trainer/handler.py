@@ -234,11 +234,10 @@ async def _train(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, progress: Pr
             "model_type": req.model_type, "counts": counts, "image_repeats": data_dirs.image_repeats,
             "video_repeats": data_dirs.video_repeats, "request": req.model_dump(mode="json"),
         }), indent=2))
-    steps = steps_per_epoch_estimate(
-        [(counts["images"], data_dirs.image_repeats)] * bool(data_dirs.images)
-        + [(counts["videos"], data_dirs.video_repeats)] * bool(data_dirs.videos),
-        len(ds_cfg["resolutions"]), req.training.batch_size, req.training.gradient_accumulation_steps,
-    )
+    dir_items = ([(counts["images"], data_dirs.image_repeats)] * bool(data_dirs.images)
+                 + [(counts["videos"], data_dirs.video_repeats)] * bool(data_dirs.videos))
+    steps = steps_per_epoch_estimate(dir_items, len(ds_cfg["resolutions"]), req.training.batch_size,
+                                     req.training.gradient_accumulation_steps)
     base = {"job_id": dirs.job_id, "model_type": req.model_type, "model_name": spec.model_name}
     dataset_info = {"images": counts["images"], "videos": counts["videos"], **summary,
                     "trigger_word": req.dataset.trigger_word if req.dataset else None}
@@ -260,7 +259,8 @@ async def _train(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, progress: Pr
             progress.update("fetching_models", 100.0 * i / len(spec.fetch), f"{item.repo_id}", force=True)
             await asyncio.to_thread(model_fetch.ensure, dirs.models, item, token=token)
 
-    tp = TrainProgress(epochs=req.training.epochs, steps_per_epoch=steps, max_steps=req.training.max_steps)
+    tp = TrainProgress(epochs=req.training.epochs, steps_per_epoch=steps, max_steps=req.training.max_steps,
+                       dataset_dirs=dir_items, n_resolutions=len(ds_cfg["resolutions"]))
     remaining = None
     if (limit := _timeout(req)) is not None:
         remaining = max(1.0, limit - (time.monotonic() - started))

@@ -63,6 +63,10 @@ class TrainProgress:
     saved: list[str] = field(default_factory=list)
     completed: bool = False
     first_line_at: float | None = None
+    # (media count, repeats) per directory and the resolution count, to redo the estimate once the
+    # engine prints its global batch size (micro batch x accumulation x data-parallel GPUs)
+    dataset_dirs: list[tuple[int, int]] = field(default_factory=list)
+    n_resolutions: int = 1
     _first_step: int | None = None
     _first_step_at: float | None = None
     _calibrated: bool = False
@@ -97,6 +101,9 @@ class TrainProgress:
             return True
         if m := RESUMED.search(line):
             self.epoch, self.step = int(m.group(1)), int(m.group(2)) - 1
+            return True
+        if (m := GLOBAL_BATCH.search(line)) and self.dataset_dirs and not self._calibrated:
+            self.steps_per_epoch = steps_per_epoch_estimate(self.dataset_dirs, self.n_resolutions, int(m.group(1)), 1)
             return True
         if CACHING.match(line):
             self.phase = "caching"
