@@ -43,25 +43,15 @@ def _names(paths: list, limit: int = _LIST_LIMIT) -> str:
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
-def sniff_archive(path: Path) -> str | None:
-    """'zip', 'tar' (plain or compressed) or None, from the file's first bytes."""
-    with open(path, "rb") as f:
-        head = f.read(512)
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        return "zip"
-    if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ")) or head[257:262] == b"ustar":
-        return "tar"
-    return None
-
-
 def fetch_archive(url: str, kind: str, downloads: Path, *, sha256: str | None = None,
                   progress: Callable[..., None] | None = None) -> Path:
+    from common.archives import archive_kind
     from common.downloads import download
 
     dest = downloads / f"{kind}.archive"
     path = download(url, dest, max_bytes=MAX_ARCHIVE_BYTES, sha256=sha256,
                     allow_private=os.environ.get("ALLOW_PRIVATE_DOWNLOADS") == "1", progress=progress)
-    if sniff_archive(path) is None:
+    if archive_kind(path) is None:
         with open(path, "rb") as f:
             head = f.read(16)
         looks = "HTML" if head.lstrip().lower().startswith((b"<!doctype", b"<html")) else "unknown data"
