@@ -1,0 +1,5 @@
+import sys
+
+from scripts.gpuworker.cli import main
+
+sys.exit(main())

@@ -1,0 +1,88 @@
+"""JSON-over-HTTP calls with the retries every cloud API here needs (429 and 5xx, honouring Retry-After)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import requests
+
+from scripts.gpuworker.console import CliError
+
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+MAX_BACKOFF = 30.0
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def error_text(resp: requests.Response) -> str:
+    """The service's own error message from a JSON body (`error`, `msg`, `message`), else the text."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text.strip()[:300] or resp.reason or ""
+    if isinstance(body, dict):
+        parts = [str(body[k]) for k in ("error", "msg", "message", "detail") if body.get(k)]
+        if parts:
+            return ": ".join(dict.fromkeys(parts))
+    return str(body)[:300]
+
+
+class JsonApi:
+    """One base URL, one auth header, retried calls. The key is only ever put in the header."""
+
+    def __init__(self, base_url: str, *, auth_header: dict[str, str], service: str, retries: int = 5,
+                 backoff: float = 1.0, timeout: float = 60.0, sleep: Callable[[float], None] = time.sleep):
+        self.base_url = base_url.rstrip("/")
+        self.service = service
+        self.retries = retries
+        self.backoff = backoff
+        self.timeout = timeout
+        self.sleep = sleep
+        self.session = requests.Session()
+        self.session.headers.update(auth_header)
+        self.session.headers["Accept"] = "application/json"
+
+    def request(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
+                timeout: float | None = None, ok_status: tuple[int, ...] = ()) -> Any:
+        """Return the decoded JSON body; raise `CliError` naming the service, route and reason."""
+        url = f"{self.base_url}/{path.lstrip('/')}"
+        route = "/" + path.lstrip("/").split("?", 1)[0]
+        for attempt in range(self.retries + 1):
+            try:
+                resp = self.session.request(method, url, json=json_body, params=params,
+                                            timeout=timeout or self.timeout)
+            except requests.RequestException as exc:
+                if attempt < self.retries:
+                    self.sleep(min(MAX_BACKOFF, self.backoff * 2 ** attempt))
+                    continue
+                raise CliError(f"{self.service} {route}: cannot connect ({type(exc).__name__})") from None
+            if resp.status_code in RETRY_STATUS and attempt < self.retries:
+                wait = _retry_after(resp.headers.get("Retry-After"))
+                self.sleep(min(MAX_BACKOFF, wait if wait is not None else self.backoff * 2 ** attempt))
+                continue
+            if resp.status_code == 401 or resp.status_code == 403:
+                raise CliError(f"{self.service} {route}: HTTP {resp.status_code}: the API key was refused "
+                               f"({error_text(resp) or 'unauthorized'})")
+            if resp.status_code >= 400 and resp.status_code not in ok_status:
+                raise CliError(f"{self.service} {route}: HTTP {resp.status_code}: {error_text(resp)}")
+            if not resp.content:
+                return {}
+            try:
+                return resp.json()
+            except ValueError:
+                raise CliError(f"{self.service} {route}: answer is not JSON: {resp.text[:200]!r}") from None
+        raise AssertionError("unreachable")
