@@ -70,8 +70,8 @@ def _serve(handler, root: Path | None = None) -> ThreadingHTTPServer:
     from http.server import SimpleHTTPRequestHandler
 
     if handler is None:
-        handler = partial(SimpleHTTPRequestHandler, directory=str(root))
-        handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+        quiet = type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
+        handler = partial(quiet, directory=str(root))
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     return httpd

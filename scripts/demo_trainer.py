@@ -44,8 +44,8 @@ def tiny_dataset(captioned: bool = False) -> bytes:
 
 
 def serve(root: Path, port: int = 0) -> ThreadingHTTPServer:
-    handler = partial(SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    quiet = type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
+    handler = partial(quiet, directory=str(root))
     httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     return httpd

@@ -18,6 +18,7 @@ SYSTEM_PROMPT = "You are a helpful image captioner."
 DEFAULT_PROMPT = "Write a detailed description for this image in 50 words or less."
 TEMPERATURE = 0.6
 TOP_P = 0.9
+EMPTY_RETRIES = 3
 
 
 def build_prompt(base: str | None, trigger: str | None) -> str:
@@ -45,8 +46,7 @@ def caption_batches(model_dir: str, files: list[str], prompt: str, *, batch_size
     text = processor.apply_chat_template(convo, tokenize=False, add_generation_prompt=True)
     if "<image>" not in text:  # the model card's template adds the image token itself; ours may not
         text = text.replace(prompt, "<image> " + prompt, 1)
-    for start in range(0, len(files), batch_size):
-        batch = files[start:start + batch_size]
+    def generate(batch: list[str]) -> list[str]:
         images = []
         for f in batch:
             with Image.open(f) as im:
@@ -57,8 +57,18 @@ def caption_batches(model_dir: str, files: list[str], prompt: str, *, batch_size
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=True, temperature=TEMPERATURE,
                                  top_p=TOP_P, top_k=None, use_cache=True)
         new_tokens = out[:, inputs["input_ids"].shape[1]:]
-        for f, toks in zip(batch, new_tokens, strict=True):
-            yield f, processor.tokenizer.decode(toks, skip_special_tokens=True).strip()
+        return [processor.tokenizer.decode(toks, skip_special_tokens=True).strip() for toks in new_tokens]
+
+    for start in range(0, len(files), batch_size):
+        batch = files[start:start + batch_size]
+        results = dict(zip(batch, generate(batch), strict=True))
+        for _retry in range(EMPTY_RETRIES):  # sampling can end at once; ask again rather than train captionless
+            empty = [f for f in batch if not results[f]]
+            if not empty:
+                break
+            results.update(zip(empty, generate(empty), strict=True))
+        for f in batch:
+            yield f, results[f]
 
 
 def main(argv: list[str] | None = None) -> int:
