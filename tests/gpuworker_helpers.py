@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from scripts.gpuworker.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -31,3 +38,35 @@ def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> CliRun:
     code = main(list(argv))
     captured = capsys.readouterr()
     return CliRun(code, captured.out, captured.err)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_swarmui(tmp: Path, *, env: dict | None = None) -> tuple[subprocess.Popen, str, int]:
+    """The SwarmUI stand-in (tests/fakes/swarmui.py) as a process, with an image model and a Wan video model."""
+    from tests.fakes import swarmui as fake
+
+    models = tmp / "models"
+    for rel in ("Stable-Diffusion/OfficialStableDiffusion/sd_xl_base_1.0.safetensors",
+                "diffusion_models/Wan/wan2.2_i2v_high_noise_14B_fp8.safetensors",
+                "diffusion_models/Wan/wan2.2_i2v_low_noise_14B_fp8.safetensors"):
+        (models / rel).parent.mkdir(parents=True, exist_ok=True)
+        (models / rel).write_bytes(b"x")
+    fake.write_settings(tmp / "Data", model_root=models, output_dir=tmp / "Output")
+    port = free_port()
+    cmd = fake.launch_command().format(port=port, data_dir=tmp / "Data", settings_file=tmp / "Data/Settings.fds",
+                                       backends_file=tmp / "Data/Backends.fds").split()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, f"http://127.0.0.1:{port}", port
+        time.sleep(0.05)
+    proc.kill()
+    raise TimeoutError("the SwarmUI stand-in did not open its port")
