@@ -8,7 +8,7 @@
   and remove whatever this call had already written;
 - links that stay inside `dest` are materialised as copies of their target file: no link is
   ever created on disk, so nothing can be written through one;
-- bombs: too many members, declared sizes (zip central directory) over the total cap or over the
+- bombs: too many files, declared sizes (zip central directory) over the total cap or over the
   compression ratio, and, because headers can lie, the bytes actually written are counted
   against the same caps while extracting;
 - `__MACOSX/` and dotfiles (`.DS_Store`, `._foo`, dot-folders) are skipped.
@@ -172,15 +172,20 @@ class _Extraction:
                 pass
 
 
-def _check_count(archive: Path, count: int, max_members: int) -> None:
-    if count > max_members:
-        raise JobError("unsafe_archive", f"{archive.name}: more than {max_members} members")
+def _check_count(archive: Path, entries: int, files: int, max_members: int) -> None:
+    """`max_members` caps the files (and links) extracted; skipped and folder entries (a macOS
+    zip holds a `__MACOSX/._x` twin of every file) may take it to three times that in all."""
+    if files > max_members:
+        raise JobError("unsafe_archive", f"{archive.name}: more than {max_members} files")
+    if entries > 3 * max_members:
+        raise JobError("unsafe_archive", f"{archive.name}: more than {3 * max_members} entries")
 
 
 def _extract_zip(archive: Path, job: _Extraction, max_members: int) -> None:
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
-        _check_count(archive, len(infos), max_members)
+        files = sum(1 for i in infos if not i.is_dir() and _member_path(i.filename) is not None)
+        _check_count(archive, len(infos), files, max_members)
         declared = sum(i.file_size for i in infos)
         if declared > job.max_total:
             raise JobError("unsafe_archive", f"{archive.name}: declares {declared} bytes, more than the "
@@ -218,9 +223,11 @@ def _extract_zip(archive: Path, job: _Extraction, max_members: int) -> None:
 
 def _extract_tar(archive: Path, job: _Extraction, max_members: int) -> None:
     with tarfile.open(archive, "r:*") as tf:
-        for count, member in enumerate(tf, start=1):
-            _check_count(archive, count, max_members)
+        files = 0
+        for entries, member in enumerate(tf, start=1):
             rel = _member_path(member.name)
+            files += rel is not None and not member.isdir()
+            _check_count(archive, entries, files, max_members)
             if rel is None:
                 continue
             if member.isdir():

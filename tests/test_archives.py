@@ -230,11 +230,22 @@ def test_zip_whose_header_understates_the_data_is_refused(tmp_path):
 def test_too_many_members(tmp_path):
     members = [(f"f{i}.txt", b"x") for i in range(11)]
     err = _refused(_zip(tmp_path / "many.zip", members), tmp_path / "out", max_members=10)
-    assert "more than 10 members" in err.message
+    assert "more than 10 files" in err.message
     err = _refused(_tar(tmp_path / "many.tgz", [(_member(n), d) for n, d in members]), tmp_path / "tout",
                    max_members=10)
-    assert "more than 10 members" in err.message and _tree(tmp_path / "tout") == []
+    assert "more than 10 files" in err.message and _tree(tmp_path / "tout") == []
     assert len(safe_extract(tmp_path / "many.zip", tmp_path / "ok", max_members=11)) == 11
+    # Skipped entries count only against the backstop of three times the limit.
+    junk = [(f"__MACOSX/._j{i}", b"") for i in range(30)]
+    err = _refused(_zip(tmp_path / "junk.zip", members[:2] + junk), tmp_path / "jout", max_members=10)
+    assert "more than 30 entries" in err.message
+
+
+def test_macos_twins_do_not_count_against_the_file_limit(tmp_path):
+    members = [(f"set/f{i}.png", b"x") for i in range(10)]
+    twins = [(f"__MACOSX/set/._f{i}.png", b"") for i in range(10)]
+    archive = _zip(tmp_path / "mac.zip", [(zipfile.ZipInfo("set/"), b"")] + members + twins)
+    assert len(safe_extract(archive, tmp_path / "out", max_members=10)) == 10
 
 
 # --- make_zip ------------------------------------------------------------------------------------

@@ -257,6 +257,23 @@ def test_redirect_to_metadata_is_refused_even_with_the_switch_on(server, tmp_pat
     assert "169.254.169.254" in err.message and "metadata" in err.message
 
 
+def test_redirect_loops_and_scheme_changes_are_refused(server, tmp_path):
+    loop = server.url("/loop")
+    server.add("/loop", Route(redirect=loop))
+    err = _download_error(loop, tmp_path / "x", max_bytes=MB)
+    assert f"more than {downloads.MAX_REDIRECTS} redirects" in err.message
+    assert len(server.seen("/loop")) == downloads.MAX_REDIRECTS + 1
+    url, _ = _route(server, "to-file", b"", redirect="file:///etc/passwd")
+    err = _download_error(url, tmp_path / "x", max_bytes=MB)
+    assert "redirected to an unsupported scheme 'file'" in err.message
+
+
+def test_relative_redirect_is_followed(server, tmp_path):
+    server.add("/files/v2/data.bin", Route(b"moved"))
+    url, _ = _route(server, "files/data.bin", b"", redirect="v2/data.bin")
+    assert download(url, tmp_path / "d.bin", max_bytes=MB).read_bytes() == b"moved"
+
+
 def test_error_messages_never_contain_the_query_string(switch_off, server, tmp_path, monkeypatch):
     query = "?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=deadbeefsecretsig&token=tok123456"
     err = _download_error(server.url("/gone.bin") + query, tmp_path / "x", max_bytes=MB)  # refused (loopback)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -46,6 +47,14 @@ class Seen:
     headers: CaseInsensitiveDict
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # clients hang up on purpose in these tests
+            super().handle_error(request, client_address)
+
+
 class FileServer:
     """`with FileServer() as srv: srv.add("/a.bin", Route(data)); srv.url("/a.bin")`."""
 
@@ -53,8 +62,7 @@ class FileServer:
         self.routes: dict[str, Route] = {}
         self.requests: list[Seen] = []
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._httpd.daemon_threads = True
+        self._httpd = _QuietServer(("127.0.0.1", 0), _handler_for(self))
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     @property
