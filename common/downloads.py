@@ -494,7 +494,13 @@ def download(url: str, dest: str | os.PathLike, *, max_bytes: int, sha256: str |
     for key, value in headers.items():
         if is_sensitive_key(key):
             register_secret(value)
-    register_secret(urlsplit(url).password if scheme in ("http", "https") else None)
+    if scheme in ("http", "https"):
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise _fail(shown, "malformed URL") from None
+        register_secret(parts.password)
     allow = private_allowed(allow_private)
 
     if scheme == "s3":

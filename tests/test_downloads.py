@@ -180,6 +180,12 @@ def test_unknown_schemes_are_refused(url, tmp_path):
     assert "unsupported URL scheme" in err.message
 
 
+@pytest.mark.parametrize("url", ["http://[::1/x", "https://example.com:99999/x?sig=abcdef123"])
+def test_malformed_urls_are_refused(url, tmp_path):
+    err = _download_error(url, tmp_path / "x", max_bytes=MB)
+    assert "malformed URL" in err.message and "abcdef123" not in str(err)
+
+
 def test_bad_max_bytes_is_a_programming_error(server, tmp_path):
     with pytest.raises(ValueError):
         download(server.url("/x"), tmp_path / "x", max_bytes=0)
