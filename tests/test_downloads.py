@@ -144,8 +144,8 @@ def test_client_errors_are_not_retried(server, tmp_path):
 
 
 def test_read_timeout_is_retried(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(downloads, "READ_TIMEOUT", 0.3)
-    url, path = _route(server, "slow.bin", b"finally", stall=1.5)
+    monkeypatch.setattr(downloads, "READ_TIMEOUT", 1.0)
+    url, path = _route(server, "slow.bin", b"finally", stall=5.0)  # stalls the first response only
     assert download(url, tmp_path / "slow.bin", max_bytes=MB).read_bytes() == b"finally"
     assert len(server.seen(path)) == 2
 
@@ -333,7 +333,12 @@ def test_s3_download(request, tmp_path, monkeypatch):
         s3 = request.getfixturevalue("s3_server")
     except pytest.FixtureLookupError:
         pytest.skip("the s3_server fixture (tests/fixtures/s3.py, real SeaweedFS) is not registered yet")
+    import types
+
     import boto3
+
+    if isinstance(s3, dict):
+        s3 = types.SimpleNamespace(**s3)
 
     client = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name="us-east-1",
                           aws_access_key_id=s3.access_key, aws_secret_access_key=s3.secret_key)
