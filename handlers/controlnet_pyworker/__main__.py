@@ -1,0 +1,28 @@
+"""RunPod entry: `python -m handlers.controlnet_pyworker` (SDK flags such as --test_input pass through).
+
+Under RunPod's worker loop the PRELOAD_MODEL variant (default: the manifest's) is loaded
+before the first job is taken, so the first request does not pay for it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from common.redaction import configure_logging, register_env_secrets
+from handlers.controlnet_pyworker.handler import get_engine, handler
+
+
+def main() -> None:
+    configure_logging()  # before importing runpod, whose import adds a root handler when there is none
+    import runpod
+
+    register_env_secrets(["HF_TOKEN", "AWS_SECRET_ACCESS_KEY"])
+    preload = os.environ.get("PRELOAD_MODEL", "")
+    if os.environ.get("RUNPOD_WEBHOOK_GET_JOB") and preload.lower() != "none":
+        engine = get_engine()
+        engine.get(preload or engine.manifest.default_variant)
+    runpod.serverless.start({"handler": handler})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""RunPod handler: the job input is a /generate body; the engine runs in this process.
+
+Results larger than a RunPod response can carry (RUNPOD_MAX_INLINE_BYTES, 9 MiB of base64 by
+default) are refused with an error asking for an `output` upload spec, which returns a link.
+Progress: one `progress_update` per denoising step, rate-limited by `PROGRESS_INTERVAL`
+seconds (1.0).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from common.jobs import Progress
+
+log = logging.getLogger("controlnet.handler")
+
+_engine = None
+_engine_lock = threading.Lock()
+
+
+def get_engine():
+    """The process-wide engine (created on first use from MODELS_DIR and the manifest)."""
+    global _engine
+    with _engine_lock:
+        if _engine is None:
+            from handlers.controlnet_pyworker import manifest
+            from handlers.controlnet_pyworker.engine import Engine
+
+            _engine = Engine(manifest.load(), manifest.models_dir())
+        return _engine
+
+
+def handler(job: dict) -> dict:
+    from handlers.controlnet_pyworker import service
+
+    progress = Progress(job, min_interval=float(os.environ.get("PROGRESS_INTERVAL", "1.0")))
+    try:
+        return service.respond(job, get_engine(), max_inline_bytes=service.RUNPOD_MAX_INLINE_BYTES,
+                               progress=progress)
+    finally:
+        progress.close()

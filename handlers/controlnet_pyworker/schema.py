@@ -1,0 +1,107 @@
+"""The /generate request (also the RunPod job input), validated before any model work.
+
+`validate(raw, manifest)` returns a `GenerateRequest` or raises `JobError("invalid_input")`
+with one `field: reason` line per problem; the server turns that into a 422.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from common.jobs import JobError, parse_input
+from common.uploads.spec import UploadSpec
+from handlers.controlnet_pyworker.manifest import Manifest
+
+MAX_PROMPT_CHARS = 2000
+MAX_IMAGE_B64_BYTES = int(os.environ.get("MAX_IMAGE_B64_BYTES", str(16 * 1024 * 1024)))
+MAX_INPUT_PIXELS = 4096 * 4096
+SIZE_MIN, SIZE_MAX = 256, 2048
+
+
+def _b64_field(value: str | None, field: str) -> str | None:
+    if value is None:
+        return None
+    if len(value) > MAX_IMAGE_B64_BYTES:
+        raise ValueError(f"{len(value)} characters, more than the {MAX_IMAGE_B64_BYTES} allowed "
+                         "(send a smaller image)")
+    body = value.split(",", 1)[1] if value.startswith("data:") else value
+    try:
+        base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not valid base64") from None
+    return body
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    depth_map_b64: str | None = Field(None, description="PNG/JPEG depth map (near = bright), gray or RGB")
+    mock_depth: bool = Field(False, description="use a deterministic synthetic depth gradient")
+    auto_depth: bool = Field(False, description="estimate depth from image_b64 with the manifest's depth model")
+    image_b64: str | None = Field(None, description="source image for auto_depth")
+    model: str | None = Field(None, description="variant: lightning, hyper, base (default: the manifest's)")
+    era: str | None = None
+    steps: int | None = Field(None, ge=1, le=100)
+    cfg: float | None = Field(None, ge=0.0, le=30.0)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    lora_strength: float | None = Field(None, ge=0.0, le=2.0, description="era LoRA weight (default: the era's)")
+    controlnet_strength: float = Field(0.8, ge=0.0, le=2.0)
+    scheduler: Literal["auto", "euler", "dpm_sde"] = "auto"
+    width: int = 1024
+    height: int = 1024
+    num_images: int = Field(1, ge=1, le=4)
+    output: UploadSpec | None = None
+
+    @field_validator("width", "height")
+    @classmethod
+    def _size(cls, v: int) -> int:
+        if v % 64 or not SIZE_MIN <= v <= SIZE_MAX:
+            raise ValueError(f"must be a multiple of 64 between {SIZE_MIN} and {SIZE_MAX}")
+        return v
+
+    @field_validator("depth_map_b64")
+    @classmethod
+    def _depth_b64(cls, v: str | None) -> str | None:
+        return _b64_field(v, "depth_map_b64")
+
+    @field_validator("image_b64")
+    @classmethod
+    def _image_b64(cls, v: str | None) -> str | None:
+        return _b64_field(v, "image_b64")
+
+    @model_validator(mode="after")
+    def _one_depth_source(self) -> GenerateRequest:
+        given = [n for n, on in (("depth_map_b64", self.depth_map_b64 is not None), ("mock_depth", self.mock_depth),
+                                 ("auto_depth", self.auto_depth)) if on]
+        if len(given) > 1:
+            raise ValueError(f"give one depth source, not {' and '.join(given)}")
+        if not given:
+            raise ValueError("a depth source is required: depth_map_b64, mock_depth: true, or auto_depth "
+                             "with image_b64")
+        if self.auto_depth and self.image_b64 is None:
+            raise ValueError("auto_depth needs image_b64")
+        if self.image_b64 is not None and not self.auto_depth:
+            raise ValueError("image_b64 is only used with auto_depth: true")
+        return self
+
+
+def validate(raw: object, manifest: Manifest) -> GenerateRequest:
+    """Pydantic validation, then the names the manifest defines (variant, era, depth model)."""
+    req = parse_input(GenerateRequest, raw)
+    problems = []
+    if req.model is not None and req.model not in manifest.variants:
+        problems.append(f"model: unknown variant '{req.model}' (known: {', '.join(manifest.variants)})")
+    if req.era is not None and req.era not in manifest.eras:
+        problems.append(f"era: unknown era '{req.era}' (known: {', '.join(manifest.eras) or 'none'})")
+    if req.auto_depth and not manifest.depth_estimator:
+        problems.append("auto_depth: this worker's manifest has no depth estimator")
+    if problems:
+        raise JobError("invalid_input", "; ".join(problems), problems)
+    return req

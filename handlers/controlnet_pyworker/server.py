@@ -1,0 +1,249 @@
+"""The model server: `python -m handlers.controlnet_pyworker.server`.
+
+FastAPI + uvicorn. Environment:
+  MODEL_SERVER_HOST / MODEL_SERVER_PORT   bind address (0.0.0.0:5001)
+  MODELS_DIR                              model files (/workspace/models)
+  MODEL_MANIFEST                          manifest override (see manifest.py)
+  MODEL_LOG                               readiness log the vast.ai PyWorker tails
+                                          (/workspace/logs/model_server.log; truncated at start)
+  PRELOAD_MODEL                           variant loaded before the ready line (lightning; "none" skips)
+  MAX_QUEUE                               requests that may wait behind the running one (8)
+  MAX_LOADED_VARIANTS                     variants kept in memory (2)
+  LOG_LEVEL                               info
+
+Routes: POST /generate, GET /ping, GET /models, GET /checkhealth.
+
+MODEL_LOG only ever receives lines this module writes (start, ready, fatal, one line per
+request without user text), so no prompt can forge the PyWorker's ready/error markers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from common.jobs import JobError, error_result, worker_version
+from common.redaction import configure_logging
+
+log = logging.getLogger("controlnet.server")
+
+READY_MARKER = "MODEL_SERVER_READY"
+FATAL_MARKER = "MODEL_SERVER_FATAL"
+DEFAULT_MODEL_LOG = "/workspace/logs/model_server.log"
+STATUS_BY_CODE = {"invalid_input": 422, "download_failed": 502, "upload_failed": 502, "timeout": 504,
+                  "cancelled": 499, "engine_failed": 500, "internal": 500, "unsafe_archive": 422}
+
+
+class ModelLog:
+    """The file the PyWorker tails: truncated at start, one flushed line per event."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("")
+        self._lock = threading.Lock()
+
+    def write(self, line: str) -> None:
+        line = line.replace("\n", " ")
+        with self._lock, open(self.path, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+
+
+class State:
+    def __init__(self) -> None:
+        from handlers.controlnet_pyworker import manifest
+
+        self.started = time.monotonic()
+        self.manifest = manifest.load()
+        self.models_dir = manifest.models_dir()
+        self.model_log = ModelLog(os.environ.get("MODEL_LOG", DEFAULT_MODEL_LOG))
+        self.preload = os.environ.get("PRELOAD_MODEL", self.manifest.default_variant)
+        self.ready = False
+        self.last_error: dict | None = None
+        self._engine = None
+        self._engine_lock = threading.Lock()
+
+    @property
+    def engine(self):
+        with self._engine_lock:
+            if self._engine is None:
+                from handlers.controlnet_pyworker.engine import Engine
+
+                self._engine = Engine(self.manifest, self.models_dir)
+            return self._engine
+
+    def record_error(self, where: str, message: str) -> None:
+        self.last_error = {"where": where, "message": message, "at": time.time()}
+
+
+def _wait_listening(host: str, port: int, timeout: float = 60.0) -> None:
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((target, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+
+
+def _preload(state: State, host: str, port: int) -> None:
+    """Load PRELOAD_MODEL, wait until the port listens, then write the ready line (or the fatal one)."""
+    try:
+        if state.preload and state.preload.lower() != "none":
+            if state.preload not in state.manifest.variants:
+                raise JobError("invalid_input", f"PRELOAD_MODEL: unknown variant '{state.preload}'")
+            state.engine.get(state.preload)
+        else:
+            state.engine  # noqa: B018 - import torch/diffusers now, not on the first request
+        _wait_listening(host, port)
+        state.ready = True
+        state.model_log.write(f"{READY_MARKER} preload={state.preload} device={state.engine.device} "
+                              f"port={port}")
+        log.info("ready (preload=%s)", state.preload)
+    except Exception as exc:
+        msg = exc.message if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
+        log.exception("preload failed")
+        state.record_error("preload", msg)
+        state.model_log.write(f"{FATAL_MARKER} preload of '{state.preload}' failed: {msg}")
+
+
+def create_app(state: State | None = None, *, preload: bool = True, host: str = "127.0.0.1", port: int = 5001):
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import JSONResponse
+
+    state = state or State()
+
+    @asynccontextmanager
+    async def lifespan(app):
+        state.model_log.write(f"model server starting (worker {worker_version()}, manifest {state.manifest.source})")
+        if preload:
+            threading.Thread(target=_preload, args=(state, host, port), daemon=True, name="preload").start()
+        yield
+
+    app = FastAPI(title="controlnet-pyworker model server", lifespan=lifespan)
+    app.state.cn = state
+
+    def error_response(exc: BaseException, status: int | None = None, headers: dict | None = None):
+        body = error_result(exc)
+        body["worker_version"] = worker_version()
+        status = status or STATUS_BY_CODE.get(body["error_code"], 500)
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.post("/generate")
+    async def generate(request: Request):
+        from handlers.controlnet_pyworker import schema, service
+        from handlers.controlnet_pyworker.engine import QueueFull
+
+        try:
+            raw = json.loads(await request.body() or b"null")
+        except ValueError:
+            return error_response(JobError("invalid_input", "body: not valid JSON", ["body: not valid JSON"]))
+        try:
+            schema.validate(raw, state.manifest)  # 422 before the request takes a queue place
+            ticket = state.engine.queue.admit()
+        except JobError as exc:
+            return error_response(exc)
+        except QueueFull as exc:
+            return JSONResponse({"error": f"queue_full: {exc}", "error_code": "queue_full",
+                                 "retry_after": exc.retry_after},
+                                status_code=429, headers={"Retry-After": str(exc.retry_after)})
+        job = {"id": request.headers.get("x-request-id") or f"http-{time.time_ns()}", "input": raw}
+        try:
+            out = await run_in_threadpool(service.respond, job, state.engine, ticket=ticket)
+        finally:
+            ticket.release()
+        if "error" in out:
+            status = STATUS_BY_CODE.get(out.get("error_code"), 500)
+            if status >= 500:
+                state.record_error("generate", out["error"])
+            state.model_log.write(f"generate failed status={status} code={out.get('error_code')}")
+            return JSONResponse(out, status_code=status)
+        state.model_log.write(f"generate ok model={out['model']} steps={out['steps']} workload={out['workload']} "
+                              f"seconds={out['timings'].get('total')}")
+        return JSONResponse(out)
+
+    @app.get("/ping")
+    async def ping():
+        return {"status": "ok", "ready": state.ready}
+
+    @app.get("/models")
+    async def models():
+        from handlers.controlnet_pyworker import fetch
+
+        m = state.manifest
+        loaded = state.engine.loaded() if state._engine else []
+        return {
+            "default": m.default_variant,
+            "variants": {
+                n: {"steps": v.steps, "cfg": v.cfg, "scheduler": v.scheduler, "description": v.description,
+                    "loaded": n in loaded,
+                    "on_disk": not fetch.missing_files(m.components_for(n, eras=False), state.models_dir)}
+                for n, v in m.variants.items()},
+            "eras": {n: {"weight": e.weight, "prompt_prefix": e.prompt_prefix,
+                         "on_disk": fetch.on_disk(m.components[e.lora], state.models_dir)}
+                     for n, e in m.eras.items()},
+            "schedulers": ["auto", "euler", "dpm_sde"],
+            "auto_depth": bool(m.depth_estimator),
+            "manifest": m.source,
+        }
+
+    @app.get("/checkhealth")
+    async def checkhealth():
+        return await run_in_threadpool(_health, state)
+
+    return app
+
+
+def _health(state: State) -> dict[str, Any]:
+    import psutil
+
+    vm = psutil.virtual_memory()
+    out: dict[str, Any] = {
+        "status": "ok" if state.ready and not state.last_error else ("loading" if not state.ready else "degraded"),
+        "ready": state.ready,
+        "preload": state.preload,
+        "uptime_s": round(time.monotonic() - state.started, 1),
+        "ram": {"total_mb": vm.total // 2**20, "available_mb": vm.available // 2**20,
+                "process_rss_mb": psutil.Process().memory_info().rss // 2**20},
+        "gpu": None,
+        "loaded": [],
+        "queue_depth": 0,
+        "last_error": state.last_error,
+        "worker_version": worker_version(),
+    }
+    if state._engine is not None:
+        eng = state._engine
+        out.update(loaded=eng.loaded(), queue_depth=eng.queue.pending, max_queue=eng.queue.max_waiting,
+                   device=eng.device, stats=dict(eng.stats))
+        if eng.device.startswith("cuda"):
+            import torch
+
+            free, total = torch.cuda.mem_get_info()
+            out["gpu"] = {"name": torch.cuda.get_device_name(), "total_mb": total // 2**20,
+                          "free_mb": free // 2**20, "allocated_mb": torch.cuda.memory_allocated() // 2**20}
+    return out
+
+
+def main() -> None:
+    import uvicorn
+
+    configure_logging(os.environ.get("LOG_LEVEL", "info"))
+    host = os.environ.get("MODEL_SERVER_HOST", "0.0.0.0")
+    port = int(os.environ.get("MODEL_SERVER_PORT", "5001"))
+    app = create_app(host=host, port=port)
+    uvicorn.run(app, host=host, port=port, log_level=os.environ.get("LOG_LEVEL", "info").lower(),
+                access_log=False)
+
+
+if __name__ == "__main__":
+    main()
