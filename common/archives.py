@@ -198,7 +198,7 @@ def _extract_zip(archive: Path, job: _Extraction, max_members: int) -> None:
             mode = info.external_attr >> 16
             if rel is None:
                 continue
-            if info.is_dir():
+            if info.is_dir() or stat.S_ISDIR(mode):
                 job.mkdir(info.filename, rel)
             elif stat.S_ISLNK(mode):
                 if info.file_size > _LINK_TARGET_MAX:

@@ -181,6 +181,15 @@ def test_device_files_and_fifos_in_tar_are_refused(tmp_path, kind):
     assert "dev/zero-ish" in err.message and ("device" in err.message)
 
 
+def test_device_and_fifo_modes_in_zip_are_refused(tmp_path):
+    for mode in (stat.S_IFCHR, stat.S_IFIFO):
+        info = zipfile.ZipInfo("dev/thing")
+        info.create_system = 3
+        info.external_attr = (mode | 0o600) << 16
+        err = _refused(_zip(tmp_path / "d.zip", [(info, b"")]), tmp_path / "out")
+        assert "dev/thing" in err.message and "device" in err.message
+
+
 def test_existing_symlink_in_dest_is_not_followed(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
