@@ -42,6 +42,8 @@ def job_payload(data: Any) -> dict:
 def clean_error(error: Any) -> str:
     """RunPod's `error` as one line. A raised exception arrives as a JSON-encoded string holding
     `error_type`, `error_message` and a traceback; only type and message are shown."""
+    if error is None:
+        return ""
     if isinstance(error, str):
         text = error.strip()
         if text.startswith("{"):

@@ -17,6 +17,7 @@ Jobs run on `workers` threads per endpoint through a Python handler `fn(job_inpu
 `ctx.cancelled` is set on cancel. What the handler returns becomes `output`; a returned
 `{"error": "..."}` fails the job with that string; a raised exception fails it with the
 JSON-encoded string the SDK sends (`error_type`, `error_message`, `error_traceback`, ...).
+As in the SDK, `error` and `refresh_worker` are popped from a dict result and an empty output dropped.
 
 Auth: `Authorization: Bearer <key>` (or the bare key); anything else -> 401. Unknown endpoint
 -> 404. `inject(status, count, retry_after)` makes the next requests fail (429 with
@@ -200,9 +201,11 @@ class FakeRunPodAPI:
         try:
             result = self.handlers[job.endpoint](job.input, job.ctx)
             status, output, error = "COMPLETED", result, None
-            if isinstance(result, dict) and "error" in result:
-                # The SDK pops `error` from a dict result: the job fails with that string.
-                status, output, error = "FAILED", None, result["error"]
+            if isinstance(result, dict):
+                # As the SDK does: `error` and `refresh_worker` are popped; a truthy error fails the job.
+                output = {k: v for k, v in result.items() if k not in ("error", "refresh_worker")} or None
+                if result.get("error"):
+                    status, output, error = "FAILED", None, result["error"]
         except Exception as exc:
             status, output = "FAILED", None
             error = json.dumps({"error_type": str(type(exc)), "error_message": str(exc),

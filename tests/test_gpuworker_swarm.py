@@ -1,0 +1,147 @@
+"""`gpuworker swarm ...`: waking the real swarm-worker handler behind the RunPod endpoint API stand-in,
+then image-to-video through its gateway URL into the SwarmUI stand-in; generate/i2v against a
+SwarmUI URL directly; clean errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.fakes import swarmui as fake_swarm
+from tests.fakes.http_files import FileServer, Route
+from tests.fakes.runpod_api import FakeRunPodAPI
+from tests.gpuworker_helpers import run_cli, start_swarmui
+from tests.swarm_helpers import configured_worker
+
+KEY = "rp-SWARMKEY-a1b2c3d4e5f6"
+PNG = fake_swarm.tiny_png(7)
+VIDEO_MODEL = "Wan/wan2.2_i2v_high_noise_14B_fp8"
+SWAP_MODEL = "Wan/wan2.2_i2v_low_noise_14B_fp8"
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory):
+    proc, url, _ = start_swarmui(tmp_path_factory.mktemp("swarm"))
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    """`swarm`: the real swarm-worker handler (SwarmUI stand-in behind its gateway); others: scripted."""
+    from handlers.swarm_worker.handler import handler
+
+    ready_calls = {"n": 0}
+
+    def scripted_failing(job_input, ctx):
+        if job_input.get("action") == "keepalive":
+            ctx.sleep(30)
+            return {"success": True}
+        return {"ready": False, "public_url": None, "error": "engine_failed: SwarmUI did not start: port in use"}
+
+    def scripted_slow(job_input, ctx):
+        if job_input.get("action") == "keepalive":
+            ctx.sleep(30)
+            return {"success": True}
+        ready_calls["n"] += 1
+        return {"ready": False, "public_url": "https://pod-7801.proxy.runpod.net/t/x", "error": None}
+
+    with configured_worker(tmp_path_factory.mktemp("worker")), FakeRunPodAPI(api_key=KEY, workers=2) as fake:
+        fake.add_endpoint("swarm", lambda job_input, ctx: asyncio.run(handler({"id": ctx.id, "input": job_input})))
+        fake.add_endpoint("broken", scripted_failing)
+        fake.add_endpoint("cold", scripted_slow)
+        yield fake
+
+
+@pytest.fixture(autouse=True)
+def env(api, monkeypatch):
+    monkeypatch.setenv("RUNPOD_API_KEY", KEY)
+    monkeypatch.setenv("RUNPOD_ENDPOINT_BASE_URL", api.url)
+    monkeypatch.delenv("SWARM_URL", raising=False)
+
+
+def test_wake_i2v_through_the_public_url_then_shutdown(api, capsys, tmp_path):
+    r = run_cli(capsys, "swarm", "wake", "swarm", "--duration", "120", "--interval", "0.5", "--timeout", "60",
+                "--poll", "0.2", "--json")
+    assert r.code == 0, r.err
+    info = r.json
+    assert info["ready"] is True and info["session_id"] and info["worker_id"]
+    assert "/t/" in info["public_url"]  # the legacy gateway token path
+    hold = info["keepalive_job_id"]
+    assert api.jobs[hold].status == "IN_PROGRESS"  # the keepalive job holds the worker
+
+    image = tmp_path / "start.png"
+    image.write_bytes(PNG)
+    r = run_cli(capsys, "swarm", "i2v", str(image), "--url", info["public_url"], "--prompt", "camera slowly zooms in",
+                "--video-model", VIDEO_MODEL, "--swap-model", SWAP_MODEL, "-o", str(tmp_path / "clip.mp4"), "--json")
+    assert r.code == 0, r.err
+    report = r.json
+    video = tmp_path / "clip.mp4"
+    assert report["files"] == [str(video)] and video.read_bytes()[4:8] == b"ftyp"
+    assert report["progress_events"] == 4  # SwarmUI ran the 4 Wan steps
+    params = report["params"]
+    assert (params["videoframes"], params["videocfg"], params["videosteps"]) == (81, 3.5, 4)
+    assert params["initimagecreativity"] == 0 and params["videomodel"] == VIDEO_MODEL
+
+    r = run_cli(capsys, "swarm", "shutdown", "swarm", "--cancel", hold, "--poll", "0.2", "--json")
+    assert r.code == 0, r.err
+    assert r.json["success"] is True and r.json["released_holds"] >= 1
+    deadline = time.monotonic() + 10
+    while api.jobs[hold].status == "IN_PROGRESS" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert api.jobs[hold].status in ("COMPLETED", "CANCELLED")
+    assert KEY not in r.text
+
+
+def test_i2v_from_an_image_url_with_endpoint_flow_errors(swarm, capsys, tmp_path):
+    with FileServer() as files:
+        files.add("/photos/cat.png", Route(PNG))
+        r = run_cli(capsys, "swarm", "i2v", files.url("/photos/cat.png"), "--url", swarm, "--prompt", "a cat turns",
+                    "--video-model", VIDEO_MODEL, "--frames", "33", "--format", "webm", "--seed", "5",
+                    "-o", str(tmp_path / "out"))
+    assert r.code == 0, r.err
+    [saved] = list((tmp_path / "out").iterdir())
+    assert saved.suffix == ".webm" and f"saved {saved}" in r.out
+
+
+def test_generate_images_into_a_folder(swarm, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SWARM_URL", swarm)
+    r = run_cli(capsys, "swarm", "generate", "--prompt", "a lighthouse", "--model",
+                "OfficialStableDiffusion/sd_xl_base_1.0", "--steps", "3", "--images", "2", "--param", "sampler=euler",
+                "-o", str(tmp_path / "imgs"), "--json")
+    assert r.code == 0, r.err
+    files = sorted((tmp_path / "imgs").iterdir())
+    assert len(files) == 2 and all(f.read_bytes().startswith(b"\x89PNG") for f in files)
+    assert r.json["progress_events"] == 6 and r.json["params"]["sampler"] == "euler"
+
+
+def test_generation_errors_are_clean(swarm, capsys, tmp_path):
+    image = tmp_path / "start.png"
+    image.write_bytes(PNG)
+    base = ["swarm", "i2v", str(image), "--prompt", "x", "--video-model", VIDEO_MODEL]
+    r = run_cli(capsys, *base, "--url", "http://127.0.0.1:1", "--frames", "0")
+    assert r.code == 2 and "videoframes" in r.err  # refused before any request
+    r = run_cli(capsys, "swarm", "i2v", str(tmp_path / "missing.png"), "--url", swarm, "--prompt", "x",
+                "--video-model", VIDEO_MODEL)
+    assert r.code == 2 and "is not a file" in r.err
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    r = run_cli(capsys, "swarm", "i2v", str(text), "--url", swarm, "--prompt", "x", "--video-model", VIDEO_MODEL)
+    assert r.code == 2 and "is not a PNG, JPEG" in r.err
+    r = run_cli(capsys, "swarm", "i2v", str(image), "--url", swarm, "--prompt", "x", "--video-model", "Wan/missing")
+    assert r.code == 1 and "model not found" in r.err
+    r = run_cli(capsys, *base)
+    assert r.code == 2 and "--url URL" in r.err
+
+
+def test_wake_fails_cleanly_when_swarmui_cannot_start(capsys):
+    r = run_cli(capsys, "swarm", "wake", "broken", "--timeout", "20", "--poll", "0.1")
+    assert r.code == 1 and "SwarmUI did not start: port in use" in r.err
+
+
+def test_wake_times_out_with_exit_3(capsys):
+    r = run_cli(capsys, "swarm", "wake", "cold", "--timeout", "1.5", "--poll", "0.2")
+    assert r.code == 3 and "no ready worker after 1.5 s" in r.err and "gpuworker swarm shutdown" in r.err
