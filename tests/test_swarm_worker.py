@@ -166,6 +166,7 @@ def test_models_lists_volume_through_a_per_worker_tree(worker):
     _, tmp = worker
     new = tmp / "volume" / "SwarmUI" / "Models" / "Lora" / "added_later.safetensors"
     new.write_bytes(b"w")
+    (new.parent / "still_downloading.safetensors.partial").write_bytes(b"w")  # a fetch in progress
     out = call({"action": "models", "subtypes": ["Stable-Diffusion", "LoRA", "VAE", "Clip"]})
     assert out["success"] is True
     assert f"{SDXL}.safetensors" in out["models"]["Stable-Diffusion"]
@@ -175,6 +176,7 @@ def test_models_lists_volume_through_a_per_worker_tree(worker):
     # SwarmUI wrote its metadata files into the tree, never into the shared volume
     assert not list((tmp / "volume").rglob("*.ldb"))
     assert list((tmp / "work" / "model_tree").rglob("model_metadata.ldb"))
+    assert not (tmp / "work" / "model_tree" / "Lora" / "still_downloading.safetensors.partial").exists()
     link = tmp / "work" / "model_tree" / "Lora" / "added_later.safetensors"
     assert link.is_symlink() and link.resolve() == new.resolve()
     new.unlink()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 log = logging.getLogger("swarm.files")
 
-SKIP_SUFFIXES = (".ldb", ".part", ".tmp", ".lock")
+SKIP_SUFFIXES = (".ldb", ".part", ".partial", ".partial.json", ".tmp", ".lock")
 
 
 def fds(data: dict, indent: int = 0) -> str:
