@@ -155,6 +155,21 @@ def test_generate_image_to_video_over_http(worker):
     assert out["params"]["initimagecreativity"] == 0.0 and "initimage" not in out["params"]
 
 
+def test_generate_image_to_video_from_an_init_image_url(worker):
+    from tests.fakes.http_files import FileServer, Route
+
+    with FileServer() as files:
+        files.add("/frame.png", Route(data=fake.tiny_png(9)))
+        files.add("/notes.txt", Route(data=b"not an image"))
+        params = {"prompt": "waves", "videomodel": WAN_HIGH, "videosteps": 2, "videoframes": 9}
+        out = call({"action": "generate", "params": params, "init_image_url": files.url("/frame.png")}, "gen-url")
+        bad = call({"action": "generate", "params": params, "init_image_url": files.url("/notes.txt")})
+        missing = call({"action": "generate", "params": params, "init_image_url": files.url("/nope.png")})
+    assert out["success"] is True and out["outputs"][0]["kind"] == "video" and "download" in out["timings"]
+    assert bad["error_code"] == "invalid_input" and "init_image_url: the file is not a PNG" in bad["error"]
+    assert missing["error_code"] == "download_failed"
+
+
 def test_generate_unknown_model_is_named_before_generating(worker):
     out = call({"action": "generate", "params": {"prompt": "x", "model": "nope/missing"}})
     assert out["error_code"] == "invalid_input"
