@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fastapi import Request  # module level: FastAPI resolves the route annotation from globals
+
 from common.jobs import JobError, error_result, worker_version
 from common.redaction import configure_logging
 
@@ -117,7 +119,7 @@ def _preload(state: State, host: str, port: int) -> None:
 def create_app(state: State | None = None, *, preload: bool = True, host: str = "127.0.0.1", port: int = 5001):
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse
 
