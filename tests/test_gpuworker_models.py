@@ -27,7 +27,7 @@ def sha(data: bytes) -> str:
 def files(monkeypatch):
     with FileServer() as server:
         monkeypatch.setenv("HF_ENDPOINT", server.url("").rstrip("/"))
-        monkeypatch.setenv("GCS_BASE_URL", server.url("/gcs").rstrip("/"))
+        monkeypatch.setenv("GCS_PUBLIC_URL", server.url("/gcs").rstrip("/"))
         monkeypatch.setenv("GCS_OAUTH_TOKEN", GCS_TOKEN)
         monkeypatch.delenv("HF_TOKEN", raising=False)
         yield server
@@ -179,3 +179,30 @@ def test_console_script_models_fetch(files, tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["fetched"] == 1 and (tmp_path / "v/m.bin").read_bytes() == data
+
+
+def test_controlnet_manifest_variant(files, tmp_path, capsys):
+    """controlnet-pyworker's own manifest, as shipped, limited to the lightning variant."""
+    from urllib.parse import urlsplit
+
+    from handlers.controlnet_pyworker.manifest import PACKAGED, load
+    from scripts.gpuworker.manifest import load_manifest
+
+    wanted = load_manifest(PACKAGED, variant="lightning")
+    for item in wanted:
+        if item.url.startswith("hf://"):
+            owner, name, rest = item.url[len("hf://"):].split("/", 2)
+            files.add(f"/{owner}/{name}/resolve/main/{rest}", Route(item.path.encode()))
+        else:
+            files.add(urlsplit(item.url).path, Route(item.path.encode()))
+    dest = tmp_path / "models"
+    r = run_cli(capsys, "models", "fetch", str(PACKAGED), "--dest", str(dest), "--variant", "lightning", "--json")
+    assert r.code == 0, r.out + r.err
+    assert r.json["fetched"] == len(wanted)
+    manifest = load(PACKAGED)
+    needed = {p for c in manifest.components_for("lightning", eras=True, depth=True) for _, p in c.file_paths(dest)}
+    assert {p for p in dest.rglob("*") if p.is_file()} == needed
+    assert (dest / "loras/experimance_wilderness.safetensors").read_bytes() == b"loras/experimance_wilderness.safetensors"
+    assert not (dest / "loras/Hyper-SDXL-8steps-CFG-lora.safetensors").exists()  # another variant's LoRA
+    r = run_cli(capsys, "models", "fetch", str(PACKAGED), "--dest", str(dest), "--variant", "turbo")
+    assert r.code == 2 and "--variant: 'turbo' unknown" in r.err

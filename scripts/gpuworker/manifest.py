@@ -14,7 +14,8 @@ Format (JSON; a bare list of entries is accepted too):
 
 Per entry: the source is `url` (alias `source`): https/http, `hf://owner/name/path[@rev]`,
 `s3://bucket/key` (env `S3_ENDPOINT_URL`, `AWS_*`), `gs://bucket/key` (fetched from
-`https://storage.googleapis.com`, with `Authorization: Bearer $GCS_OAUTH_TOKEN` when set);
+`https://storage.googleapis.com` or env `GCS_PUBLIC_URL`, as controlnet-pyworker does, with
+`Authorization: Bearer $GCS_OAUTH_TOKEN` when set);
 or `repo` + `file` (+ `revision`, `repo_type` model|dataset) for a Hugging Face repo file.
 The target, relative to `--dest`, is `path`; or `folder` + `filename` (default: the source's
 file name). `sha256` and `size` are optional and checked when present.
@@ -22,6 +23,11 @@ file name). `sha256` and `size` are optional and checked when present.
 The swarm worker's `SWARM_MODEL_MANIFEST` (entries `{url, folder, sha256?, filename?}`, also
 under a `models` key) is this format's subset, so one manifest serves both. Keys this tool
 does not use (a variant name, a note) are ignored, so image-specific manifests can carry more.
+
+controlnet-pyworker's manifest (`handlers/controlnet_pyworker/manifest.json`: `components` with
+`path` and `files[{name, source, sha256, size?}]`) is read as is: each file lands at
+`<component path>/<name>`; `variant=` limits it to the components that variant needs
+(its base, ControlNet, VAE, speed LoRA, the era LoRAs and the depth estimator).
 """
 
 from __future__ import annotations
@@ -114,7 +120,41 @@ class ModelFile:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def _entries(data: Any) -> list:
+def _controlnet_entries(data: dict, variant: str | None) -> list[dict]:
+    """controlnet-pyworker's `components` map as flat entries."""
+    components = data["components"]
+    if not isinstance(components, dict):
+        raise CliError("manifest: 'components' must be an object", 2)
+    keys = list(components)
+    if variant is not None:
+        from handlers.controlnet_pyworker.manifest import ManifestError, parse
+
+        try:
+            parsed = parse(data)
+        except ManifestError as exc:
+            raise CliError(f"manifest: {exc}", 2) from None
+        if variant not in parsed.variants:
+            raise CliError(f"--variant: {variant!r} unknown (known: {', '.join(parsed.variants)})", 2)
+        keys = [c.key for c in parsed.components_for(variant, eras=True, depth=True)]
+    entries = []
+    for key in keys:
+        comp = components[key]
+        base = str(comp.get("path") or "") if isinstance(comp, dict) else ""
+        for f in (comp.get("files") or []) if isinstance(comp, dict) else []:
+            if not isinstance(f, dict):
+                entries.append(f)
+                continue
+            name = str(f.get("name") or "")
+            entries.append({"source": f.get("source"), "path": f"{base}/{name}" if name else base,
+                            "sha256": f.get("sha256"), "size": f.get("size")})
+    return entries
+
+
+def _entries(data: Any, variant: str | None) -> list:
+    if isinstance(data, dict) and "components" in data:
+        return _controlnet_entries(data, variant)
+    if variant is not None:
+        raise CliError("--variant: only a controlnet-pyworker manifest (with 'components') has variants", 2)
     if isinstance(data, dict):
         for key in ("files", "models"):
             if key in data:
@@ -130,11 +170,11 @@ def _gs_to_https(url: str, headers: dict[str, str]) -> str:
     token = os.environ.get("GCS_OAUTH_TOKEN") or os.environ.get("GOOGLE_OAUTH_ACCESS_TOKEN")
     if token:
         headers["Authorization"] = f"Bearer {register_key(token)}"
-    base = os.environ.get("GCS_BASE_URL", "https://storage.googleapis.com").rstrip("/")
+    base = os.environ.get("GCS_PUBLIC_URL", "https://storage.googleapis.com").rstrip("/")
     return f"{base}/{parts.netloc}{parts.path}"
 
 
-def load_manifest(path: Path) -> list[ModelFile]:
+def load_manifest(path: Path, *, variant: str | None = None) -> list[ModelFile]:
     """Parse and check a manifest; every problem names the entry and the field, before any download."""
     if not path.is_file():
         raise CliError(f"manifest: {path} is not a file", 2)
@@ -142,7 +182,7 @@ def load_manifest(path: Path) -> list[ModelFile]:
         data = json.loads(path.read_text())
     except ValueError as exc:
         raise CliError(f"manifest {path}: not valid JSON ({exc})", 2) from None
-    entries = _entries(data)
+    entries = _entries(data, variant)
     if not isinstance(entries, list) or not entries:
         raise CliError(f"manifest {path}: no entries", 2)
     problems: list[str] = []

@@ -82,7 +82,7 @@ class Fetcher:
 
 
 def cmd_fetch(args: argparse.Namespace, console: Console) -> int:
-    files = load_manifest(Path(args.manifest))
+    files = load_manifest(Path(args.manifest), variant=args.variant)
     if args.only:
         files = [f for f in files if any(part in f.path for part in args.only)]
         if not files:
@@ -150,6 +150,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("manifest", help="manifest JSON (see `gpuworker models fetch --help` / README)")
     p.add_argument("--dest", required=True, help="volume folder the manifest's paths are relative to")
     p.add_argument("-j", "--jobs", type=int, default=4, help="parallel downloads (default 4)")
+    p.add_argument("--variant", help="controlnet-pyworker manifest: only what this variant needs (e.g. lightning)")
     p.add_argument("--only", nargs="+", metavar="TEXT", help="only entries whose path contains one of these")
     p.add_argument("--trust-existing", action="store_true",
                    help="skip re-hashing files already on the volume (size still checked)")
