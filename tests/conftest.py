@@ -10,5 +10,6 @@ os.environ.setdefault("RUNPOD_SKIP_GPU_CHECK", "true")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 pytest_plugins: list[str] = [
+    "tests.controlnet_fixtures",
     "tests.trainer_fixtures",
 ]

@@ -88,6 +88,7 @@ def _components():
     unet = UNet2DConditionModel(sample_size=32, out_channels=4, up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
                                 **_unet_kwargs())
     controlnet = ControlNetModel(conditioning_embedding_out_channels=(8, 16, 16, 16), **_unet_kwargs())
+    _unzero_controlnet(controlnet)
     vae = AutoencoderKL(
         block_out_channels=[8, 16, 16, 16], in_channels=3, out_channels=3, latent_channels=4,
         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
@@ -101,6 +102,19 @@ def _components():
     text_encoder_2 = CLIPTextModelWithProjection(cfg)
     return dict(unet=unet, controlnet=controlnet, vae=vae, scheduler=scheduler, tokenizer=tok,
                 tokenizer_2=_tokenizer(), text_encoder=text_encoder, text_encoder_2=text_encoder_2)
+
+
+def _unzero_controlnet(controlnet) -> None:
+    """A fresh ControlNet's output convolutions are zero (it starts as a no-op); give them random
+    weights so the depth map visibly conditions the tiny model, as it does the trained one."""
+    import torch
+
+    zero_init = [controlnet.controlnet_cond_embedding.conv_out, *controlnet.controlnet_down_blocks,
+                 controlnet.controlnet_mid_block]
+    with torch.no_grad():
+        for module in zero_init:
+            for p in module.parameters():
+                p.normal_(0.0, 0.2)
 
 
 def _save_lora(unet, out: Path, rel: str, seed: int, scale: float) -> None:
