@@ -206,3 +206,15 @@ def test_controlnet_manifest_variant(files, tmp_path, capsys):
     assert not (dest / "loras/Hyper-SDXL-8steps-CFG-lora.safetensors").exists()  # another variant's LoRA
     r = run_cli(capsys, "models", "fetch", str(PACKAGED), "--dest", str(dest), "--variant", "turbo")
     assert r.code == 2 and "--variant: 'turbo' unknown" in r.err
+
+
+def test_transfer_bars_on_a_terminal(files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    data = os.urandom(200 * KB)
+    files.add("/big.bin", Route(data))
+    manifest = write(tmp_path, [{"url": files.url("/big.bin"), "path": "big.bin", "sha256": sha(data)}])
+    r = run_cli(capsys, "models", "fetch", str(manifest), "--dest", str(tmp_path / "v"))
+    assert r.code == 0
+    assert "big.bin" in r.err and "100.0%" in r.err and "204.8/204.8 kB" in r.err  # rich counts decimal kB
+    again = run_cli(capsys, "models", "fetch", str(manifest), "--dest", str(tmp_path / "v"))
+    assert again.code == 0 and "1 already present" in again.out

@@ -203,3 +203,12 @@ def test_console_script_in_a_subprocess(api, tmp_path):
     proc = subprocess.run([str(exe), "runpod", "runsync", "boom", "--data", "{}"], capture_output=True, text=True,
                           env=env, timeout=60)
     assert proc.returncode == 1 and "ValueError: dataset.images_url" in proc.stdout
+
+
+def test_progress_bar_on_a_terminal(capsys, monkeypatch):
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich treats stderr as a terminal
+    r = run_cli(capsys, "runpod", "run", "trainer", "--data", "{}", "--follow", "--poll", "0.05")
+    assert r.code == 0
+    assert "━" in r.err and "completed" in r.err and "100.0%" in r.err
+    assert "[train] 50%" not in r.err  # the bar replaces the plain progress lines
+    assert f"download: {SIGNED}" in r.out

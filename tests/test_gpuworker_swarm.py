@@ -96,7 +96,8 @@ def test_wake_i2v_through_the_public_url_then_shutdown(api, capsys, tmp_path):
     assert KEY not in r.text
 
 
-def test_i2v_from_an_image_url_with_endpoint_flow_errors(swarm, capsys, tmp_path):
+def test_i2v_from_an_image_url_with_a_progress_bar(swarm, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich treats stderr as a terminal
     with FileServer() as files:
         files.add("/photos/cat.png", Route(PNG))
         r = run_cli(capsys, "swarm", "i2v", files.url("/photos/cat.png"), "--url", swarm, "--prompt", "a cat turns",
@@ -105,6 +106,7 @@ def test_i2v_from_an_image_url_with_endpoint_flow_errors(swarm, capsys, tmp_path
     assert r.code == 0, r.err
     [saved] = list((tmp_path / "out").iterdir())
     assert saved.suffix == ".webm" and f"saved {saved}" in r.out
+    assert "video" in r.err and "100.0%" in r.err and "━" in r.err
 
 
 def test_generate_images_into_a_folder(swarm, capsys, tmp_path, monkeypatch):

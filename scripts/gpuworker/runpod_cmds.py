@@ -90,7 +90,7 @@ def follow(console: Console, endpoint: Endpoint, job_id: str, *, poll: float, ti
         final = endpoint.follow(job_id, poll=poll, timeout=timeout, stream=stream,
                                 on_status=watcher.on_status, on_item=watcher.on_item)
         if final.get("status") == "COMPLETED":
-            bar.update(watcher.task, completed=100, description="completed")
+            bar.update(watcher.task, completed=100, description="completed", status="")
     if stream:
         final = {**final, "stream": watcher.items}
     return final
