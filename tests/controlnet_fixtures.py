@@ -131,6 +131,7 @@ def cn_server_models(cn_models, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def cn_server(cn_server_models, tmp_path_factory):
     """The real model server (`python -m handlers.controlnet_pyworker.server`) with a queue of 2."""
-    srv = start_server(tmp_path_factory.mktemp("cn-server"), cn_server_models, MAX_QUEUE="2")
+    srv = start_server(tmp_path_factory.mktemp("cn-server"), cn_server_models, MAX_QUEUE="2",
+                       MAX_IMAGE_B64_BYTES="300000")
     yield srv
     stop(srv.proc)

@@ -1,0 +1,119 @@
+"""The controlnet-pyworker model server as a real subprocess on tiny models."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import time
+
+import pytest
+import requests
+
+from tests.controlnet_fixtures import body, png_size
+
+NOT_AN_IMAGE = base64.b64encode(b"this is plain text, not a PNG or JPEG").decode()
+
+
+def post(srv, payload, **kw):
+    return requests.post(f"{srv.url}/generate", json=payload, timeout=120, **kw)
+
+
+def test_generate_returns_png_and_effective_parameters(cn_server):
+    r = post(cn_server, body(era="wilderness", lora_strength=0.5, seed=99))
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert png_size(out["images"][0]) == (256, 256) and out["format"] == "png"
+    assert (out["seed"], out["seeds"], out["model"], out["era"]) == (99, [99], "lightning", "wilderness")
+    assert (out["steps"], out["cfg"], out["scheduler"], out["lora_strength"]) == (6, 2.0, "euler_trailing", 0.5)
+    assert out["workload"] > 0 and out["timings"]["total"] > 0 and "inference" in out["timings"]
+    again = post(cn_server, body(era="wilderness", lora_strength=0.5, seed=99)).json()
+    assert again["images"] == out["images"], "same seed and parameters, same image"
+    assert "generate ok model=lightning" in cn_server.model_log.read_text()
+
+
+def test_ping_models_checkhealth(cn_server):
+    assert requests.get(f"{cn_server.url}/ping", timeout=10).json() == {"status": "ok", "ready": True}
+    models = requests.get(f"{cn_server.url}/models", timeout=10).json()
+    assert models["default"] == "lightning"
+    assert models["variants"]["lightning"]["loaded"] is True and models["variants"]["lightning"]["on_disk"]
+    assert models["variants"]["hyper"]["steps"] == 8 and models["variants"]["base"]["cfg"] == 7.5
+    assert set(models["eras"]) >= {"wilderness", "pre_industrial", "future", "drone"}
+    assert models["schedulers"] == ["auto", "euler", "dpm_sde"] and models["auto_depth"] is True
+    health = requests.get(f"{cn_server.url}/checkhealth", timeout=10).json()
+    assert health["ready"] is True and "lightning" in health["loaded"] and health["device"] == "cpu"
+    assert health["ram"]["process_rss_mb"] > 0 and health["queue_depth"] >= 0 and health["uptime_s"] > 0
+    assert health["max_queue"] == 2
+
+
+def test_ready_line_after_preload(cn_server):
+    lines = cn_server.model_log.read_text().splitlines()
+    assert "model server starting" in lines[0]
+    ready = [ln for ln in lines if "MODEL_SERVER_READY" in ln]
+    assert len(ready) == 1 and "preload=lightning" in ready[0]
+    assert not any("MODEL_SERVER_FATAL" in ln for ln in lines)
+
+
+@pytest.mark.parametrize("override,field", [
+    ({"width": 300}, "width"),
+    ({"height": 4096}, "height"),
+    ({"width": 128}, "width"),
+    ({"steps": 0}, "steps"),
+    ({"steps": 101}, "steps"),
+    ({"cfg": -0.5}, "cfg"),
+    ({"cfg": 30.5}, "cfg"),
+    ({"lora_strength": 2.5}, "lora_strength"),
+    ({"controlnet_strength": -0.1}, "controlnet_strength"),
+    ({"model": "turbo"}, "model"),
+    ({"era": "medieval"}, "era"),
+    ({"scheduler": "ddim"}, "scheduler"),
+    ({"mock_depth": None, "depth_map_b64": "@@not base64@@"}, "depth_map_b64"),
+    ({"mock_depth": None, "depth_map_b64": NOT_AN_IMAGE}, "depth_map_b64"),
+    ({"mock_depth": None, "depth_map_b64": "A" * 300_004}, "depth_map_b64"),
+    ({"mock_depth": None, "auto_depth": True, "image_b64": NOT_AN_IMAGE}, "image_b64"),
+    ({"prompt": "x" * 2001}, "prompt"),
+    ({"prompt": None}, "prompt"),
+    ({"num_images": 5}, "num_images"),
+    ({"seed": -1}, "seed"),
+    ({"surprise": 1}, "surprise"),
+    ({"depth_map_b64": NOT_AN_IMAGE}, "depth source"),
+    ({"mock_depth": None}, "depth source"),
+    ({"output": {"method": "ftp"}}, "output.method"),
+])
+def test_bad_input_is_422_naming_the_field(cn_server, override, field):
+    r = post(cn_server, body(**override))
+    assert r.status_code == 422, r.text
+    out = r.json()
+    assert out["error_code"] == "invalid_input"
+    assert any(d.startswith(field) or field in d for d in out["details"]), out
+    assert "x" * 100 not in r.text, "rejected values are not echoed"
+
+
+def test_invalid_json_is_422(cn_server):
+    r = requests.post(f"{cn_server.url}/generate", data=b"{not json", timeout=10)
+    assert r.status_code == 422 and r.json()["details"] == ["body: not valid JSON"]
+
+
+def test_flood_gets_429_with_retry_after(cn_server):
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        responses = list(pool.map(lambda i: post(cn_server, body(seed=i)), range(10)))
+    codes = [r.status_code for r in responses]
+    assert codes.count(200) >= 3 and codes.count(429) >= 1, codes
+    assert set(codes) <= {200, 429}
+    for r in responses:
+        if r.status_code == 429:
+            assert int(r.headers["Retry-After"]) >= 1 and r.json()["error_code"] == "queue_full"
+    time.sleep(0.2)
+    assert requests.get(f"{cn_server.url}/checkhealth", timeout=10).json()["queue_depth"] == 0
+
+
+def test_engine_failure_is_500_and_server_stays_up(cn_server):
+    r = post(cn_server, body(model="broken"))
+    assert r.status_code == 500, r.text
+    out = r.json()
+    assert out["error_code"] == "engine_failed" and len(out["error"]) < 300
+    assert "Traceback" not in r.text
+    assert requests.get(f"{cn_server.url}/ping", timeout=10).status_code == 200
+    assert post(cn_server, body()).status_code == 200
+    health = requests.get(f"{cn_server.url}/checkhealth", timeout=10).json()
+    assert health["last_error"]["where"] == "generate" and "engine_failed" in health["last_error"]["message"]
+    assert "MODEL_SERVER_FATAL" not in cn_server.model_log.read_text(), "a request failure is not fatal"
