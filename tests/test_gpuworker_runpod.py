@@ -160,11 +160,24 @@ def test_cancel_health_and_purge_queue(api, capsys):
 
 def test_429_and_5xx_are_retried(api, capsys):
     before = len(api.requests)
+    api.inject(502, 1)
     api.inject(429, 2, retry_after=0.1)
-    api.inject(503, 1)
     r = run_cli(capsys, "runpod", "health", "echo", "--json")
     assert r.code == 0 and "jobs" in r.json
     assert len(api.requests) - before == 4
+
+
+def test_submitting_is_not_blindly_retried(api, capsys):
+    """A 502 on /run may mean the job was accepted: no second submission. 429/503 were not processed."""
+    jobs_before = len(api.jobs)
+    api.inject(429, 1, retry_after=0.05)
+    api.inject(503, 1, retry_after=0.05)
+    r = run_cli(capsys, "runpod", "run", "echo", "--data", "{}", "--json")
+    assert r.code == 0 and len(api.jobs) == jobs_before + 1
+    api.inject(502, 1)
+    r = run_cli(capsys, "runpod", "run", "echo", "--data", "{}")
+    assert r.code == 1 and "HTTP 502" in r.err
+    assert len(api.jobs) == jobs_before + 1
 
 
 def test_wrong_key_is_refused_and_never_printed(capsys, monkeypatch):

@@ -172,11 +172,17 @@ def test_detached_guard_process_destroys_a_forgotten_instance(capsys, vast, tmp_
 
 def test_wrong_key_and_retries(capsys, vast, monkeypatch):
     before = len(vast.requests)
-    vast.inject(429, 2, retry_after=0.05)
     vast.inject(502, 1)
+    vast.inject(429, 2, retry_after=0.05)
     r = run_cli(capsys, "vast", "offers", "--json")
     assert r.code == 0 and len(r.json) == 3  # verified, reliable, not rented
     assert len(vast.requests) - before == 4
+    # renting is not resent after a 502 (it may have gone through: a second GPU would bill too)
+    instances_before = len(vast.instances) + len(vast.destroyed)
+    vast.inject(502, 1)
+    r = run_cli(capsys, "vast", "create", "1005", "--image", "x")
+    assert r.code == 1 and "HTTP 502" in r.err
+    assert len(vast.instances) + len(vast.destroyed) == instances_before
     monkeypatch.setenv("VAST_API_KEY", "vast-WRONGKEY-1234567")
     r = run_cli(capsys, "vast", "offers")
     assert r.code == 1 and "HTTP 401" in r.err and "API key was refused" in r.err

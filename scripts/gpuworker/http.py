@@ -1,4 +1,10 @@
-"""JSON-over-HTTP calls with the retries every cloud API here needs (429 and 5xx, honouring Retry-After)."""
+"""JSON-over-HTTP calls with the retries every cloud API here needs (429 and 5xx, honouring Retry-After).
+
+A request that creates something (a RunPod job, a vast.ai instance) is retried only when the
+service cannot have acted on it: 429, 503, or a connection that was never established. A 502
+or a dropped connection after sending may mean it was accepted, and a blind retry would start
+a second job or rent a second GPU.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,20 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
+from urllib3.exceptions import NewConnectionError
 
 from scripts.gpuworker.console import CliError
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+RETRY_STATUS_UNSAFE = frozenset({429, 503})  # not processed: safe to resend a creating request
 MAX_BACKOFF = 30.0
+
+
+def _never_connected(exc: requests.RequestException) -> bool:
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(exc, requests.ConnectionError) and isinstance(reason, NewConnectionError)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -57,8 +72,10 @@ class JsonApi:
         self.session.headers["Accept"] = "application/json"
 
     def request(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
-                timeout: float | None = None, ok_status: tuple[int, ...] = ()) -> Any:
-        """Return the decoded JSON body; raise `CliError` naming the service, route and reason."""
+                timeout: float | None = None, ok_status: tuple[int, ...] = (), creates: bool = False) -> Any:
+        """Return the decoded JSON body; raise `CliError` naming the service, route and reason.
+
+        `creates`: the request starts something billable; see the module docstring."""
         url = f"{self.base_url}/{path.lstrip('/')}"
         route = "/" + path.lstrip("/").split("?", 1)[0]
         for attempt in range(self.retries + 1):
@@ -66,11 +83,11 @@ class JsonApi:
                 resp = self.session.request(method, url, json=json_body, params=params,
                                             timeout=timeout or self.timeout)
             except requests.RequestException as exc:
-                if attempt < self.retries:
+                if attempt < self.retries and (not creates or _never_connected(exc)):
                     self.sleep(min(MAX_BACKOFF, self.backoff * 2 ** attempt))
                     continue
                 raise CliError(f"{self.service} {route}: cannot connect ({type(exc).__name__})") from None
-            if resp.status_code in RETRY_STATUS and attempt < self.retries:
+            if resp.status_code in (RETRY_STATUS_UNSAFE if creates else RETRY_STATUS) and attempt < self.retries:
                 wait = _retry_after(resp.headers.get("Retry-After"))
                 self.sleep(min(MAX_BACKOFF, wait if wait is not None else self.backoff * 2 ** attempt))
                 continue

@@ -93,12 +93,12 @@ class Endpoint:
                            service=f"RunPod {endpoint_id}", **api_kwargs)
 
     def run(self, payload: dict) -> dict:
-        return self.api.request("POST", "run", json_body=payload)
+        return self.api.request("POST", "run", json_body=payload, creates=True)
 
     def runsync(self, payload: dict, *, wait_ms: int | None = None) -> dict:
         params = {"wait": wait_ms} if wait_ms else None
         timeout = (wait_ms / 1000 + 30) if wait_ms else 120
-        return self.api.request("POST", "runsync", json_body=payload, params=params, timeout=timeout)
+        return self.api.request("POST", "runsync", json_body=payload, params=params, timeout=timeout, creates=True)
 
     def status(self, job_id: str) -> dict:
         return self.api.request("GET", f"status/{job_id}")

@@ -70,7 +70,7 @@ class VastApi:
         return list(self.api.request("POST", "bundles/", json_body=query).get("offers") or [])
 
     def create_instance(self, offer_id: int, body: dict) -> int:
-        reply = self.api.request("PUT", f"asks/{offer_id}/", json_body=body)
+        reply = self.api.request("PUT", f"asks/{offer_id}/", json_body=body, creates=True)
         if not reply.get("success") or not reply.get("new_contract"):
             raise CliError(f"vast.ai did not create an instance from offer {offer_id}: "
                            f"{reply.get('msg') or reply.get('error') or reply}")
