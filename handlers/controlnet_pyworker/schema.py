@@ -93,15 +93,23 @@ class GenerateRequest(BaseModel):
 
 
 def validate(raw: object, manifest: Manifest) -> GenerateRequest:
-    """Pydantic validation, then the names the manifest defines (variant, era, depth model)."""
-    req = parse_input(GenerateRequest, raw)
-    problems = []
-    if req.model is not None and req.model not in manifest.variants:
-        problems.append(f"model: unknown variant '{req.model}' (known: {', '.join(manifest.variants)})")
-    if req.era is not None and req.era not in manifest.eras:
-        problems.append(f"era: unknown era '{req.era}' (known: {', '.join(manifest.eras) or 'none'})")
-    if req.auto_depth and not manifest.depth_estimator:
+    """Pydantic validation plus the names the manifest defines (variant, era, depth model),
+    all problems reported together."""
+    problems: list[str] = []
+    req = None
+    try:
+        req = parse_input(GenerateRequest, raw)
+    except JobError as exc:
+        if not isinstance(raw, dict):
+            raise
+        problems = list(exc.details)
+    model, era = raw.get("model"), raw.get("era")
+    if isinstance(model, str) and model not in manifest.variants:
+        problems.append(f"model: unknown variant '{model}' (known: {', '.join(manifest.variants)})")
+    if isinstance(era, str) and era not in manifest.eras:
+        problems.append(f"era: unknown era '{era}' (known: {', '.join(manifest.eras) or 'none'})")
+    if raw.get("auto_depth") is True and not manifest.depth_estimator:
         problems.append("auto_depth: this worker's manifest has no depth estimator")
-    if problems:
+    if problems or req is None:
         raise JobError("invalid_input", "; ".join(problems), problems)
     return req

@@ -1,0 +1,97 @@
+"""The controlnet-pyworker RunPod handler through the runpod SDK: `--test_input` mode and the
+real worker loop against the local job server (tests/fakes/runpod_jobs.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.controlnet_fixtures import REPO, body, png_size
+from tests.fakes.runpod_jobs import RunPodJobServer, launch_handler
+
+
+def run_test_input(models, job: dict, cwd) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_WEBHOOK_")}
+    env.update(MODELS_DIR=str(models), PYTHONPATH=str(REPO), DEVICE="cpu")
+    return subprocess.run([sys.executable, "-m", "handlers.controlnet_pyworker", "--test_input", json.dumps(job)],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+
+
+def printed_result(output: str) -> str:
+    """The SDK prints `Job result: {...}` (a Python repr, cut to its first and last 2048
+    characters by the SDK's logger when longer)."""
+    match = re.search(r"Job result: (\{.*?)\nINFO", output, re.DOTALL)
+    assert match, output[-3000:]
+    return match.group(1)
+
+
+def test_test_input_mode_prints_the_image(cn_models, tmp_path):
+    job = json.loads((REPO / "test_inputs/controlnet-pyworker/test_input.json").read_text())
+    proc = run_test_input(cn_models, job, tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    printed = printed_result(out)
+    assert printed.startswith("{'output': {'seed': 42, 'seeds': [42], 'model': 'lightning', 'era': 'wilderness', "
+                              "'steps': 6, 'cfg': 2.0, 'scheduler': 'euler_trailing'")
+    assert "'images': ['iVBORw0KGgo" in printed, "a base64 PNG"
+    assert printed.rstrip().endswith("'format': 'png'}}")
+    assert "'worker_version': " in printed and "'error'" not in printed
+    assert "completed successfully" in out
+
+
+def test_test_input_mode_bad_input_fails_clearly(cn_models, tmp_path):
+    proc = run_test_input(cn_models, {"input": body(width=100, era="medieval")}, tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1
+    assert "invalid_input: width: must be a multiple of 64" in out
+    assert "era: unknown era 'medieval'" in out
+
+
+@pytest.fixture(scope="module")
+def runpod_worker(cn_models, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cn-runpod")
+    server = RunPodJobServer().start()
+    proc = launch_handler("controlnet_pyworker", server, log_path=tmp / "worker.log", cwd=tmp, env={
+        "MODELS_DIR": str(cn_models), "DEVICE": "cpu", "PROGRESS_INTERVAL": "0",
+        "RUNPOD_MAX_INLINE_BYTES": "400000", "VOLUME_DIR": str(tmp / "volume"),
+    })
+    yield server, proc
+    proc.stop()
+    server.close()
+
+
+def test_worker_loop_result_and_progress_per_step(runpod_worker):
+    server, proc = runpod_worker
+    job_id = server.submit(body(seed=5, steps=4))
+    rec = server.wait(job_id, 180, proc=proc)
+    assert rec.status == "COMPLETED", rec.result
+    assert png_size(rec.output["images"][0]) == (256, 256) and rec.output["seed"] == 5
+    steps = [p for p in rec.progress if p.get("stage") == "denoising"]
+    assert [p["step"] for p in steps] == [1, 2, 3, 4] and steps[-1]["percent"] == 100.0
+    assert rec.progress[0]["stage"] == "queued"
+    assert server.status(job_id)["status"] == "COMPLETED"
+    assert not server.unauthorized
+
+
+def test_worker_loop_bad_input_fails_job_not_worker(runpod_worker):
+    server, proc = runpod_worker
+    bad = server.submit(body(steps=500))
+    good = server.submit(body(seed=6, steps=2))
+    rec = server.wait(bad, 60, proc=proc)
+    assert rec.status == "FAILED" and rec.error.startswith("invalid_input: steps:")
+    assert rec.progress == [], "validation fails before any work"
+    assert server.wait(good, 120, proc=proc).status == "COMPLETED"
+    assert proc.poll() is None
+
+
+def test_worker_loop_refuses_results_too_big_to_return(runpod_worker):
+    server, proc = runpod_worker
+    job_id = server.submit(body(num_images=3, seed=9, steps=2))
+    rec = server.wait(job_id, 180, proc=proc)
+    assert rec.status == "FAILED"
+    assert "give an `output` upload spec" in rec.error and "MB" in rec.error
