@@ -96,6 +96,23 @@ def test_wake_i2v_through_the_public_url_then_shutdown(api, capsys, tmp_path):
     assert KEY not in r.text
 
 
+def test_i2v_with_endpoint_wakes_generates_and_releases(api, capsys, tmp_path):
+    image = tmp_path / "start.png"
+    image.write_bytes(PNG)
+    r = run_cli(capsys, "swarm", "i2v", str(image), "--endpoint", "swarm", "--shutdown", "--poll", "0.2",
+                "--keepalive", "120", "--prompt", "waves roll in", "--video-model", VIDEO_MODEL,
+                "-o", str(tmp_path / "out"), "--json")
+    assert r.code == 0, r.err
+    assert "/t/" in r.json["swarm_url"] and "worker released" in r.err
+    [video] = r.json["files"]
+    assert video.endswith(".mp4") and (tmp_path / "out").is_dir()
+    holds = [j for j in api.jobs.values() if j.endpoint == "swarm" and j.input.get("action") == "keepalive"]
+    deadline = time.monotonic() + 10
+    while any(j.status == "IN_PROGRESS" for j in holds) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(j.status in ("COMPLETED", "CANCELLED") for j in holds)  # nothing left holding a worker
+
+
 def test_i2v_from_an_image_url_with_a_progress_bar(swarm, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("FORCE_COLOR", "1")  # rich treats stderr as a terminal
     with FileServer() as files:
