@@ -187,6 +187,9 @@ def test_wrong_key_is_refused_and_never_printed(capsys, monkeypatch):
     assert r.code == 1
     assert "HTTP 401" in r.err and "API key was refused" in r.err
     assert wrong not in r.text
+    j = run_cli(capsys, "runpod", "status", "echo", "some-job", "--json")
+    assert j.code == 1 and j.json["exit_code"] == 1 and "API key was refused" in j.json["error"]
+    assert wrong not in j.text
 
 
 def test_missing_key_and_bad_input_fail_before_any_request(api, capsys, monkeypatch, tmp_path):

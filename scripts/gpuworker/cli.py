@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args, console) or 0)
     except CliError as exc:
         console.error(exc.message)
+        if console.json_mode:  # scripts reading stdout get a document either way
+            console.result({"error": redact_text(exc.message), "exit_code": exc.code})
         return exc.code
     except KeyboardInterrupt:
         console.error("interrupted")
