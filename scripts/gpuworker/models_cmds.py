@@ -8,10 +8,12 @@ import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scripts.gpuworker.console import CliError, Console
-from scripts.gpuworker.manifest import ModelFile, load_manifest
+
+if TYPE_CHECKING:
+    from scripts.gpuworker.manifest import ModelFile
 
 DEFAULT_MAX_BYTES = 1 << 40  # 1 TiB: a manifest entry without `size` is not capped further
 
@@ -82,6 +84,8 @@ class Fetcher:
 
 
 def cmd_fetch(args: argparse.Namespace, console: Console) -> int:
+    from scripts.gpuworker.manifest import load_manifest  # pydantic: not needed for --help
+
     files = load_manifest(Path(args.manifest), variant=args.variant)
     if args.only:
         files = [f for f in files if any(part in f.path for part in args.only)]
