@@ -46,7 +46,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_swarmui(tmp: Path, *, env: dict | None = None) -> tuple[subprocess.Popen, str, int]:
+def start_swarmui(tmp: Path, *, env: dict | None = None, required_auth: str = "") -> tuple[subprocess.Popen, str, int]:
     """The SwarmUI stand-in (tests/fakes/swarmui.py) as a process, with an image model and a Wan video model."""
     from tests.fakes import swarmui as fake
 
@@ -56,7 +56,8 @@ def start_swarmui(tmp: Path, *, env: dict | None = None) -> tuple[subprocess.Pop
                 "diffusion_models/Wan/wan2.2_i2v_low_noise_14B_fp8.safetensors"):
         (models / rel).parent.mkdir(parents=True, exist_ok=True)
         (models / rel).write_bytes(b"x")
-    fake.write_settings(tmp / "Data", model_root=models, output_dir=tmp / "Output")
+    fake.write_settings(tmp / "Data", model_root=models, output_dir=tmp / "Output", required_auth=required_auth,
+                        bypass_ips="" if required_auth else None)
     port = free_port()
     cmd = fake.launch_command().format(port=port, data_dir=tmp / "Data", settings_file=tmp / "Data/Settings.fds",
                                        backends_file=tmp / "Data/Backends.fds").split()

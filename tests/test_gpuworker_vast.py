@@ -98,6 +98,27 @@ def test_create_from_image_with_env_onstart_and_wait(capsys, vast, swarm, tmp_pa
     run_cli(capsys, "vast", "destroy", str(r.json["instance_id"]))
 
 
+def test_wait_and_guard_with_a_token_gated_swarmui(capsys, vast, tmp_path, monkeypatch):
+    token = "gate-TOKEN-0123456789abcdef"
+    proc, url, port = start_swarmui(tmp_path / "gated", required_auth=f"Bearer {token}")
+    monkeypatch.setitem(vast.port_map, 7801, port)
+    try:
+        instance = create(capsys, "1005", "--image", "ghcr.io/me/swarm-worker:1.0", "-e",
+                          f"SWARM_ACCESS_TOKEN={token}", "--max-idle", "1s", "--no-guard-process")
+        r = run_cli(capsys, "vast", "wait", str(instance), "--poll", "0.1", "--timeout", "30")
+        assert r.code == 1 and "behind a token gate" in r.err and "SWARM_TOKEN" in r.err
+        monkeypatch.setenv("SWARM_TOKEN", token)
+        r = run_cli(capsys, "vast", "wait", str(instance), "--poll", "0.1", "--timeout", "30", "--json")
+        assert r.code == 0 and r.json["url"] == url
+        time.sleep(1.1)
+        r = run_cli(capsys, "vast", "guard", "--once", "--json")
+        assert r.json[0]["action"] == "destroyed" and "SwarmUI idle" in r.json[0]["reason"]  # it answered
+        assert token not in r.text
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def test_bad_create_arguments(capsys, vast):
     before = len(vast.requests)
     r = run_cli(capsys, "vast", "create", "1001")

@@ -20,7 +20,7 @@ from scripts.gpuworker.vast_api import (
     instance_url,
     offer_query,
 )
-from scripts.gpuworker.vast_guard import GuardState, guard_round
+from scripts.gpuworker.vast_guard import GuardState, guard_round, swarm_headers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SWARM_PORT = 7801
@@ -131,10 +131,18 @@ def cmd_create(args: argparse.Namespace, console: Console) -> int:
 
 
 def swarm_answers(url: str) -> bool:
+    """SwarmUI hands out a session at `url` (with `SWARM_TOKEN` as Bearer when set); a 401 means a token
+    gate is up but refuses this caller, which waiting will not change."""
     try:
-        resp = requests.post(f"{url}/API/GetNewSession", json={}, timeout=10)
+        resp = requests.post(f"{url}/API/GetNewSession", json={}, headers=swarm_headers(), timeout=10)
+    except requests.RequestException:
+        return False
+    if resp.status_code == 401:
+        raise CliError(f"{url} answers 401: it is behind a token gate; export SWARM_TOKEN with its token "
+                       "(the swarm-worker image: the SWARM_ACCESS_TOKEN you created it with)")
+    try:
         return resp.status_code == 200 and bool(resp.json().get("session_id"))
-    except (requests.RequestException, ValueError, AttributeError):
+    except (ValueError, AttributeError):
         return False
 
 

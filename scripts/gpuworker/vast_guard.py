@@ -22,7 +22,7 @@ from typing import Any
 
 import requests
 
-from scripts.gpuworker.console import CliError
+from scripts.gpuworker.console import CliError, register_key
 from scripts.gpuworker.vast_api import RUNNING, VastApi, instance_url
 
 BUSY_COUNTS = ("live_gens", "waiting_gens", "loading_models", "waiting_backends")
@@ -72,12 +72,21 @@ class GuardState:
             return data.pop(str(instance_id), None) is not None
 
 
+def swarm_headers() -> dict[str, str]:
+    """`Authorization: Bearer $SWARM_TOKEN` for a SwarmUI behind a token gate (this project's gateway,
+    or SwarmUI's own `RequiredAuthorization`); nothing when unset."""
+    token = os.environ.get("SWARM_TOKEN", "").strip()
+    return {"Authorization": f"Bearer {register_key(token)}"} if token else {}
+
+
 def swarm_busy(url: str, *, timeout: float = 10.0) -> bool | None:
     """True when SwarmUI at `url` is working, False when idle, None when it does not answer."""
+    headers = swarm_headers()
     try:
-        sid = requests.post(f"{url}/API/GetNewSession", json={}, timeout=timeout).json().get("session_id")
-        body = requests.post(f"{url}/API/GetGlobalStatus", json={"session_id": sid}, timeout=timeout).json()
-    except (requests.RequestException, ValueError, AttributeError):
+        sid = requests.post(f"{url}/API/GetNewSession", json={}, headers=headers, timeout=timeout).json()["session_id"]
+        body = requests.post(f"{url}/API/GetGlobalStatus", json={"session_id": sid}, headers=headers,
+                             timeout=timeout).json()
+    except (requests.RequestException, ValueError, KeyError, TypeError):
         return None
     counts = body.get("status") if isinstance(body, dict) else None
     if not isinstance(counts, dict):
