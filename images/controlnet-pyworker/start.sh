@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Entrypoint of the controlnet-pyworker image (also a vast.ai template's on-start command).
+#  - RunPod serverless (the platform sets RUNPOD_WEBHOOK_GET_JOB, or --test_input / --rp_serve_api
+#    is given), or CONTROLNET_MODE=runpod: the RunPod handler, engine in-process.
+#  - anything else (vast.ai serverless), or CONTROLNET_MODE=vast: the model server in the
+#    background plus the vast.ai PyWorker front in front of it; if either exits, both stop.
+#  - CONTROLNET_MODE=server: the model server alone (direct GPU rental, development).
+# Extra arguments go to the Python entry point (e.g. --test_input '{"input": {...}}').
+#
+# Environment (defaults): APP_DIR (/app, else this script's repository), PYTHON (python3, the
+# model env), VAST_PYTHON ($APP_DIR/.venv-vast/bin/python), MODELS_DIR (/workspace/models),
+# MODEL_LOG (/workspace/logs/model_server.log), MODEL_SERVER_HOST/PORT (0.0.0.0 / 5001),
+# PRELOAD_MODEL (lightning), FETCH_ON_START (1: fetch PRELOAD_MODEL's files before serving),
+# WORKER_PORT (3000) and the vast.ai autoscaler variables read by the vastai package.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [[ -z "${APP_DIR:-}" ]]; then
+    if [[ -d /app/handlers/controlnet_pyworker ]]; then APP_DIR=/app; else APP_DIR="$(cd "$here/../.." && pwd)"; fi
+fi
+PYTHON="${PYTHON:-python3}"
+VAST_PYTHON="${VAST_PYTHON:-$APP_DIR/.venv-vast/bin/python}"
+export PYTHONPATH="$APP_DIR${PYTHONPATH:+:$PYTHONPATH}"
+export MODELS_DIR="${MODELS_DIR:-/workspace/models}"
+export MODEL_LOG="${MODEL_LOG:-/workspace/logs/model_server.log}"
+export MODEL_SERVER_PORT="${MODEL_SERVER_PORT:-5001}"
+export WORKER_PORT="${WORKER_PORT:-3000}"
+
+mode="${CONTROLNET_MODE:-auto}"
+if [[ "$mode" == auto ]]; then
+    if [[ -n "${RUNPOD_WEBHOOK_GET_JOB:-}" || "$*" == *--test_input* || "$*" == *--rp_serve_api* ]]; then
+        mode=runpod
+    else
+        mode=vast
+    fi
+fi
+
+fetch_preload() {
+    if [[ "${FETCH_ON_START:-1}" == 1 && "${PRELOAD_MODEL:-lightning}" != none ]]; then
+        "$PYTHON" -m scripts.fetch_models --variant "${PRELOAD_MODEL:-lightning}"
+    fi
+}
+
+case "$mode" in
+    runpod)
+        cd "$APP_DIR"
+        exec "$PYTHON" -u -m handlers.controlnet_pyworker "$@"
+        ;;
+    server)
+        cd "$APP_DIR"
+        fetch_preload
+        exec "$PYTHON" -u -m handlers.controlnet_pyworker.server
+        ;;
+    vast)
+        # One front per instance: a second start (on-start script + supervisor) would fight for WORKER_PORT.
+        exec 9>"/tmp/controlnet-pyworker.lock"
+        if ! flock -n 9; then echo "controlnet-pyworker is already running on this instance" >&2; exit 0; fi
+        mkdir -p "$(dirname "$MODEL_LOG")"
+        : > "$MODEL_LOG"   # no stale ready line from an earlier boot reaches the front
+        cd "$APP_DIR"
+        # A failed fetch is not final here: the server's preload fetches again and, failing, writes
+        # the MODEL_SERVER_FATAL line the front reports.
+        fetch_preload || echo "fetching the preload model's files failed; the server will retry" >&2
+        "$PYTHON" -u -m handlers.controlnet_pyworker.server &
+        server_pid=$!
+        # The front keeps .has_benchmark in its working directory: the volume, so restarts skip it.
+        mkdir -p "${PYWORKER_DIR:-/workspace}"
+        (cd "${PYWORKER_DIR:-/workspace}" && exec "$VAST_PYTHON" -u -m handlers.controlnet_pyworker.vast) &
+        front_pid=$!
+        trap 'kill -TERM "$server_pid" "$front_pid" 2>/dev/null || true' TERM INT
+        status=0
+        wait -n "$server_pid" "$front_pid" || status=$?
+        kill -TERM "$server_pid" "$front_pid" 2>/dev/null || true
+        wait || true
+        exit "$status"
+        ;;
+    *) echo "CONTROLNET_MODE must be auto, runpod, vast or server (got '$mode')" >&2; exit 2 ;;
+esac
