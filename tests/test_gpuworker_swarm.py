@@ -72,6 +72,7 @@ def test_wake_i2v_through_the_public_url_then_shutdown(api, capsys, tmp_path):
     assert "/t/" in info["public_url"]  # the legacy gateway token path
     hold = info["keepalive_job_id"]
     assert api.jobs[hold].status == "IN_PROGRESS"  # the keepalive job holds the worker
+    assert f"gpuworker swarm shutdown swarm --cancel {hold}" in r.err  # how to stop paying for it
 
     image = tmp_path / "start.png"
     image.write_bytes(PNG)

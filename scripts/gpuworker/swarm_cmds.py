@@ -96,11 +96,17 @@ def endpoint_from(args: argparse.Namespace) -> Endpoint:
     return Endpoint(args.endpoint, api_key=api_key_from_env(), base=args.base_url)
 
 
+def release_hint(endpoint_id: str, hold_id: str, duration: float) -> str:
+    return (f"the worker stays held (and billed) for up to {duration:g} s; release it with: "
+            f"gpuworker swarm shutdown {endpoint_id} --cancel {hold_id}")
+
+
 def cmd_wake(args: argparse.Namespace, console: Console) -> int:
     info = wake(console, endpoint_from(args), duration=args.duration, interval=args.interval, timeout=args.timeout,
                 poll=args.poll, action=args.action)
     console.result(info, f"{info['public_url']}\n(worker {info['worker_id']}, SwarmUI session {info['session_id']}, "
                          f"ready after {info['waited_s']} s)")
+    console.note(release_hint(args.endpoint, info["keepalive_job_id"], args.duration))
     return 0
 
 
@@ -171,7 +177,7 @@ def swarm_target(args: argparse.Namespace, console: Console) -> tuple[str, str |
     url = args.url or os.environ.get("SWARM_URL")
     token = os.environ.get("SWARM_TOKEN")
     if args.endpoint:
-        if url:
+        if args.url:
             raise CliError("give --url or --endpoint, not both", 2)
         endpoint = endpoint_from(args)
         info = wake(console, endpoint, duration=args.keepalive, interval=30, timeout=args.wake_timeout,
@@ -231,6 +237,8 @@ def run_generation(args: argparse.Namespace, console: Console, body: dict[str, A
         if endpoint is not None and args.shutdown:
             shutdown(endpoint, cancel=[info["keepalive_job_id"]], timeout=60, poll=args.poll)
             console.note("worker released")
+        elif endpoint is not None:
+            console.note(release_hint(endpoint.endpoint_id, info["keepalive_job_id"], args.keepalive))
     report = {"files": [str(p) for p in saved], "sizes": [p.stat().st_size for p in saved],
               "seconds": round(time.monotonic() - started, 1), "progress_events": progress_events,
               "swarm_url": url, "params": params.to_body()}
