@@ -183,7 +183,12 @@ class Engine:
         return self._shared[key]
 
     def _build_pipeline(self, v: Variant):
+        import diffusers
+        import transformers
         from diffusers import StableDiffusionXLControlNetPipeline
+
+        diffusers.utils.logging.disable_progress_bar()   # per-file loading bars only clutter the log
+        transformers.utils.logging.disable_progress_bar()
 
         base = self.manifest.components[v.base]
         kwargs: dict[str, Any] = {"controlnet": self._shared_component(v.controlnet), "torch_dtype": self.dtype,
