@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pytest
 import requests
@@ -108,3 +109,44 @@ def test_fatal_line_marks_the_worker_errored(tmp_path):
         finally:
             stop(proc)
     assert "MODEL_SERVER_FATAL" in status["error_msg"] and scaler.loaded_worker() is None
+
+
+def test_start_script_runs_server_and_front(cn_models, tmp_path):
+    """images/controlnet-pyworker/start.sh in vast mode: fetch check, model server, front; a second
+    start on the same instance backs off; SIGTERM stops both."""
+    import signal
+
+    from handlers.controlnet_pyworker import workload
+
+    port, http_port, model_port = free_port(), free_port(), free_port()
+    with VastAutoscaler() as scaler:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
+        env.update(scaler.worker_env(port, http_port))
+        env.update(CONTROLNET_MODE="vast", APP_DIR=str(REPO), PYTHON=sys.executable, VAST_PYTHON=str(VAST_PYTHON),
+                   MODELS_DIR=str(cn_models), MODEL_LOG=str(tmp_path / "logs" / "model_server.log"),
+                   MODEL_SERVER_HOST="127.0.0.1", MODEL_SERVER_PORT=str(model_port), DEVICE="cpu",
+                   PYWORKER_DIR=str(tmp_path / "pyworker"), CONTROLNET_LOCK_FILE=str(tmp_path / "lock"),
+                   BENCHMARK_SIZE="256", BENCHMARK_RUNS="1")
+        script = str(REPO / "images/controlnet-pyworker/start.sh")
+        with open(tmp_path / "start.log", "wb") as log:
+            proc = subprocess.Popen(["bash", script], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        try:
+            scaler.wait_for(lambda s: s.loaded_worker(), timeout=120, alive=lambda: proc.poll() is None)
+            second = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=30)
+            assert second.returncode == 0 and "already running" in second.stderr
+            payload = body(seed=3)
+            auth = route(scaler, workload.units(payload))
+            r = requests.post(f"{scaler.loaded_worker()['url']}/generate",
+                              json={"auth_data": auth, "payload": payload}, timeout=120)
+            assert r.status_code == 200 and png_size(r.json()["images"][0]) == (256, 256)
+            assert (tmp_path / "pyworker" / ".has_benchmark").is_file()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{model_port}/ping", timeout=2)

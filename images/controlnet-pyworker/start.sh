@@ -11,7 +11,8 @@
 # model env), VAST_PYTHON ($APP_DIR/.venv-vast/bin/python), MODELS_DIR (/workspace/models),
 # MODEL_LOG (/workspace/logs/model_server.log), MODEL_SERVER_HOST/PORT (0.0.0.0 / 5001),
 # PRELOAD_MODEL (lightning), FETCH_ON_START (1: fetch PRELOAD_MODEL's files before serving),
-# WORKER_PORT (3000) and the vast.ai autoscaler variables read by the vastai package.
+# WORKER_PORT (3000), PYWORKER_DIR (/workspace: the front's working directory, .has_benchmark),
+# CONTROLNET_LOCK_FILE and the vast.ai autoscaler variables read by the vastai package.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -53,7 +54,7 @@ case "$mode" in
         ;;
     vast)
         # One front per instance: a second start (on-start script + supervisor) would fight for WORKER_PORT.
-        exec 9>"/tmp/controlnet-pyworker.lock"
+        exec 9>"${CONTROLNET_LOCK_FILE:-/tmp/controlnet-pyworker.lock}"
         if ! flock -n 9; then echo "controlnet-pyworker is already running on this instance" >&2; exit 0; fi
         mkdir -p "$(dirname "$MODEL_LOG")"
         : > "$MODEL_LOG"   # no stale ready line from an earlier boot reaches the front
