@@ -135,7 +135,9 @@ async def run_generate(rt: WorkerRuntime, job: dict, req: GenerateInput, timings
         from common.uploads import upload
 
         progress.update("upload", 0, f"uploading {len(files)} output(s), {total} bytes")
-        volume_dir = job_dir if str(job_dir).startswith("/runpod-volume/") else None
+        # on a network volume the job's copies are what `upload` points to when every method fails
+        persistent = str(rt.cfg.output_dir).startswith(("/runpod-volume/", "/workspace/"))
+        volume_dir = rt.cfg.output_dir if persistent else None
         with timings.stage("upload"):
             for out, path in zip(outputs, files, strict=True):
                 out["upload"] = await asyncio.to_thread(upload, [path], req.output, job_id=str(job.get("id")),
