@@ -64,5 +64,6 @@ def test_failed_upload_keeps_the_outputs(worker, s3_server):
     out = call({"action": "generate", "params": {"prompt": "kept", "steps": 1},
                 "output": {"method": "s3", "s3": s3_server.spec(secret_key="wrong-secret-key-1234")}}, "up-fail")
     assert out["error_code"] == "upload_failed"
+    assert out["details"][-1] == f"the outputs are kept on this worker at {tmp / 'job-outputs' / 'up-fail'}"
     assert "wrong-secret-key-1234" not in str(out)
     assert list((tmp / "job-outputs" / "up-fail").glob("*.png"))

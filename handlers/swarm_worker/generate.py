@@ -140,8 +140,13 @@ async def run_generate(rt: WorkerRuntime, job: dict, req: GenerateInput, timings
         volume_dir = rt.cfg.output_dir if persistent else None
         with timings.stage("upload"):
             for out, path in zip(outputs, files, strict=True):
-                out["upload"] = await asyncio.to_thread(upload, [path], req.output, job_id=str(job.get("id")),
-                                                        volume_dir=volume_dir, progress=progress)
+                try:
+                    out["upload"] = await asyncio.to_thread(upload, [path], req.output, job_id=str(job.get("id")),
+                                                            volume_dir=volume_dir, progress=progress)
+                except JobError as exc:
+                    if volume_dir is None:  # say where the outputs are when no volume keeps them
+                        exc.details.append(f"the outputs are kept on this worker at {job_dir}")
+                    raise
         delivery = "upload"
     progress.update("done", 100, f"{len(outputs)} output(s)", force=True)
     shown = {k: v for k, v in body.items() if k != "initimage"}
