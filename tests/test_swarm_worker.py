@@ -415,6 +415,28 @@ def test_wakeup_holds_a_cold_worker_until_swarmui_is_ready(tmp_path):
         assert call({"action": "ready"})["ready"] is True
 
 
+def test_lease_cancelled_while_swarmui_starts_frees_the_worker(tmp_path):
+    from handlers.swarm_worker.handler import handler
+
+    with configured_worker(tmp_path, FAKE_SWARMUI_START_DELAY="1.0"):
+        async def go():
+            task = asyncio.create_task(handler({"id": "early", "input": {"action": "lease"}}))
+            await asyncio.sleep(0.3)
+            assert runtime().lease is not None and runtime().lease.published is None
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            for _ in range(100):
+                if runtime().lease is None:
+                    break
+                await asyncio.sleep(0.02)
+            return runtime().lease
+
+        assert asyncio.run(go()) is None
+        first = asyncio.run(_collect_lease({"startup_grace_seconds": 0.2}))[0]
+        assert first[0]["success"] is True and first[-1]["reason"] == "startup_grace_expired"
+
+
 def test_slow_start_waits_for_the_backend(tmp_path):
     with configured_worker(tmp_path, FAKE_SWARMUI_START_DELAY="0.5", FAKE_SWARMUI_BACKEND_DELAY="0.8"):
         started = time.monotonic()

@@ -196,6 +196,9 @@ class WorkerRuntime:
         self.lease = lease
         try:
             await self.ensure_ready()
+        except asyncio.CancelledError:  # the lease job was cancelled while SwarmUI was starting
+            await self.end_lease(lease, "cancelled")
+            raise
         except (SwarmStartError, OSError) as exc:
             await self.end_lease(lease, "swarmui_failed")
             tail = exc.tail[-15:] if isinstance(exc, SwarmStartError) else []
