@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import tempfile
+import uuid
 from pathlib import Path
 
 from common.jobs import JobError, Progress, Timings, run_job
@@ -27,6 +29,12 @@ def volume_dir() -> Path | None:
         if candidate and Path(candidate).is_dir() and os.access(candidate, os.W_OK):
             return Path(candidate)
     return None
+
+
+def safe_job_id(job: dict) -> str:
+    """The job id when it is a plain name (it names files and folders), else a fresh one."""
+    job_id = str(job.get("id") or "")
+    return job_id if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", job_id) else f"job-{uuid.uuid4().hex[:12]}"
 
 
 def png_bytes(image) -> bytes:
@@ -70,7 +78,7 @@ def execute(engine: Engine, raw: dict, *, job: dict, timings: Timings, max_inlin
     try:
         req = schema.validate(raw, engine.manifest)
         units = workload.units(raw)
-        job_id = str(job.get("id") or "local")
+        job_id = safe_job_id(job)
 
         def on_step(i: int, total: int) -> None:
             if progress:
