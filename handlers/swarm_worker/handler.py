@@ -17,7 +17,16 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from common.jobs import JobError, Progress, error_result, invalid_input, run_job_async, running_on_runpod
+from common.jobs import (
+    JobError,
+    Progress,
+    error_result,
+    invalid_input,
+    parse_input,
+    run_job_async,
+    running_on_runpod,
+)
+from common.swarmui import SwarmUIError
 from handlers.swarm_worker.generate import run_generate
 from handlers.swarm_worker.runtime import PROTOCOL, get_runtime
 from handlers.swarm_worker.schema import ACTIONS, GenerateInput, HoldInput, LeaseInput, ModelsInput
@@ -156,14 +165,14 @@ async def _models(job: dict) -> dict:
     except SwarmStartError as exc:
         return {"success": False, **error_result(JobError("engine_failed", f"SwarmUI is not available: {exc}",
                                                           exc.tail[-15:]))}
+    except SwarmUIError as exc:
+        return {"success": False, **error_result(JobError("engine_failed", f"SwarmUI could not list models: {exc}"))}
 
 
 async def _generate(job: dict) -> dict:
     rt = get_runtime()
 
     async def body(job: dict, timings) -> dict:
-        from common.jobs import parse_input
-
         req = parse_input(GenerateInput, job["input"])
         progress = Progress(job)
         try:
