@@ -121,7 +121,7 @@ class WorkerRuntime:
                     self.gateway.allow(self.cfg.access_token, "env")
                 await self.gateway.start()
                 self._gateway_started = True
-            if self.process.state in ("stopped",):
+            if self.process.state == "stopped":
                 self.process.start()
 
     async def ensure_ready(self) -> None:
