@@ -276,3 +276,32 @@ def test_full_job_through_the_runpod_sdk_local_mode(trainer_env, dataset_server,
     assert "/bucket/local.zip" in put_server.received
     captions = sorted((trainer_env / "jobs" / "local_test" / "dataset" / "images").glob("*.txt"))
     assert len(captions) == 4 and all(c.read_text().startswith("ohwx, ") for c in captions)
+
+
+def test_training_uploads_to_s3_seaweedfs(trainer_env, dataset_server, s3_server):
+    import io
+    import zipfile
+
+    import requests
+
+    seed_weights(trainer_env, "wan14b_i2v")
+    url = dataset_server.put_zip("s3.zip", {"clips/a.mp4": mp4(1), "clips/a.txt": b"ohwx walking",
+                                            "clips/b.webm": mp4(2), "clips/b.txt": b"ohwx running"})
+    res = run_handler({"model_type": "wan14b_i2v",
+                       "dataset": {"type": "precaptioned", "videos_url": url, "video_repeats": 2},
+                       "training": {"epochs": 2, "save_every_n_epochs": 1, "gradient_accumulation_steps": 1},
+                       "output": {"method": "s3", "s3": s3_server.spec(key_prefix="loras")}}, job_id="s3-job")
+    assert res.get("status") == "success", res
+    out = res["output"]
+    assert out["download_method"] == "s3" and "archive_size_mb" in out and out["size_bytes"] > 0
+    assert out["expires_in_days"] == 7 and out["network_volume_path"].endswith("epoch2")
+    cfg = tomllib.loads((trainer_env / "jobs" / "s3-job" / "config" / "config.toml").read_text())
+    assert cfg["video_clip_mode"] == "single_beginning"
+    body = requests.get(out["download_url"], timeout=30).content  # the presigned GET works
+    names = zipfile.ZipFile(io.BytesIO(body)).namelist()
+    assert any(n.endswith("epoch2/adapter_model.safetensors") or n.endswith("adapter_model.safetensors")
+               for n in names), names
+    assert not any("global_step" in n for n in names)
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_server.bucket)["Contents"]]
+    assert any(k.startswith("loras/") for k in keys), keys
+    assert s3_server.secret_key not in json.dumps(res)
