@@ -10,6 +10,9 @@ os.environ.setdefault("RUNPOD_SKIP_GPU_CHECK", "true")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 pytest_plugins: list[str] = [
+    "tests.fixtures.s3",
+    "tests.fixtures.hub",
+    "tests.fixtures.uploads",
     "tests.controlnet_fixtures",
     "tests.trainer_fixtures",
 ]

@@ -1,0 +1,146 @@
+"""What every upload method shares: the artifact, error kinds, retries, byte progress."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import mimetypes
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.jobs import Progress
+from common.redaction import redact_text
+
+log = logging.getLogger("uploads")
+
+USER_AGENT = "gpu-worker-images-uploader/1.0"
+
+
+class UploadError(Exception):
+    """This method cannot deliver the artifact (bad credentials, refused, over a limit)."""
+
+
+class TransientUploadError(UploadError):
+    """Worth trying again: timeouts, dropped connections, 5xx, 429."""
+
+
+@dataclass
+class Artifact:
+    """One file to deliver (a single output, or the zip of several)."""
+
+    path: Path
+    size: int = field(init=False)
+    sha256: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        self.size = self.path.stat().st_size
+        digest = hashlib.sha256()
+        with self.path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(8 << 20), b""):
+                digest.update(chunk)
+        self.sha256 = digest.hexdigest()
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def content_type(self) -> str:
+        if self.path.suffix == ".safetensors":
+            return "application/octet-stream"
+        return mimetypes.guess_type(self.path.name)[0] or "application/octet-stream"
+
+
+def env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def timeouts() -> tuple[float, float]:
+    """(connect, read) seconds for HTTP uploads; env `UPLOAD_CONNECT_TIMEOUT` / `UPLOAD_READ_TIMEOUT`."""
+    return env_float("UPLOAD_CONNECT_TIMEOUT", 10.0), env_float("UPLOAD_READ_TIMEOUT", 300.0)
+
+
+def with_retries(method: str, fn: Callable[[], dict]) -> dict:
+    """Call `fn`, retrying `TransientUploadError` with exponential backoff.
+
+    Env `UPLOAD_RETRIES` (attempts, default 3) and `UPLOAD_RETRY_BASE_SECONDS` (default 2).
+    """
+    attempts = max(1, int(env_float("UPLOAD_RETRIES", 3)))
+    base = env_float("UPLOAD_RETRY_BASE_SECONDS", 2.0)
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except TransientUploadError as exc:
+            if attempt == attempts:
+                raise
+            delay = base * 2 ** (attempt - 1)
+            log.warning("%s upload attempt %d/%d failed (%s); retrying in %.1fs",
+                        method, attempt, attempts, redact_text(str(exc)), delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def raise_for_http(method: str, status: int, body: str) -> None:
+    """Map an HTTP status to the right error kind (2xx passes)."""
+    if 200 <= status < 300:
+        return
+    excerpt = " ".join(body.split())[:200]
+    message = f"{method} answered HTTP {status}" + (f": {excerpt}" if excerpt else "")
+    if status == 429 or status >= 500 or status == 408:
+        raise TransientUploadError(message)
+    raise UploadError(message)
+
+
+def http_failure(method: str, exc: Exception) -> TransientUploadError:
+    """A requests exception (timeout, connection reset) as a retryable error without URL secrets."""
+    return TransientUploadError(redact_text(f"{method}: {type(exc).__name__}: {exc}"))
+
+
+class ProgressFile:
+    """A read-only file object that reports bytes read, for streaming uploads with progress."""
+
+    def __init__(self, path: Path, on_bytes: Callable[[int], None] | None):
+        self._fh = path.open("rb")
+        self._on_bytes = on_bytes
+        self.len = path.stat().st_size  # requests uses it for Content-Length
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._fh.read(size)
+        if data and self._on_bytes:
+            self._on_bytes(len(data))
+        return data
+
+    def __len__(self) -> int:
+        return self.len
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> ProgressFile:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def byte_reporter(progress: Progress | None, method: str, total: int) -> Callable[[int], None] | None:
+    """A callback adding up bytes sent and reporting `upload` progress (rate-limited by Progress)."""
+    if progress is None:
+        return None
+    sent = 0
+
+    def on_bytes(n: int) -> None:
+        nonlocal sent
+        sent += n
+        progress.update("upload", 100.0 * sent / max(total, 1),
+                        f"{method}: {sent / 2**20:.1f} of {total / 2**20:.1f} MiB", method=method)
+
+    return on_bytes

@@ -1,0 +1,119 @@
+"""S3 and S3-compatible storage (AWS, Cloudflare R2, MinIO, SeaweedFS) with a presigned download link."""
+
+from __future__ import annotations
+
+import os
+
+from common.uploads.base import Artifact, TransientUploadError, UploadError, byte_reporter
+from common.uploads.spec import S3Spec
+
+# Measured by scripts/bench_uploads.py: larger parts with fewer threads beat boto3's
+# 8 MiB x 10 defaults on small machines (fewer requests, less thread contention).
+MULTIPART_THRESHOLD = 64 * 2**20
+MULTIPART_CHUNKSIZE = 64 * 2**20
+MAX_CONCURRENCY = 4
+
+_TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed",
+                    "500", "502", "503", "504", "429", "Throttling", "ThrottlingException"}
+
+
+def resolve(spec: S3Spec | None) -> S3Spec | None:
+    """The spec with environment fallbacks filled in; None when no bucket is configured."""
+    env = os.environ
+    data = spec.model_dump() if spec else {}
+    fill = {
+        "endpoint_url": env.get("S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3") or env.get("BUCKET_ENDPOINT_URL"),
+        "bucket": env.get("S3_BUCKET"),
+        "region": env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION"),
+        "access_key": env.get("AWS_ACCESS_KEY_ID") or env.get("BUCKET_ACCESS_KEY_ID"),
+        "secret_key": env.get("AWS_SECRET_ACCESS_KEY") or env.get("BUCKET_SECRET_ACCESS_KEY"),
+        "public_endpoint_url": env.get("S3_PUBLIC_ENDPOINT_URL"),
+    }
+    for key, value in fill.items():
+        if data.get(key) is None and value:
+            data[key] = value
+    if not data.get("bucket"):
+        return None
+    return S3Spec.model_validate(data)
+
+
+def client(spec: S3Spec, endpoint_url: str | None = None):
+    import boto3
+    from botocore.config import Config
+
+    endpoint = endpoint_url or (str(spec.endpoint_url) if spec.endpoint_url else None)
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=spec.region or "us-east-1",
+        aws_access_key_id=spec.access_key,
+        aws_secret_access_key=spec.secret_key,
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path" if endpoint else "auto"},
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=10,
+            read_timeout=120,
+            max_pool_connections=max(10, MAX_CONCURRENCY * 2),
+        ),
+    )
+
+
+def transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNKSIZE,
+                          max_concurrency=MAX_CONCURRENCY, use_threads=True)
+
+
+def object_key(spec: S3Spec, job_id: str, name: str) -> str:
+    prefix = spec.key_prefix.strip("/")
+    return "/".join(p for p in (prefix, job_id, name) if p)
+
+
+def _classify(exc: Exception, where: str) -> UploadError:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    # upload_file wraps the ClientError in S3UploadFailedError; look for the original
+    err: BaseException | None = exc
+    for _ in range(5):
+        if err is None or isinstance(err, ClientError):
+            break
+        err = err.__cause__ or err.__context__
+    if isinstance(err, ClientError):
+        code = str(err.response.get("Error", {}).get("Code", "?"))
+        message = err.response.get("Error", {}).get("Message", "")
+        text = f"s3: {code} on {where}" + (f" ({message})" if message else "")
+        return TransientUploadError(text) if code in _TRANSIENT_CODES else UploadError(text)
+    if isinstance(exc, (BotoCoreError, OSError)):
+        return TransientUploadError(f"s3: {type(exc).__name__} on {where}: {exc}")
+    text = str(exc)
+    if any(code in text for code in ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "NoSuchBucket")):
+        return UploadError(f"s3: {text} on {where}")
+    return TransientUploadError(f"s3: {type(exc).__name__} on {where}: {text}")
+
+
+def upload(artifact: Artifact, spec: S3Spec, *, job_id: str, progress=None) -> dict:
+    if not (spec.access_key and spec.secret_key):
+        raise UploadError("s3: no credentials (output.s3.access_key/secret_key or env AWS_ACCESS_KEY_ID/"
+                          "AWS_SECRET_ACCESS_KEY)")
+    key = object_key(spec, job_id, artifact.name)
+    where = f"s3://{spec.bucket}/{key}"
+    s3 = client(spec)
+    try:
+        s3.upload_file(
+            str(artifact.path), spec.bucket, key,
+            ExtraArgs={"ContentType": artifact.content_type, "Metadata": {"sha256": artifact.sha256}},
+            Config=transfer_config(),
+            Callback=byte_reporter(progress, "s3", artifact.size),
+        )
+    except Exception as exc:
+        raise _classify(exc, where) from None
+    signer = client(spec, str(spec.public_endpoint_url)) if spec.public_endpoint_url else s3
+    url = signer.generate_presigned_url("get_object", Params={"Bucket": spec.bucket, "Key": key},
+                                        ExpiresIn=spec.presign_expiry_seconds)
+    return {
+        "download_url": url,
+        "expires_in_days": round(spec.presign_expiry_seconds / 86400, 2),
+        "s3_uri": where,
+    }

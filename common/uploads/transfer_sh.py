@@ -1,0 +1,48 @@
+"""transfer.sh, self-hosted (the public instance is gone): `PUT {base}/{name}` with `Max-Days`."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import quote
+
+from common.uploads.base import (
+    USER_AGENT,
+    Artifact,
+    ProgressFile,
+    UploadError,
+    byte_reporter,
+    http_failure,
+    raise_for_http,
+    timeouts,
+)
+from common.uploads.spec import TransferShSpec
+
+
+def resolve(spec: TransferShSpec | None) -> TransferShSpec | None:
+    """The spec with env `TRANSFER_SH_URL` as base when missing; None when no server is configured."""
+    data = spec.model_dump() if spec else {}
+    if not data.get("base_url"):
+        data["base_url"] = os.environ.get("TRANSFER_SH_URL") or None
+    if not data["base_url"]:
+        return None
+    return TransferShSpec.model_validate(data)
+
+
+def upload(artifact: Artifact, spec: TransferShSpec, *, progress=None) -> dict:
+    import requests
+
+    url = f"{str(spec.base_url).rstrip('/')}/{quote(artifact.name)}"
+    headers = {"Max-Days": str(spec.max_days), "Content-Length": str(artifact.size), "User-Agent": USER_AGENT}
+    try:
+        with ProgressFile(artifact.path, byte_reporter(progress, "transfer_sh", artifact.size)) as body:
+            resp = requests.put(url, data=body, headers=headers, timeout=timeouts())
+    except requests.RequestException as exc:
+        raise http_failure("transfer_sh", exc) from None
+    raise_for_http("transfer.sh", resp.status_code, resp.text)
+    link = resp.text.strip().splitlines()[0] if resp.text.strip() else ""
+    if not link.startswith(("http://", "https://")):
+        raise UploadError(f"transfer.sh: answered without a link: {resp.text[:200]!r}")
+    record = {"download_url": link, "expires_in_days": spec.max_days}
+    if resp.headers.get("X-Url-Delete"):
+        record["delete_url"] = resp.headers["X-Url-Delete"]
+    return record

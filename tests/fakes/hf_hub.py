@@ -1,0 +1,128 @@
+"""A Hugging Face Hub stand-in that the real `huggingface_hub` client can create repos and commit to.
+
+Routes (reference/uploads.md section 1): `GET /api/whoami-v2`, `POST /api/repos/create`
+(409 with the url when it exists), `POST /api/{type}s/{repo}/preupload/{rev}` (every file
+"regular", so content is inlined in the commit and no LFS/Xet is involved),
+`POST /api/{type}s/{repo}/commit/{rev}` (NDJSON), and downloads at
+`/[datasets/]{repo}/resolve/{rev}/{path}`. Tokens other than `valid_tokens` get 401;
+`fail_commits` makes the next N commits answer 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
+from urllib.parse import unquote
+
+from tests.fakes.threaded_http import BackgroundServer, read_body, reply
+
+_REPO_API = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)/(preupload|commit)/([^/?]+)")
+_RESOLVE = re.compile(r"^/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+?)(?:\?.*)?$")
+
+
+@dataclass
+class HubState:
+    valid_tokens: dict[str, str] = field(default_factory=lambda: {"hf_testwritetoken0000": "tester"})
+    repos: dict[str, dict] = field(default_factory=dict)  # "type:owner/name" -> {"private", "files": {path: bytes}}
+    commits: list[dict] = field(default_factory=list)
+    fail_commits: int = 0
+    base_url: str = ""
+
+    def files(self, repo_id: str, repo_type: str = "model") -> dict[str, bytes]:
+        return self.repos[f"{repo_type}:{repo_id}"]["files"]
+
+
+class _Hub(BaseHTTPRequestHandler):
+    state: HubState
+
+    def log_message(self, *args):
+        pass
+
+    def _user(self) -> str | None:
+        auth = self.headers.get("Authorization", "")
+        token = auth.removeprefix("Bearer ").strip()
+        return self.state.valid_tokens.get(token)
+
+    def _json(self, status: int, data: dict) -> None:
+        reply(self, status, json.dumps(data), "application/json", {"X-Error-Message": data.get("error", "")}
+              if status >= 400 else None)
+
+    def do_GET(self):
+        st = self.state
+        if self.path.startswith("/api/whoami-v2"):
+            user = self._user()
+            if not user:
+                return self._json(401, {"error": "Invalid credentials in Authorization header"})
+            return self._json(200, {"type": "user", "name": user, "auth": {"accessToken": {"role": "write"}}})
+        m = _RESOLVE.match(self.path)
+        if m:
+            kind = {"datasets": "dataset", "spaces": "space"}.get(m.group(1) or "", "model")
+            repo = st.repos.get(f"{kind}:{m.group(2)}")
+            path = unquote(m.group(4))
+            if repo is None or path not in repo["files"]:
+                return self._json(404, {"error": "Entry not found"})
+            if repo["private"] and not self._user():
+                return self._json(401, {"error": "Repository not found"})
+            return reply(self, 200, repo["files"][path], "application/octet-stream")
+        self._json(404, {"error": "not found"})
+
+    def do_POST(self):
+        st = self.state
+        body = read_body(self)
+        user = self._user()
+        if not user:
+            return self._json(401, {"error": "Invalid credentials in Authorization header"})
+        if self.path == "/api/repos/create":
+            data = json.loads(body)
+            repo_id = f"{data.get('organization') or user}/{data['name']}"
+            kind = data.get("type") or "model"
+            prefix = "" if kind == "model" else f"{kind}s/"
+            url = f"{st.base_url}/{prefix}{repo_id}"
+            key = f"{kind}:{repo_id}"
+            if key in st.repos:
+                return self._json(409, {"error": "You already created this repo", "url": url})
+            st.repos[key] = {"private": data.get("visibility") == "private" or bool(data.get("private")),
+                             "files": {}}
+            return self._json(200, {"url": url, "name": repo_id})
+        m = _REPO_API.match(self.path)
+        if not m:
+            return self._json(404, {"error": "not found"})
+        kind, repo_id, action = m.group(1)[:-1], m.group(2), m.group(3)
+        repo = st.repos.get(f"{kind}:{repo_id}")
+        if repo is None:
+            return self._json(404, {"error": "Repository not found"})
+        if action == "preupload":
+            files = json.loads(body)["files"]
+            return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                              for f in files]})
+        if st.fail_commits > 0:
+            st.fail_commits -= 1
+            return self._json(500, {"error": "Internal Error - We're working hard to fix this as soon as possible!"})
+        added, summary = {}, ""
+        for line in body.decode().splitlines():
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            if item["key"] == "header":
+                summary = item["value"].get("summary", "")
+            elif item["key"] == "file":
+                added[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            elif item["key"] in ("lfsFile",):
+                return self._json(400, {"error": "this stand-in only takes regular files"})
+        repo["files"].update(added)
+        oid = secrets.token_hex(20)
+        st.commits.append({"repo_id": repo_id, "repo_type": kind, "summary": summary, "files": sorted(added),
+                           "oid": oid})
+        prefix = "" if kind == "model" else f"{kind}s/"
+        return self._json(200, {"commitUrl": f"{st.base_url}/{prefix}{repo_id}/commit/{oid}", "commitOid": oid})
+
+
+def hub(state: HubState | None = None) -> BackgroundServer:
+    state = state or HubState()
+    server = BackgroundServer(_Hub, state)
+    state.base_url = server.url
+    return server
