@@ -305,3 +305,42 @@ def test_training_uploads_to_s3_seaweedfs(trainer_env, dataset_server, s3_server
     keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_server.bucket)["Contents"]]
     assert any(k.startswith("loras/") for k in keys), keys
     assert s3_server.secret_key not in json.dumps(res)
+
+
+def test_training_uploads_raw_safetensors_to_the_hub_with_updates(trainer_env, dataset_server, hub_server):
+    seed_weights(trainer_env, "flux")
+    url = dataset_server.put_zip("hub.zip", image_zip(4, captioned=(0, 1, 2, 3)))
+    res = run_handler({"model_type": "flux", "api_keys": {"huggingface_token": "hf_gatedreadtoken000"},
+                       "dataset": {"type": "precaptioned", "images_url": url, "trigger_word": "ohwx"},
+                       "training": {"epochs": 2, "save_every_n_epochs": 1, "gradient_accumulation_steps": 2},
+                       "output": {"method": "huggingface",
+                                  "huggingface": {"token": hub_server.token, "repo_id": "tester/my-lora"}}},
+                      job_id="hub-job")
+    assert res.get("status") == "success", res
+    out = res["output"]
+    assert out["download_method"] == "huggingface" and out["expires_in_days"] is None
+    assert out["repo_url"].endswith("tester/my-lora")
+    assert out["safetensors_url"].split("?")[0].endswith("pytorch_lora_weights.safetensors")
+    files = hub_server.state.files("tester/my-lora")
+    lora = [p for p in files if p.endswith("pytorch_lora_weights.safetensors")]
+    assert len(lora) == 1 and files[lora[0]][8:9] == b"{"  # raw safetensors (header length + JSON), not a zip
+    assert not any(p.endswith(".zip") or "global_step" in p for p in files)
+    # progress and the final state live on in the repo's UPDATES/ folder
+    final = json.loads(files["UPDATES/hub-job.json"])
+    assert final["status"] == "success" and final["output"]["download_url"] == out["download_url"]
+    assert json.loads(files["UPDATES/latest.json"]) == final
+    messages = [c["summary"] for c in hub_server.state.commits if c["repo_id"] == "tester/my-lora"]
+    assert "job hub-job: training" in messages and messages[-1] == "job hub-job: success", messages
+    assert messages.index("job hub-job: downloading") < messages.index("job hub-job: training")
+    assert hub_server.token not in json.dumps(res) and "hf_gatedreadtoken000" not in json.dumps(res)
+    assert hub_server.token.encode() not in files["UPDATES/hub-job.json"]
+
+
+def test_hub_output_with_a_refused_token_fails_before_download(trainer_env, dataset_server, hub_server):
+    url = dataset_server.put_zip("hub2.zip", image_zip(2, captioned=(0, 1)))
+    before = len(dataset_server.requests)
+    res = run_handler({"model_type": "sdxl", "dataset": {"type": "precaptioned", "images_url": url},
+                       "output": {"method": "huggingface", "huggingface": {"token": "hf_notavalidtoken999"}}},
+                      job_id="hub-bad")
+    assert res["error_code"] == "invalid_input" and "output.huggingface.token" in res["error"], res
+    assert len(dataset_server.requests) == before
