@@ -211,7 +211,7 @@ def test_lease_token_revocation_closes_websockets(gw):
 
 
 def test_worker_starting_until_swarmui_is_up(tmp_path):
-    with configured_worker(tmp_path, SWARM_ACCESS_TOKEN=TOKEN, FAKE_SWARMUI_START_DELAY="1.5") as env:
+    with configured_worker(tmp_path, SWARM_ACCESS_TOKEN=TOKEN, FAKE_SWARMUI_START_DELAY="3") as env:
         base = f"http://127.0.0.1:{env['SWARM_PUBLIC_PORT']}"
         rt = runtime()
         rt.start_background().result(10)

@@ -136,7 +136,7 @@ def test_lease_streams_its_first_output_and_releases_on_idle(loop_worker):
 
 def test_lease_grace_expiry_and_busy(loop_worker):
     server, proc, _ = loop_worker
-    job = server.submit({"action": "lease", "idle_seconds": 30, "startup_grace_seconds": 1.5})
+    job = server.submit({"action": "lease", "idle_seconds": 30, "startup_grace_seconds": 4})
     _lease_first_output(server, job, proc)
     busy = server.wait(server.submit({"action": "lease"}), 20, proc=proc)
     assert busy.status == "FAILED" and "already holds lease" in busy.error
@@ -191,7 +191,7 @@ def test_exclusive_leases_leave_queued_leases_to_other_workers(tmp_path):
     with RunPodJobServer() as server:
         proc, _ = _start_worker(tmp_path, server, SWARM_LEASE_EXCLUSIVE="1")
         try:
-            first = server.submit({"action": "lease", "idle_seconds": 30, "startup_grace_seconds": 1.5})
+            first = server.submit({"action": "lease", "idle_seconds": 30, "startup_grace_seconds": 4})
             _lease_first_output(server, first, proc)
             second = server.submit({"action": "lease", "idle_seconds": 30, "startup_grace_seconds": 0.5})
             time.sleep(1.0)

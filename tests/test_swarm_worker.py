@@ -340,7 +340,9 @@ def test_hold_outlasts_a_running_generation(worker):
 
     t = threading.Thread(target=legacy_generation)
     t.start()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while runtime().gateway.generations_in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
     hold = call({"action": "keepalive", "duration": 0.1, "interval": 0.05})
     ended = time.monotonic()
     t.join(10)
