@@ -246,7 +246,7 @@ def test_lease_startup_grace_expires_and_busy(worker):
         from handlers.swarm_worker.handler import lease_session
 
         gen = lease_session({"id": "l1", "input": {"action": "lease", "idle_seconds": 5,
-                                                    "startup_grace_seconds": 0.5, "max_lease_seconds": 60}})
+                                                    "startup_grace_seconds": 1.5, "max_lease_seconds": 60}})
         first = await gen.__anext__()
         busy, _ = await _collect_lease({})
         rest = [item async for item in gen]
@@ -254,7 +254,7 @@ def test_lease_startup_grace_expires_and_busy(worker):
 
     first, busy, rest = asyncio.run(go())
     assert first["protocol"] == 2 and first["success"] is True and len(first["token"]) >= 60
-    assert first["startup_grace_seconds"] == 0.5 and first["idle_seconds"] == 5 and first["max_lease_seconds"] == 60
+    assert first["startup_grace_seconds"] == 1.5 and first["idle_seconds"] == 5 and first["max_lease_seconds"] == 60
     assert set(first) >= {"public_url", "token", "worker_id", "version", "lease"}
     assert busy == [{"success": False, "error": f"this worker already holds lease {first['lease']}",
                      "error_id": "lease_busy", "worker_id": first["worker_id"]}]
