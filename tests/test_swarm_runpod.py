@@ -4,6 +4,7 @@ and in its real worker loop against a local job server (tests/fakes/runpod_jobs.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -90,6 +91,30 @@ def test_legacy_actions_answer_as_output_objects(loop_worker):
     unknown = server.wait(server.submit({"action": "dance"}), 30, proc=proc)
     assert unknown.status == "FAILED" and unknown.error == "Unknown action: dance"
     assert unknown.output["error_id"] == "unknown_action" and "lease" in unknown.output["available_actions"]
+
+
+def test_legacy_extension_generation_flow(loop_worker):
+    """What SwarmUI-Runpod-Serverless-Backend v2.0 does per generation, step by step."""
+    server, proc, _ = loop_worker
+    wake = server.wait(server.submit({"action": "wakeup", "duration": 180, "interval": 30}), 30, proc=proc)
+    assert wake.status == "COMPLETED" and wake.output["success"] is True  # it awaits this job before `ready`
+    ready = server.wait(server.submit({"action": "ready"}), 30, proc=proc).output
+    assert ready["ready"] is True
+
+    async def extension_calls():
+        async with SwarmUIClient(ready["public_url"]) as c:  # it appends /API/... to public_url
+            c._session_id = ready["session_id"]
+            backends = await c.call("ListBackends", {"nonreal": True, "full_data": True})
+            selected = await c.call("SelectModel", {"model": "OfficialStableDiffusion/sd_xl_base_1.0"})
+            gen = await c.call("GenerateText2Image", {"images": 1, "prompt": "legacy", "steps": 3,
+                                                      "model": "OfficialStableDiffusion/sd_xl_base_1.0"})
+            return backends, selected, gen
+
+    backends, selected, gen = asyncio.run(extension_calls())
+    assert not any(b["status"] == "loading" for b in backends.values()) and selected["success"] is True
+    assert base64.b64decode(gen["images"][0], validate=True).startswith(b"\x89PNG")  # Convert.FromBase64String
+    down = server.wait(server.submit({"action": "shutdown"}), 30, proc=proc)
+    assert down.status == "COMPLETED" and down.output["success"] is True
 
 
 def test_shutdown_runs_beside_a_keepalive(loop_worker):
