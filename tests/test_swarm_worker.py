@@ -454,6 +454,20 @@ def test_startup_timeout(tmp_path):
         assert ready["ready"] is False and "not ready within 1 s (backends: loading)" in ready["error"]
 
 
+def test_swarmui_does_not_get_the_workers_credentials(tmp_path, monkeypatch):
+    import requests
+
+    for name, value in {"RUNPOD_AI_API_KEY": "rp-key-123456", "AWS_SECRET_ACCESS_KEY": "aws-secret-123456",
+                        "SWARM_ACCESS_TOKEN": "gateway-token-0123456789", "HF_TOKEN": "hf_abcdefghijk",
+                        "SWARMUI_PASS_ENV": "HF_TOKEN"}.items():
+        monkeypatch.setenv(name, value)
+    with configured_worker(tmp_path) as env:
+        assert call({"action": "ready"})["ready"] is True
+        names = requests.get(f"http://127.0.0.1:{env['SWARMUI_INTERNAL_PORT']}/__fake__/env", timeout=10).json()
+    assert "PATH" in names and "HF_TOKEN" in names  # passed on on purpose
+    assert not {"RUNPOD_AI_API_KEY", "AWS_SECRET_ACCESS_KEY", "SWARM_ACCESS_TOKEN"} & set(names)
+
+
 def test_stop_kills_the_process_group(tmp_path):
     with configured_worker(tmp_path):
         assert call({"action": "ready"})["ready"] is True

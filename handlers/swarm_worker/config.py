@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_SWARMUI_DIR = "/opt/SwarmUI"
@@ -75,7 +75,6 @@ class WorkerConfig:
     concurrency: int = 8
     inline_max_bytes: int = 6 * 1024 * 1024
     stop_timeout: float = 15
-    extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> WorkerConfig:

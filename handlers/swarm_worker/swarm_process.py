@@ -16,6 +16,7 @@ import shlex
 import signal
 import time
 
+from common.redaction import is_sensitive_key
 from common.swarmui import SwarmUIClient, SwarmUIError
 from handlers.swarm_worker.config import WorkerConfig
 from handlers.swarm_worker.swarm_files import build_model_tree, write_swarm_config
@@ -23,6 +24,18 @@ from handlers.swarm_worker.swarm_files import build_model_tree, write_swarm_conf
 log = logging.getLogger("swarm.process")
 
 TAIL_LINES = 200
+
+
+def child_env() -> dict[str, str]:
+    """The worker's environment minus its credentials (RunPod job API key, upload keys, gateway token).
+
+    Whoever holds a lease drives SwarmUI and ComfyUI, which can run code; they should not find the
+    worker's secrets in those processes' environment. `SWARMUI_PASS_ENV` (comma-separated names)
+    passes chosen ones on anyway, e.g. `HF_TOKEN,CIVITAI_API_KEY` for SwarmUI's model downloads.
+    """
+    keep = {n.strip() for n in os.environ.get("SWARMUI_PASS_ENV", "").split(",") if n.strip()}
+    return {k: v for k, v in os.environ.items()
+            if k in keep or not (is_sensitive_key(k) or k.startswith(("RUNPOD_WEBHOOK_", "AWS_", "S3_")))}
 
 
 class SwarmStartError(RuntimeError):
@@ -159,7 +172,7 @@ class SwarmProcess:
             self._proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, "SWARM_NO_VENV": os.environ.get("SWARM_NO_VENV", "true"), **cfg.extra_env})
+                env=child_env())
         except OSError as exc:
             raise SwarmStartError(f"cannot run SwarmUI launch command {argv[0]!r}: {exc}", []) from None
         self._reader = asyncio.create_task(self._read_output(self._proc))

@@ -28,7 +28,8 @@ FAKE_SWARMUI_BACKEND_DELAY (seconds the backend reports `loading`), FAKE_SWARMUI
 FAKE_SWARMUI_CRASH_WORD (a prompt containing it kills the process mid-generation),
 FAKE_SWARMUI_VIDEO_BYTES (size of a video output).
 
-`GET /__fake__/requests` (not part of SwarmUI) lists the headers of the requests received.
+`GET /__fake__/requests` and `GET /__fake__/env` (not part of SwarmUI) list the headers of the
+requests received and the names of the environment variables the process got.
 """
 
 from __future__ import annotations
@@ -400,12 +401,16 @@ class FakeSwarm:
     async def fake_requests(self, request: web.Request) -> web.Response:
         return web.json_response(self.request_log)
 
+    async def fake_env(self, request: web.Request) -> web.Response:
+        return web.json_response(sorted(os.environ))
+
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self.gate], client_max_size=200 * 1024 * 1024)
         app.router.add_route("*", "/API/{route}", self.api)
         app.router.add_route("*", "/api/{route}", self.api)
         app.router.add_get("/View/{path:.*}", self.view)
         app.router.add_get("/__fake__/requests", self.fake_requests)
+        app.router.add_get("/__fake__/env", self.fake_env)
         app.router.add_get("/", lambda r: web.Response(text="<html>SwarmUI</html>", content_type="text/html"))
         return app
 
