@@ -6,9 +6,9 @@ import hashlib
 import logging
 import mimetypes
 import os
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +28,32 @@ class TransientUploadError(UploadError):
     """Worth trying again: timeouts, dropped connections, 5xx, 429."""
 
 
-@dataclass
 class Artifact:
-    """One file to deliver (a single output, or the zip of several)."""
+    """One file to deliver (a single output, or the zip of several).
 
-    path: Path
-    size: int = field(init=False)
-    sha256: str = field(init=False)
+    Its sha256 is computed on a background thread from construction on, so hashing a
+    multi-GB file overlaps the upload instead of delaying it (hashlib releases the GIL).
+    """
 
-    def __post_init__(self) -> None:
-        self.path = Path(self.path)
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
         self.size = self.path.stat().st_size
+        self._digest: str | None = None
+        self._hasher = threading.Thread(target=self._hash, name="sha256", daemon=True)
+        self._hasher.start()
+
+    def _hash(self) -> None:
         digest = hashlib.sha256()
         with self.path.open("rb") as fh:
             for chunk in iter(lambda: fh.read(8 << 20), b""):
                 digest.update(chunk)
-        self.sha256 = digest.hexdigest()
+        self._digest = digest.hexdigest()
+
+    @property
+    def sha256(self) -> str:
+        self._hasher.join()
+        assert self._digest is not None
+        return self._digest
 
     @property
     def name(self) -> str:
