@@ -344,3 +344,17 @@ def test_hub_output_with_a_refused_token_fails_before_download(trainer_env, data
                       job_id="hub-bad")
     assert res["error_code"] == "invalid_input" and "output.huggingface.token" in res["error"], res
     assert len(dataset_server.requests) == before
+
+
+def test_the_images_test_input_runs_as_documented(trainer_env, dataset_server):
+    """test_inputs/diffusion-pipe-trainer/test_input.json against the dataset `scripts.demo_trainer --serve` serves."""
+    from scripts.demo_trainer import DATASET_NAME, tiny_dataset
+
+    job = json.loads((Path(__file__).parents[1] / "test_inputs" / "diffusion-pipe-trainer" / "test_input.json")
+                     .read_text())["input"]
+    assert job["dataset"]["images_url"] == f"http://127.0.0.1:8765/{DATASET_NAME}" and job["dry_run"] is True
+    job["dataset"]["images_url"] = dataset_server.put(DATASET_NAME, tiny_dataset(captioned=True))
+    res = run_handler(job, job_id="test-input")
+    assert res.get("status") == "dry_run", res
+    assert res["dataset"]["images"] == 4 and res["dataset"]["trigger_added"] == 4
+    assert "checkpoint_path" in tomllib.loads(res["configs"]["config.toml"])["model"]

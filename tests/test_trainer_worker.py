@@ -31,7 +31,7 @@ def test_progress_and_result_through_the_worker_loop(trainer_env, dataset_server
     out = rec.output
     assert out["status"] == "success" and out["latest_epoch"] == "epoch2" and out["model_name"] == "Wan 1.3B"
     stages = [p["stage"] for p in rec.progress]
-    assert stages[0] == "downloading" and "configs" in stages and "uploading" in stages
+    assert stages[0] == "downloading" and "configs" in stages and "upload" in stages
     training = [p for p in rec.progress if p["stage"] == "training" and p.get("step")]
     assert training, rec.progress
     last = training[-1]

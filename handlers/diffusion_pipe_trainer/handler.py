@@ -281,7 +281,7 @@ async def _train(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, progress: Pr
     if lora is None:
         raise JobError("engine_failed", f"training finished but no {spec.lora_file} was saved under {output_dir}")
     with timings.stage("upload"):
-        progress.update("uploading", None, f"uploading {lora.name}", force=True)
+        progress.update("upload", None, f"uploading {lora.name}", force=True)
         record = await _upload(req, dirs.job_id, lora, progress)
     epochs_completed = req.training.epochs if tp.completed and not req.training.max_steps else lora.epoch
     output = {k: record[k] for k in ("download_url", "safetensors_url", "repo_url", "download_method",
