@@ -328,20 +328,8 @@ def test_malformed_hf_url_is_refused(tmp_path):
     assert "hf://<owner>/<name>/<path in repo>" in err.message
 
 
-def test_s3_download(request, tmp_path, monkeypatch):
-    try:
-        s3 = request.getfixturevalue("s3_server")
-    except pytest.FixtureLookupError:
-        pytest.skip("the s3_server fixture (tests/fixtures/s3.py, real SeaweedFS) is not registered yet")
-    import types
-
-    import boto3
-
-    if isinstance(s3, dict):
-        s3 = types.SimpleNamespace(**s3)
-
-    client = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name="us-east-1",
-                          aws_access_key_id=s3.access_key, aws_secret_access_key=s3.secret_key)
+def test_s3_download(s3_server, tmp_path, monkeypatch):
+    s3, client = s3_server, s3_server.client()
     data = os.urandom(3 * MB)
     client.put_object(Bucket=s3.bucket, Key="inputs/data.bin", Body=data)
     monkeypatch.setenv("S3_ENDPOINT_URL", s3.endpoint_url)
@@ -361,3 +349,6 @@ def test_s3_download(request, tmp_path, monkeypatch):
     assert "NoSuchKey" in err.message or "404" in err.message
     err = _download_error(f"s3://{s3.bucket}/inputs/data.bin", tmp_path / "small.bin", max_bytes=MB)
     assert "over the limit" in err.message
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-value-123")
+    err = _download_error(url, tmp_path / "denied.bin", max_bytes=10 * MB)
+    assert "SignatureDoesNotMatch" in err.message and "wrong-secret-value-123" not in str(err)
