@@ -67,7 +67,7 @@ def _videos(tmp_path: Path, n: int, fail: int | None = None) -> list[Path]:
     out = []
     for i in range(n):
         p = tmp_path / f"clip{i}.mp4"
-        p.write_bytes(mp4(i, 2000 + 500 * i) + (b"GEMINI_FAIL" if i == fail else b""))
+        p.write_bytes(mp4(i, 20 + 10 * i) + (b"GEMINI_FAIL" if i == fail else b""))
         out.append(p)
     return out
 

@@ -358,3 +358,23 @@ def test_the_images_test_input_runs_as_documented(trainer_env, dataset_server):
     assert res.get("status") == "dry_run", res
     assert res["dataset"]["images"] == 4 and res["dataset"]["trigger_added"] == 4
     assert "checkpoint_path" in tomllib.loads(res["configs"]["config.toml"])["model"]
+
+
+def test_video_lengths_are_checked_against_the_frame_buckets(trainer_env, dataset_server):
+    def job(files, job_id, **training):
+        url = dataset_server.put_zip(f"{job_id}.zip", files)
+        return run_handler({"model_type": "wan13", "dry_run": True, "training": training,
+                            "dataset": {"type": "precaptioned", "videos_url": url}}, job_id=job_id)
+
+    mixed = {"long.mp4": mp4(1, frames=40), "long.txt": b"a", "short.mp4": mp4(2, frames=8), "short.txt": b"b"}
+    res = job(mixed, "len-mixed")
+    assert res["status"] == "dry_run", res
+    assert res["dataset"]["warnings"] == ["shorter than 33 frames at 16 fps, the engine will skip: short.mp4 (8 frames)"]
+    res = job({"short.mp4": mp4(2, frames=8), "short.txt": b"b"}, "len-short")
+    assert res["error_code"] == "invalid_input" and "lower training.frame_buckets" in res["error"], res
+    res = job({"short.mp4": mp4(2, frames=8), "short.txt": b"b"}, "len-ok", frame_buckets=[1, 5])
+    assert res["status"] == "dry_run" and res["dataset"]["warnings"] == []
+    res = job({"broken.mp4": b"\x00\x00\x00\x18ftypmp42 truncated", "broken.txt": b"c"}, "len-broken")
+    assert res["error_code"] == "invalid_input" and "cannot be read: broken.mp4" in res["error"], res
+    res = job(mixed, "len-one", frame_buckets=[1])
+    assert res["error_code"] == "invalid_input" and "training.frame_buckets" in res["error"], res

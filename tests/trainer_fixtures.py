@@ -90,9 +90,23 @@ def png(seed: int, size: tuple[int, int] = (40, 30)) -> bytes:
     return buf.getvalue()
 
 
-def mp4(seed: int, size: int = 3000) -> bytes:
-    """Bytes shaped like an MP4 header; neither the stand-ins nor the worker decode video frames."""
-    return b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + bytes((seed + i) % 251 for i in range(size))
+def mp4(seed: int, frames: int = 40, fps: int = 16) -> bytes:
+    """A real (tiny, 16x16) MPEG-4 video of `frames` frames; the worker probes its length with PyAV."""
+    import av
+    import numpy as np
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((16, 16, 3), (seed * 40 + i * 5) % 256, dtype=np.uint8),
+                                               format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
 
 
 @pytest.fixture

@@ -187,3 +187,55 @@ def prepare(url: str, kind: str, downloads: Path, dest: Path, *, precaptioned: b
     else:
         media.uncaptioned.extend(empty_captions(media))
     return media
+
+
+ENGINE_FPS = 16  # diffusion-pipe converts every video to 16 fps before bucketing
+
+
+def video_frames(path: Path) -> int:
+    """Frames the engine sees in a video (its length at 16 fps); raises on an unreadable file."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        if stream.duration is not None and stream.time_base is not None:
+            seconds = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            seconds = container.duration / 1_000_000
+        else:
+            seconds = (stream.frames or 0) / float(stream.average_rate or ENGINE_FPS)
+    return int(seconds * ENGINE_FPS)
+
+
+def check_video_lengths(media: MediaSet, frame_buckets: list[int]) -> list[str]:
+    """Refuse what the engine would drop or fail on; returns warnings for clips it will skip.
+
+    A video goes to the longest frame bucket not longer than it (never bucket 1), so a clip
+    shorter than the smallest video bucket is silently dropped by the engine.
+    """
+    try:
+        import av  # noqa: F401  (in the image: diffusion-pipe needs it)
+    except ImportError:
+        return ["video lengths were not checked (PyAV is not installed)"]
+    video_buckets = [b for b in frame_buckets if b > 1]
+    if not video_buckets:
+        raise JobError("invalid_input", "training.frame_buckets: videos need a bucket longer than 1 frame "
+                                        f"(got {frame_buckets})")
+    shortest = min(video_buckets)
+    unreadable, short = [], []
+    for path in media.media:
+        try:
+            frames = video_frames(path)
+        except Exception:
+            unreadable.append(path.name)
+            continue
+        if frames < shortest:
+            short.append(f"{path.name} ({frames} frames)")
+    if unreadable:
+        raise JobError("invalid_input", f"dataset.videos_url: {len(unreadable)} video(s) cannot be read: "
+                                        f"{_names(unreadable)}", unreadable[:_LIST_LIMIT])
+    if short and len(short) == media.count:
+        raise JobError("invalid_input", f"dataset.videos_url: every video is shorter than the smallest frame bucket "
+                                        f"({shortest} frames at {ENGINE_FPS} fps): {_names(short)}; lower "
+                                        "training.frame_buckets", short[:_LIST_LIMIT])
+    return [f"shorter than {shortest} frames at {ENGINE_FPS} fps, the engine will skip: {_names(short)}"] if short else []

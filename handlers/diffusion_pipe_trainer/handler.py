@@ -212,6 +212,9 @@ async def _train(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, progress: Pr
     else:
         with timings.stage("download"):
             sets = await _prepare_dataset(req, dirs, progress)
+            if "videos" in sets and spec.frame_buckets is not None:
+                buckets = list(req.training.frame_buckets or spec.frame_buckets)
+                summary["warnings"] = await asyncio.to_thread(dataset.check_video_lengths, sets["videos"], buckets)
         with timings.stage("caption"):
             summary.update(await _caption(req, sets, dirs, progress))
         ds = req.dataset
