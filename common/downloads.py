@@ -326,7 +326,8 @@ def _s3_opener(url: str, shown: str):
     config = Config(signature_version="s3v4", s3={"addressing_style": "path"} if endpoint else {},
                     retries={"max_attempts": 3, "mode": "standard"},
                     connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT)
-    client = boto3.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+    # A fresh session reads the environment now (boto3's default session caches credentials).
+    client = boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
 
     def stream(body) -> Iterator[bytes]:
         try:
