@@ -323,6 +323,24 @@ def test_hf_url_resolves_on_the_endpoint_with_token_dropped_on_cdn_redirect(serv
         "Bearer hf_CallerToken12345678"
 
 
+def test_hf_private_dataset_file_from_the_hub_stand_in(hub_server, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub_server.url, token=hub_server.token)
+    api.create_repo("tester/private-faces", repo_type="dataset", private=True, exist_ok=True)
+    data = os.urandom(200_000)
+    api.upload_file(path_or_fileobj=data, path_in_repo="v1/faces.zip", repo_id="tester/private-faces",
+                    repo_type="dataset")
+    url = "hf://datasets/tester/private-faces/v1/faces.zip"
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
+    err = _download_error(url, tmp_path / "f.zip", max_bytes=MB)
+    assert "HTTP 401" in err.message and "needs a token" in err.message
+    monkeypatch.setenv("HF_TOKEN", hub_server.token)
+    out = download(url, tmp_path / "f.zip", max_bytes=MB, sha256=hashlib.sha256(data).hexdigest())
+    assert out.read_bytes() == data
+
+
 def test_malformed_hf_url_is_refused(tmp_path):
     err = _download_error("hf://only-a-repo/name", tmp_path / "x", max_bytes=MB)
     assert "hf://<owner>/<name>/<path in repo>" in err.message
