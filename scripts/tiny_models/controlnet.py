@@ -59,13 +59,18 @@ def _tokenizer():
     return CLIPTokenizer(vocab=_byte_vocab(), merges=[], model_max_length=77)
 
 
-def _text_config(vocab_size: int):
+# Like SDXL's CLIP-L (768) and OpenCLIP bigG (1280), the two text encoders differ in width;
+# the UNet's cross-attention takes both (32 + 48) and the pooled bigG projection (48).
+TEXT_WIDTHS = (32, 48)
+
+
+def _text_config(vocab_size: int, width: int):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
         bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
-        hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4,
-        num_hidden_layers=2, vocab_size=vocab_size, hidden_act="gelu", projection_dim=32,
+        hidden_size=width, intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4,
+        num_hidden_layers=2, vocab_size=vocab_size, hidden_act="gelu", projection_dim=width,
     )
 
 
@@ -74,8 +79,8 @@ def _unet_kwargs() -> dict:
         block_out_channels=(32, 64), layers_per_block=1, in_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), attention_head_dim=(2, 4),
         use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=80,
-        cross_attention_dim=64, norm_num_groups=32,
+        transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=6 * 8 + TEXT_WIDTHS[1],
+        cross_attention_dim=sum(TEXT_WIDTHS), norm_num_groups=32,
     )
 
 
@@ -97,9 +102,8 @@ def _components():
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1,
                                        beta_schedule="scaled_linear", timestep_spacing="leading")
     tok = _tokenizer()
-    cfg = _text_config(len(tok))
-    text_encoder = CLIPTextModel(cfg)
-    text_encoder_2 = CLIPTextModelWithProjection(cfg)
+    text_encoder = CLIPTextModel(_text_config(len(tok), TEXT_WIDTHS[0]))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(len(tok), TEXT_WIDTHS[1]))
     return dict(unet=unet, controlnet=controlnet, vae=vae, scheduler=scheduler, tokenizer=tok,
                 tokenizer_2=_tokenizer(), text_encoder=text_encoder, text_encoder_2=text_encoder_2)
 
