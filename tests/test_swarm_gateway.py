@@ -92,6 +92,21 @@ def test_browser_entry_sets_a_cookie_for_the_web_ui(gw):
     assert seen["headers"]["Cookie"] == "other=1"  # the gateway's cookie is not passed on
 
 
+def test_trigger_refresh_brings_new_volume_files_in(gw):
+    base, _, tmp = gw
+    new = tmp / "volume" / "SwarmUI" / "Models" / "Lora" / "uploaded_mid_lease.safetensors"
+    new.write_bytes(b"w")
+
+    async def go():
+        async with SwarmUIClient(base, token=TOKEN) as c:
+            before = (await c.list_models("LoRA")).names
+            await c.trigger_refresh()
+            return before, (await c.list_models("LoRA")).names
+
+    before, after = asyncio.run(go())
+    assert "uploaded_mid_lease.safetensors" not in before and "uploaded_mid_lease.safetensors" in after
+
+
 def test_chunked_client_body_is_forwarded_with_content_length(gw):
     base, _, _ = gw
 

@@ -22,10 +22,10 @@ from tests.swarm_helpers import ROOT, worker_env
 START = ROOT / "images" / "swarm-worker" / "start.sh"
 FAKE_CLOUDFLARED = """#!{python}
 import signal, sys, time
-print("2026-01-01T00:00:00Z INF Requesting new quick Tunnel on trycloudflare.com...", file=sys.stderr, flush=True)
-print("2026-01-01T00:00:01Z INF |  https://brave-words-fake-tunnel.trycloudflare.com  |", file=sys.stderr, flush=True)
 with open(sys.argv[0] + ".args", "w") as fh:
     fh.write(" ".join(sys.argv[1:]))
+print("2026-01-01T00:00:00Z INF Requesting new quick Tunnel on trycloudflare.com...", file=sys.stderr, flush=True)
+print("2026-01-01T00:00:01Z INF |  https://brave-words-fake-tunnel.trycloudflare.com  |", file=sys.stderr, flush=True)
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
 while True:
     time.sleep(0.2)

@@ -11,6 +11,7 @@
 - HTTP and WebSocket. Responses are streamed, so large `View/` downloads never sit in memory.
 - On the legacy `/t/<token>` path, `GenerateText2Image` answers have their `images` rewritten
   to raw base64, which is what the legacy extension decodes.
+- `TriggerRefresh` first brings the per-worker model tree up to date with the volume.
 - A browser opening `<base>/t/<token>` is redirected to `/` with the token in an HttpOnly
   cookie, so SwarmUI's own web UI (which loads `/css/...`, `/API/...`) works behind the gateway.
 """
@@ -24,7 +25,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -53,12 +54,13 @@ class Gateway:
     """Token-gated proxy; tokens are granted and revoked by the worker runtime."""
 
     def __init__(self, *, host: str, port: int, upstream: str, upstream_secret: Callable[[], str],
-                 is_ready: Callable[[], bool]):
+                 is_ready: Callable[[], bool], before_refresh: Callable[[], Awaitable[object]] | None = None):
         self.host = host
         self.port = port
         self.upstream = upstream.rstrip("/")
         self._upstream_secret = upstream_secret
         self._is_ready = is_ready
+        self._before_refresh = before_refresh
         self._tokens: dict[str, str] = {}
         self._sockets: dict[str, set[web.WebSocketResponse]] = {}
         self._runner: web.AppRunner | None = None
@@ -133,6 +135,8 @@ class Gateway:
             return _error(503, "worker_starting", "SwarmUI is starting; retry shortly.", **{"Retry-After": "5"})
         target = f"{self.upstream}{rest}" + (f"?{query}" if query else "")
         route = rest.lower().rstrip("/")
+        if route == "/api/triggerrefresh" and self._before_refresh is not None:
+            await self._before_refresh()  # new files on the volume join SwarmUI's model tree first
         is_generation = route in GENERATION_ROUTES
         if is_generation:
             self.generations_in_flight += 1
@@ -144,6 +148,11 @@ class Gateway:
             if is_generation:
                 self.generations_in_flight -= 1
                 self.last_generation_at = time.monotonic()
+
+    def _unreachable(self) -> web.Response:
+        if not self._is_ready():  # it went down under this request: it is being restarted
+            return _error(503, "worker_starting", "SwarmUI is restarting; retry shortly.", **{"Retry-After": "5"})
+        return _error(502, "swarmui_unreachable", "SwarmUI did not answer.")
 
     @staticmethod
     def _browser_entry(request: web.Request, token: str) -> web.Response:
@@ -172,7 +181,7 @@ class Gateway:
                                                    headers=headers, allow_redirects=False)
         except aiohttp.ClientError as exc:
             log.warning("upstream unreachable: %s", exc)
-            return _error(502, "swarmui_unreachable", "SwarmUI did not answer.")
+            return self._unreachable()
         async with upstream:
             if rewrite_images and upstream.status == 200:
                 return await self._rewrite_images(upstream)
@@ -225,7 +234,7 @@ class Gateway:
         except aiohttp.WSServerHandshakeError as exc:
             return _error(exc.status or 502, "swarmui_refused", "SwarmUI refused the WebSocket.")
         except aiohttp.ClientError:
-            return _error(502, "swarmui_unreachable", "SwarmUI did not answer.")
+            return self._unreachable()
         client = web.WebSocketResponse(max_msg_size=0)
         await client.prepare(request)
         self._sockets.setdefault(token, set()).add(client)

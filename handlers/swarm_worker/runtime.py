@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from common.jobs import worker_version
-from common.swarmui import SwarmUIError
+from common.swarmui import SwarmUIError, SwarmUIUnavailable
 from handlers.swarm_worker.config import WorkerConfig, worker_id
 from handlers.swarm_worker.gateway import Gateway
 from handlers.swarm_worker.swarm_files import build_model_tree, wipe_dir
@@ -55,7 +55,7 @@ class WorkerRuntime:
         self.gateway = Gateway(host=cfg.public_host, port=cfg.public_port,
                                upstream=f"http://127.0.0.1:{cfg.internal_port}",
                                upstream_secret=lambda: self.process.internal_secret,
-                               is_ready=lambda: self.process.ready)
+                               is_ready=lambda: self.process.ready, before_refresh=self.refresh_model_tree)
         self.legacy_token: str | None = None
         self.lease: Lease | None = None
         self.lease_count = 0
@@ -125,9 +125,18 @@ class WorkerRuntime:
                 self.process.start()
 
     async def ensure_ready(self) -> None:
+        """SwarmUI is up and answers a request (one that has just crashed can look up for a moment)."""
         await self.boot()
-        # a little beyond the process manager's own deadline, so its clearer error wins
-        await self.process.ensure_ready(self.cfg.startup_timeout + 5)
+        for attempt in (0, 1):
+            # a little beyond the process manager's own deadline, so its clearer error wins
+            await self.process.ensure_ready(self.cfg.startup_timeout + 5)
+            try:
+                await self.process.client.global_status()
+                return
+            except SwarmUIUnavailable:
+                if attempt:
+                    raise
+                await self.process.wait_exit(5)
 
     # -- URLs and tokens --------------------------------------------------------------------------------
 
@@ -342,9 +351,12 @@ class WorkerRuntime:
                 "holds": len(self.holds), "gateway": {"port": self.cfg.public_port,
                                                       "websockets": self.gateway.open_websockets()}}
 
+    async def refresh_model_tree(self) -> dict[str, int]:
+        return await asyncio.to_thread(build_model_tree, self.cfg.model_roots, self.cfg.model_tree)
+
     async def models(self, subtypes: list[str]) -> dict:
         await self.ensure_ready()
-        tree = await asyncio.to_thread(build_model_tree, self.cfg.model_roots, self.cfg.model_tree)
+        tree = await self.refresh_model_tree()
         client = self.process.client
         await client.trigger_refresh()
         found = {}

@@ -72,7 +72,7 @@ class SwarmProcess:
 
     @property
     def ready(self) -> bool:
-        return self.state == "ready"
+        return self.state == "ready" and self._proc is not None and self._proc.returncode is None
 
     @property
     def pid(self) -> int | None:
@@ -84,23 +84,28 @@ class SwarmProcess:
     def start(self) -> asyncio.Task:
         """Start SwarmUI unless it is running or starting; returns the startup task."""
         if self._startup is None or (self._startup.done() and self.state in ("stopped", "exited")):
-            self._stopping = False
             self._startup = asyncio.create_task(self._start())
         return self._startup
 
-    async def ensure_ready(self, timeout: float | None = None) -> None:
-        """Start if needed and wait until SwarmUI is ready; raises `SwarmStartError`."""
-        if self.ready:
-            return
-        if self.state == "failed":
-            raise SwarmStartError(self.error or "SwarmUI failed", self.tail())
-        task = self.start()
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        except asyncio.TimeoutError:
-            raise SwarmStartError(f"SwarmUI is still starting after {timeout:.0f} s", self.tail()) from None
-        if not self.ready:
-            raise SwarmStartError(self.error or f"SwarmUI is {self.state}", self.tail())
+    async def ensure_ready(self, timeout: float) -> None:
+        """Start if needed and wait until SwarmUI is ready (through a restart after a crash);
+        raises `SwarmStartError`."""
+        deadline = time.monotonic() + timeout
+        while not self.ready:
+            left = deadline - time.monotonic()
+            if self.state == "failed":
+                raise SwarmStartError(self.error or "SwarmUI failed", self.tail())
+            if self._stopping:
+                raise SwarmStartError("SwarmUI is being stopped", self.tail())
+            if left <= 0:
+                raise SwarmStartError(f"SwarmUI is still starting after {timeout:.0f} s", self.tail())
+            if self.state == "ready":  # it has just exited; the monitor is about to notice and restart it
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                await asyncio.wait_for(asyncio.shield(self.start()), left)
+            except asyncio.TimeoutError:
+                continue
 
     async def wait_exit(self, timeout: float) -> int | None:
         """The exit code if the process ends within `timeout` seconds, else None."""
