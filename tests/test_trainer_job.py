@@ -378,3 +378,21 @@ def test_video_lengths_are_checked_against_the_frame_buckets(trainer_env, datase
     assert res["error_code"] == "invalid_input" and "cannot be read: broken.mp4" in res["error"], res
     res = job(mixed, "len-one", frame_buckets=[1])
     assert res["error_code"] == "invalid_input" and "training.frame_buckets" in res["error"], res
+
+
+def test_private_hub_dataset_is_read_with_the_jobs_token(trainer_env, hub_server):
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub_server.url, token=hub_server.token)
+    api.create_repo("tester/private-ds", private=True, exist_ok=True)
+    from tests.trainer_fixtures import make_zip
+
+    api.upload_file(path_or_fileobj=make_zip(image_zip(2, captioned=(0, 1), nested=False)), path_in_repo="ds.zip",
+                    repo_id="tester/private-ds")
+    job = {"model_type": "sdxl", "dry_run": True,
+           "dataset": {"type": "precaptioned", "images_url": "hf://tester/private-ds/ds.zip"}}
+    res = run_handler(job, job_id="hf-ds-anon")
+    assert res["error_code"] == "download_failed", res  # private: no token, no dataset
+    res = run_handler({**job, "api_keys": {"huggingface_token": hub_server.token}}, job_id="hf-ds")
+    assert res.get("status") == "dry_run", res
+    assert res["dataset"]["images"] == 2 and hub_server.token not in json.dumps(res)

@@ -44,13 +44,15 @@ def _names(paths: list, limit: int = _LIST_LIMIT) -> str:
 
 
 def fetch_archive(url: str, kind: str, downloads: Path, *, sha256: str | None = None,
-                  progress: Callable[..., None] | None = None) -> Path:
+                  progress: Callable[..., None] | None = None, hf_token: str | None = None) -> Path:
     from common.archives import archive_kind
     from common.downloads import download
 
     dest = downloads / f"{kind}.archive"
     # loopback/private hosts are refused unless the worker runs with ALLOW_PRIVATE_DOWNLOADS=1
-    path = download(url, dest, max_bytes=MAX_ARCHIVE_BYTES, sha256=sha256, progress=progress)
+    # a private dataset repo on the Hub (hf://...) is read with the job's Hugging Face token
+    headers = {"Authorization": f"Bearer {hf_token}"} if hf_token and url.startswith("hf://") else None
+    path = download(url, dest, max_bytes=MAX_ARCHIVE_BYTES, sha256=sha256, progress=progress, headers=headers)
     if archive_kind(path) is None:
         with open(path, "rb") as f:
             head = f.read(16)
@@ -155,11 +157,11 @@ def empty_captions(media: MediaSet) -> list[Path]:
 
 
 def prepare(url: str, kind: str, downloads: Path, dest: Path, *, precaptioned: bool, sha256: str | None = None,
-            progress: Callable[..., None] | None = None) -> MediaSet:
+            progress: Callable[..., None] | None = None, hf_token: str | None = None) -> MediaSet:
     """Download + extract + flatten one archive into `dest`; the archive is removed afterwards."""
     from common.archives import safe_extract
 
-    archive = fetch_archive(url, kind, downloads, sha256=sha256, progress=progress)
+    archive = fetch_archive(url, kind, downloads, sha256=sha256, progress=progress, hf_token=hf_token)
     extracted = downloads / f"{kind}_extracted"
     if extracted.exists():
         shutil.rmtree(extracted)

@@ -63,6 +63,7 @@ async def _prepare_dataset(req: TrainRequest, dirs: JobDirs, progress: Progress)
         sets[kind] = await asyncio.to_thread(
             dataset.prepare, url, kind, dirs.downloads, dirs.images if kind == "images" else dirs.videos,
             precaptioned=ds.type == "precaptioned", sha256=(ds.sha256 or {}).get(kind), progress=on_bytes,
+            hf_token=_hf_token(req),
         )
     return sets
 
