@@ -149,6 +149,7 @@ def invalid(raw: dict) -> str:
     ({"model_type": "sdxl", "dataset": IMG, "training": {"adapter": {"alpha": 16}}},
      "adapter.alpha: not accepted, diffusion-pipe forces alpha = rank"),
     ({"model_type": "sdxl", "dataset": IMG, "training": {"alpha": 16}}, "alpha: not accepted"),
+    ({"model_type": "sdxl", "dataset": IMG, "training": {"model": {"type": "flux"}}}, "model.type: not accepted"),
     ({"model_type": "sdxl", "dataset": IMG, "training": {"output_dir": "/tmp/x"}}, "output_dir: not accepted"),
     ({"model_type": "sdxl", "dataset": IMG, "training": {"blocks_to_swap": None}}, "null is not allowed"),
     ({"model_type": "sdxl", "dataset": IMG, "training": {"lora_rank": "big"}}, "training.lora_rank"),

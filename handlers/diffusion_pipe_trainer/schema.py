@@ -179,6 +179,8 @@ class TrainingSpec(BaseModel):
                     _check_toml_value(key, value)
                 except ValueError as exc:
                     errors.append(str(exc))
+                if key == "model" and isinstance(value, dict) and "type" in value:
+                    errors.append("model.type: not accepted, it follows the request's model_type")
                 if key == "adapter" and isinstance(value, dict) and "alpha" in value:
                     errors.append(f"adapter.alpha: not accepted, {ENGINE_REJECTS['alpha']}")
                 if key in ("transformer_dtype", "diffusion_model_dtype") and value not in DType.__args__:
