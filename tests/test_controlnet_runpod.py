@@ -55,18 +55,19 @@ def test_test_input_mode_bad_input_fails_clearly(cn_models, tmp_path):
 @pytest.fixture(scope="module")
 def runpod_worker(cn_models, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cn-runpod")
+    (tmp / "volume").mkdir()
     server = RunPodJobServer().start()
     proc = launch_handler("controlnet_pyworker", server, log_path=tmp / "worker.log", cwd=tmp, env={
         "MODELS_DIR": str(cn_models), "DEVICE": "cpu", "PROGRESS_INTERVAL": "0",
         "RUNPOD_MAX_INLINE_BYTES": "400000", "VOLUME_DIR": str(tmp / "volume"),
     })
-    yield server, proc
+    yield server, proc, tmp / "volume"
     proc.stop()
     server.close()
 
 
 def test_worker_loop_result_and_progress_per_step(runpod_worker):
-    server, proc = runpod_worker
+    server, proc, _ = runpod_worker
     job_id = server.submit(body(seed=5, steps=4))
     rec = server.wait(job_id, 180, proc=proc)
     assert rec.status == "COMPLETED", rec.result
@@ -79,7 +80,7 @@ def test_worker_loop_result_and_progress_per_step(runpod_worker):
 
 
 def test_worker_loop_bad_input_fails_job_not_worker(runpod_worker):
-    server, proc = runpod_worker
+    server, proc, _ = runpod_worker
     bad = server.submit(body(steps=500))
     good = server.submit(body(seed=6, steps=2))
     rec = server.wait(bad, 60, proc=proc)
@@ -90,8 +91,26 @@ def test_worker_loop_bad_input_fails_job_not_worker(runpod_worker):
 
 
 def test_worker_loop_refuses_results_too_big_to_return(runpod_worker):
-    server, proc = runpod_worker
+    server, proc, _ = runpod_worker
     job_id = server.submit(body(num_images=3, seed=9, steps=2))
     rec = server.wait(job_id, 180, proc=proc)
     assert rec.status == "FAILED"
     assert "give an `output` upload spec" in rec.error and "MB" in rec.error
+
+
+def test_worker_loop_uploads_to_s3_and_keeps_the_image_on_the_volume(runpod_worker, s3_server):
+    import requests
+
+    server, proc, volume = runpod_worker
+    spec = {"method": "s3", "s3": s3_server.spec(presign_expiry_seconds=3600)}
+    job_id = server.submit(body(seed=12, steps=2, output=spec))
+    rec = server.wait(job_id, 180, proc=proc)
+    assert rec.status == "COMPLETED", rec.result
+    upload = rec.output["upload"]
+    assert "images" not in rec.output and upload["download_method"] == "s3"
+    png = requests.get(upload["download_url"], timeout=30).content
+    assert png.startswith(b"\x89PNG") and len(png) == upload["size_bytes"]
+    kept = volume / "controlnet-outputs" / job_id / f"{job_id}_0.png"
+    assert kept.read_bytes() == png
+    assert any(p.get("stage") == "uploading" for p in rec.progress)
+    assert s3_server.spec()["secret_key"] not in json.dumps(rec.result) + json.dumps(rec.progress)

@@ -117,3 +117,30 @@ def test_engine_failure_is_500_and_server_stays_up(cn_server):
     health = requests.get(f"{cn_server.url}/checkhealth", timeout=10).json()
     assert health["last_error"]["where"] == "generate" and "engine_failed" in health["last_error"]["message"]
     assert "MODEL_SERVER_FATAL" not in cn_server.model_log.read_text(), "a request failure is not fatal"
+
+
+def test_output_spec_uploads_to_s3_instead_of_inline(cn_server, s3_server):
+    import io
+    import zipfile
+
+    spec = {"method": "s3", "s3": s3_server.spec(key_prefix="renders", presign_expiry_seconds=3600)}
+    r = post(cn_server, body(num_images=2, seed=31, output=spec), headers={"X-Request-Id": "cn-upload-1"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert "images" not in out and out["seeds"] == [31, 32]
+    rec = out["upload"]
+    assert rec["download_method"] == "s3" and rec["attempts"] == [{"method": "s3", "ok": True}]
+    assert s3_server.spec()["secret_key"] not in r.text
+    blob = requests.get(rec["download_url"], timeout=30)
+    assert blob.status_code == 200 and len(blob.content) == rec["size_bytes"]
+    names = zipfile.ZipFile(io.BytesIO(blob.content)).namelist()
+    assert sorted(names) == ["cn-upload-1_0.png", "cn-upload-1_1.png"]
+    assert "upload" in out["timings"]
+
+
+def test_unreachable_upload_target_is_502(cn_server, tmp_path):
+    spec = {"method": "s3", "s3": {"endpoint_url": "http://127.0.0.1:9", "bucket": "nowhere", "access_key": "AKEY12",
+                                   "secret_key": "very-secret-value"}}
+    r = post(cn_server, body(output=spec))
+    assert r.status_code == 502, r.text
+    assert r.json()["error_code"] == "upload_failed" and "very-secret-value" not in r.text
