@@ -147,7 +147,10 @@ async def _body(job: dict, timings: Timings) -> dict:
     dirs.create()
     progress = Progress(job, min_interval=_progress_interval(), sinks=[hub] if hub else None)
     try:
-        result = await _train(req, spec, dirs, progress, timings, started)
+        limit = _timeout(req)
+        # training stops itself at the limit with a precise message; this backstop covers the stages before it
+        result = await asyncio.wait_for(_train(req, spec, dirs, progress, timings, started),
+                                        timeout=limit + 30 if limit else None)
     except BaseException as exc:
         progress.close()
         if hub:
