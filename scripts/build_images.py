@@ -1,0 +1,226 @@
+"""Build the worker images: the shared base (images/base/Dockerfile), then each image on it.
+
+    python -m scripts.build_images [--tag dev] [--target gpu|cpu] [--base-image IMAGE]
+                                   [--images controlnet-pyworker ...] [--bake-variant lightning]
+
+GPU (default): the base is built on the CUDA runtime image (devel for diffusion-pipe-trainer,
+whose DeepSpeed compiles ops with nvcc), torch from the CUDA 12.8 wheel index.
+CPU: the base is built on BASE_IMAGE or, without one, on a local Debian bookworm image made with
+debootstrap (scripts/local_base_image.py; no registry needed). The host's torch CPU wheel (from
+pip's find-links, e.g. /opt/wheels) goes into the build extras so the build never downloads
+torch; the host's CA bundle goes there too, for hosts behind a TLS-inspecting proxy. Both are
+mounted into the RUN steps that need them, never copied into a layer.
+
+Each image's build time is printed, and the sizes (scripts/image_report.py) are written to
+build/image-report.{json,md} and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from scripts.image_report import report_images, write_report
+from scripts.local_base_image import DEFAULT_TAG as LOCAL_BASE_TAG
+from scripts.local_base_image import ensure_local_base
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ("controlnet-pyworker", "diffusion-pipe-trainer", "swarm-worker")
+GPU_RUNTIME_BASE = "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04"
+GPU_DEVEL_BASE = "nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04"
+# Images whose GPU target needs the CUDA toolkit (nvcc) rather than the runtime.
+NEEDS_DEVEL = {"diffusion-pipe-trainer"}
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+EXTRAS = ROOT / "images" / "base" / "build-extras"
+HOST_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+
+
+def docker_binary() -> str:
+    """/usr/bin/docker first: on some hosts /usr/local/bin/docker is a different tool."""
+    env = os.environ.get("DOCKER")
+    if env:
+        return env
+    if Path("/usr/bin/docker").exists():
+        return "/usr/bin/docker"
+    return shutil.which("docker") or "docker"
+
+
+def torch_version() -> str:
+    """The torch pin of the controlnet extra (the same pin in every extra)."""
+    import tomllib
+
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    for req in extras["controlnet"]:
+        m = re.fullmatch(r"torch==([\w.]+)", req.replace(" ", ""))
+        if m:
+            return m.group(1)
+    raise SystemExit("pyproject.toml: no torch==X pin in the controlnet extra")
+
+
+def pip_find_links() -> list[Path]:
+    """The local wheel folders pip is configured with (PIP_FIND_LINKS, pip config)."""
+    folders = os.environ.get("PIP_FIND_LINKS", "").split()
+    try:
+        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                             timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip().endswith("find-links"):
+            folders += value.strip().strip("'\"").split()
+    return [Path(f.removeprefix("file://")) for f in folders if f and "://" not in f.removeprefix("file://")]
+
+
+def find_cpu_torch_wheel(version: str, python_tag: str) -> Path | None:
+    for folder in pip_find_links():
+        for wheel in sorted(folder.glob(f"torch-{version}+cpu-{python_tag}-*.whl")):
+            return wheel
+    return None
+
+
+def _place(src: Path, dest: Path) -> None:
+    """Hard link (or copy with its mtime) src to dest unless an identical file is there, so the
+    mounted extras stay byte- and metadata-identical between builds and BuildKit's cache holds."""
+    if dest.exists():
+        a, b = src.stat(), dest.stat()
+        if (a.st_size, int(a.st_mtime)) == (b.st_size, int(b.st_mtime)):
+            return
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
+
+
+def prepare_extras(*, target: str, python_tag: str, log=print) -> dict[str, str]:
+    """Fill images/base/build-extras; return the torch build args for the base."""
+    wanted: dict[str, Path] = {}
+    ca = next((Path(b) for b in HOST_CA_BUNDLES if Path(b).is_file()), None)
+    if ca:
+        wanted["ca.crt"] = ca
+    version = torch_version()
+    args = {"TORCH_SPEC": f"torch=={version}"}
+    if target == "cpu":
+        wheel = find_cpu_torch_wheel(version, python_tag)
+        args = {"TORCH_SPEC": f"torch=={version}+cpu", "TORCH_INDEX_URL": CPU_TORCH_INDEX}
+        if wheel is None:
+            log(f"no local torch {version}+cpu wheel for {python_tag}: the base downloads it from {CPU_TORCH_INDEX}")
+        else:
+            wanted[f"wheelhouse/{wheel.name}"] = wheel
+            args["TORCH_INDEX_URL"] = ""
+            log(f"torch from the host's wheel {wheel}")
+    for path in sorted(EXTRAS.rglob("*"), reverse=True):
+        rel = path.relative_to(EXTRAS).as_posix()
+        if rel == ".gitignore" or rel in wanted or any(w.startswith(rel + "/") for w in wanted):
+            continue
+        path.rmdir() if path.is_dir() else path.unlink()
+    for rel, src in wanted.items():
+        _place(src, EXTRAS / rel)
+    return args
+
+
+def docker_build(docker: str, dockerfile: Path, tag: str, *, target: str | None = None,
+                 build_args: dict[str, str] | None = None, secrets: list[str] | None = None,
+                 quiet: bool = False) -> None:
+    cmd = [docker, "build", "-f", str(dockerfile), "-t", tag]
+    if target:
+        cmd += ["--target", target]
+    for key, value in (build_args or {}).items():
+        cmd += ["--build-arg", f"{key}={value}"]
+    for secret in secrets or []:
+        cmd += ["--secret", secret]
+    cmd += ["--progress=plain", str(ROOT)]
+    env = dict(os.environ, DOCKER_BUILDKIT="1")
+    if quiet:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-60:])
+            raise BuildError(f"docker build of {tag} failed:\n{tail}")
+    elif subprocess.run(cmd, env=env).returncode != 0:
+        raise BuildError(f"docker build of {tag} failed")
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def base_tag(tag: str, target: str, base_image: str) -> str:
+    """gpu-worker-base:<tag>-cpu, -gpu (CUDA runtime) or -gpu-devel (CUDA devel)."""
+    devel = target == "gpu" and "devel" in base_image
+    return f"gpu-worker-base:{tag}-{target}" + ("-devel" if devel else "")
+
+
+def build(images: list[str], *, tag: str, target: str, base_image: str | None = None,
+          bake_variant: str | None = None, hf_token_file: str | None = None, quiet: bool = False,
+          report_dir: Path | None = None, log=print) -> dict[str, float]:
+    """Build the base(s) and the images; return the seconds each took (bases included)."""
+    docker = docker_binary()
+    if target == "cpu" and base_image is None:
+        base_image = ensure_local_base(LOCAL_BASE_TAG, docker=docker, log=log)
+    python_tag = "cp311"  # Debian bookworm's python3; the CPU wheel must match it
+    torch_args = prepare_extras(target=target, python_tag=python_tag, log=log)
+    timings: dict[str, float] = {}
+    bases: dict[str, str] = {}
+    built: list[str] = []
+    for name in images:
+        image_base = base_image or (GPU_DEVEL_BASE if name in NEEDS_DEVEL else GPU_RUNTIME_BASE)
+        if image_base not in bases:
+            btag = base_tag(tag, target, image_base)
+            start = time.monotonic()
+            log(f"== base {btag} on {image_base}")
+            docker_build(docker, ROOT / "images" / "base" / "Dockerfile", btag,
+                         build_args={"BASE_IMAGE": image_base, **torch_args}, quiet=quiet)
+            timings[btag] = time.monotonic() - start
+            log(f"== base {btag} built in {timings[btag]:.0f}s")
+            bases[image_base] = btag
+        image_tag = f"{name}:{tag}"
+        args = {"WORKER_BASE": bases[image_base]}
+        if bake_variant and name == "controlnet-pyworker":
+            args["BAKE_VARIANT"] = bake_variant
+        secrets = [f"id=hf_token,src={hf_token_file}"] if hf_token_file and name == "controlnet-pyworker" else []
+        start = time.monotonic()
+        log(f"== {image_tag} (target {target})")
+        docker_build(docker, ROOT / "images" / name / "Dockerfile", image_tag, target=target, build_args=args,
+                     secrets=secrets, quiet=quiet)
+        timings[image_tag] = time.monotonic() - start
+        log(f"== {image_tag} built in {timings[image_tag]:.0f}s")
+        built.append(image_tag)
+    report = report_images(built, docker=docker, build_seconds=timings)
+    json_path, md_path = write_report(report, report_dir or ROOT / "build")
+    log(md_path.read_text())
+    log(f"image report: {json_path}")
+    return timings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build the worker images on a shared base.")
+    parser.add_argument("--tag", default="dev")
+    parser.add_argument("--target", choices=("gpu", "cpu"), default="gpu")
+    parser.add_argument("--base-image", help="FROM of the shared base (default: CUDA runtime/devel for gpu, "
+                                             f"a local debootstrap Debian ({LOCAL_BASE_TAG}) for cpu)")
+    parser.add_argument("--images", nargs="+", choices=IMAGES, default=list(IMAGES))
+    parser.add_argument("--bake-variant", help="controlnet-pyworker: fetch this model variant into the image")
+    parser.add_argument("--hf-token-file", help="file holding a Hugging Face token for --bake-variant "
+                                                "(a build secret, not stored in the image)")
+    parser.add_argument("--quiet", action="store_true", help="show docker's output only when a build fails")
+    args = parser.parse_args(argv)
+    try:
+        build(args.images, tag=args.tag, target=args.target, base_image=args.base_image,
+              bake_variant=args.bake_variant, hf_token_file=args.hf_token_file, quiet=args.quiet)
+    except (BuildError, RuntimeError, subprocess.CalledProcessError) as exc:
+        print(f"build_images: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

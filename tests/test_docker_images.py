@@ -1,0 +1,191 @@
+"""The images really build and run: the CPU target of each image, built on a local Debian base
+(no registry), run with `docker run` on its own test_inputs/<image>/test_input.json.
+
+The runpod SDK's test-input mode exits 0 when the handler returned without an `error`, so each
+test also reads the printed result (`Job result: {...}`) for the expected output.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def printed_result(proc: subprocess.CompletedProcess) -> str:
+    out = proc.stdout + proc.stderr
+    match = re.search(r"Job result: (\{.*?)\n(?:INFO|DEBUG|WARN|ERROR|\Z)", out + "\n", re.DOTALL)
+    assert match, f"no 'Job result' printed (exit {proc.returncode}):\n{out[-4000:]}"
+    return match.group(1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def writable_copy(src: Path, dest: Path) -> Path:
+    """A copy the container's unprivileged user (uid 10001) can write to."""
+    subprocess.run(["cp", "-a", str(src), str(dest)], check=True)
+    subprocess.run(["chmod", "-R", "a+rwX", str(dest)], check=True)
+    return dest
+
+
+def bad_input_file(tmp_path: Path, job_input: dict) -> Path:
+    path = tmp_path / "bad_test_input.json"
+    path.write_text(json.dumps({"input": job_input}))
+    path.chmod(0o644)
+    return path
+
+
+# --- controlnet-pyworker ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cn_volume(cn_models, tmp_path_factory) -> Path:
+    return writable_copy(cn_models, tmp_path_factory.mktemp("cn-docker") / "models")
+
+
+def test_controlnet_runs_its_test_input(docker, cpu_images, cn_volume):
+    proc = docker.run(cpu_images["controlnet-pyworker"], volumes={str(cn_volume): "/workspace/models"})
+    printed = printed_result(proc)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert printed.startswith("{'output': {'seed': 42, 'seeds': [42], 'model': 'lightning', 'era': 'wilderness', "
+                              "'steps': 6, 'cfg': 2.0"), printed[:500]
+    assert "'images': ['iVBORw0KGgo" in printed, "a base64 PNG in the result"
+    assert "'error'" not in printed
+
+
+def test_controlnet_bad_test_input_fails_with_the_field(docker, cpu_images, cn_volume, tmp_path):
+    bad = bad_input_file(tmp_path, {"prompt": "x", "width": 100, "era": "medieval"})
+    proc = docker.run(cpu_images["controlnet-pyworker"],
+                      volumes={str(cn_volume): "/workspace/models", str(bad): "/app/test_input.json:ro"})
+    assert proc.returncode != 0
+    assert "invalid_input: width: must be a multiple of 64" in proc.stderr, proc.stderr[-3000:]
+    assert "era: unknown era 'medieval'" in proc.stderr
+
+
+def test_controlnet_model_server_in_the_container(docker, cpu_images, cn_volume):
+    port = free_port()
+    name = f"cn-server-{port}"
+    started = subprocess.run(
+        [docker.binary, "run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:5001",
+         "-e", "CONTROLNET_MODE=server", "-e", "FETCH_ON_START=0", "-e", "PRELOAD_MODEL=lightning",
+         "-v", f"{cn_volume}:/workspace/models", cpu_images["controlnet-pyworker"]],
+        capture_output=True, text=True, timeout=60)
+    assert started.returncode == 0, started.stderr
+    url = f"http://127.0.0.1:{port}"
+    try:
+        health = None
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                r = requests.get(f"{url}/checkhealth", timeout=5)
+                if r.status_code == 200 and r.json().get("ready"):
+                    health = r.json()
+                    break
+            except requests.RequestException:
+                pass
+            if subprocess.run([docker.binary, "inspect", name], capture_output=True).returncode != 0:
+                break
+            time.sleep(1)
+        logs = subprocess.run([docker.binary, "logs", name], capture_output=True, text=True).stderr
+        assert health, f"model server in the container never became ready:\n{logs[-3000:]}"
+        assert "lightning" in health["loaded"] and health["device"] == "cpu"
+
+        r = requests.post(f"{url}/generate", json={"prompt": "a hut in the woods", "mock_depth": True,
+                                                  "seed": 7, "width": 256, "height": 256}, timeout=240)
+        assert r.status_code == 200, r.text[:2000]
+        out = r.json()
+        assert out["seed"] == 7 and out["steps"] == 6 and out["images"][0].startswith("iVBORw0KGgo")
+
+        r = requests.post(f"{url}/generate", json={"prompt": "x", "width": 100}, timeout=30)
+        assert r.status_code == 422 and "width" in r.text
+    finally:
+        subprocess.run([docker.binary, "rm", "-f", name], capture_output=True, timeout=60)
+
+
+# --- diffusion-pipe-trainer ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_dataset_url(tmp_path_factory):
+    """test_input.json's dataset URL (127.0.0.1:8765) served from the host; the container runs
+    with --network host and ALLOW_PRIVATE_DOWNLOADS=1."""
+    from scripts.demo_trainer import DATASET_NAME, serve, tiny_dataset
+
+    job = json.loads((REPO / "test_inputs/diffusion-pipe-trainer/test_input.json").read_text())
+    url = job["input"]["dataset"]["images_url"]
+    port = int(re.search(r":(\d+)/", url).group(1))
+    www = tmp_path_factory.mktemp("trainer-www")
+    (www / DATASET_NAME).write_bytes(tiny_dataset(captioned=True))
+    try:
+        httpd = serve(www, port)
+    except OSError as exc:
+        pytest.fail(f"port {port} of test_input.json's dataset URL is taken on this host: {exc}")
+    yield url
+    httpd.shutdown()
+
+
+def test_trainer_dry_run_of_its_test_input(docker, cpu_images, tiny_dataset_url):
+    proc = docker.run(cpu_images["diffusion-pipe-trainer"], network_host=True,
+                      env={"ALLOW_PRIVATE_DOWNLOADS": "1", "RUNPOD_SKIP_GPU_CHECK": "true"})
+    printed = printed_result(proc)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "'status': 'dry_run'" in printed, printed[:2000]
+    assert "'model_type': 'sdxl'" in printed or "sdxl" in printed
+    assert "rank = 16" in printed and "epochs = 10" in printed, "the job's training keys in config.toml"
+    assert "ohwx" in printed or "'dataset'" in printed
+
+
+def test_trainer_bad_test_input_fails_before_download(docker, cpu_images, tmp_path):
+    bad = bad_input_file(tmp_path, {"model_type": "sd15", "dataset": {"type": "images"}})
+    proc = docker.run(cpu_images["diffusion-pipe-trainer"], volumes={str(bad): "/app/test_input.json:ro"})
+    assert proc.returncode != 0
+    assert "invalid_input" in proc.stderr and "model_type" in proc.stderr, proc.stderr[-3000:]
+
+
+# --- swarm-worker -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def swarm_volume(tmp_path_factory) -> Path:
+    from tests.swarm_helpers import make_volume
+
+    root = tmp_path_factory.mktemp("swarm-docker")
+    make_volume(root)
+    subprocess.run(["chmod", "-R", "a+rwX", str(root)], check=True)
+    return root / "SwarmUI" / "Models"
+
+
+def swarm_env() -> dict[str, str]:
+    from tests.fakes.swarmui import launch_command
+
+    return {"SWARMUI_LAUNCH_CMD": launch_command("python"), "SWARMUI_MODEL_ROOT": "/models",
+            "SWARMUI_STARTUP_TIMEOUT": "60", "FAKE_SWARMUI_STEP_SECONDS": "0.01"}
+
+
+def test_swarm_runs_its_test_input_against_the_swarmui_stand_in(docker, cpu_images, swarm_volume):
+    proc = docker.run(cpu_images["swarm-worker"], env=swarm_env(),
+                      volumes={str(REPO / "tests"): "/app/tests:ro", str(swarm_volume): "/models"})
+    printed = printed_result(proc)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "'error'" not in printed, printed[:3000]
+    assert re.search(r"'images': \[\{[^]]*'data': '", printed) or "base64" in printed, printed[:3000]
+
+
+def test_swarm_bad_test_input_names_the_action(docker, cpu_images, swarm_volume, tmp_path):
+    bad = bad_input_file(tmp_path, {"action": "generate", "params": {"prompt": "x", "width": "wide"}})
+    proc = docker.run(cpu_images["swarm-worker"], env=swarm_env(),
+                      volumes={str(REPO / "tests"): "/app/tests:ro", str(swarm_volume): "/models",
+                               str(bad): "/app/test_input.json:ro"})
+    assert proc.returncode != 0
+    assert "width" in proc.stderr, proc.stderr[-3000:]
