@@ -15,4 +15,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures.uploads",
     "tests.controlnet_fixtures",
     "tests.trainer_fixtures",
+    "tests.fixtures.docker",
 ]
