@@ -144,3 +144,22 @@ def test_unreachable_upload_target_is_502(cn_server, tmp_path):
     r = post(cn_server, body(output=spec))
     assert r.status_code == 502, r.text
     assert r.json()["error_code"] == "upload_failed" and "very-secret-value" not in r.text
+
+
+def test_unusable_manifest_writes_the_fatal_line_and_exits(cn_models, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.controlnet_fixtures import REPO, free_port, server_env
+
+    bad = tmp_path / "manifest.json"
+    bad.write_text('{"variants": {}}')
+    model_log = tmp_path / "model_server.log"
+    model_log.write_text("MODEL_SERVER_READY stale line from an earlier boot\n")
+    env = server_env(cn_models, model_log, free_port(), MODEL_MANIFEST=str(bad))
+    proc = subprocess.run([sys.executable, "-m", "handlers.controlnet_pyworker.server"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    text = model_log.read_text()
+    assert "MODEL_SERVER_FATAL cannot start: manifest: missing 'components'" in text
+    assert "MODEL_SERVER_READY" not in text, "the log is truncated at start"

@@ -242,7 +242,13 @@ def main() -> None:
     configure_logging(os.environ.get("LOG_LEVEL", "info"))
     host = os.environ.get("MODEL_SERVER_HOST", "0.0.0.0")
     port = int(os.environ.get("MODEL_SERVER_PORT", "5001"))
-    app = create_app(host=host, port=port)
+    try:
+        state = State()
+    except Exception as exc:  # e.g. an unreadable manifest: tell the PyWorker, then stop
+        log.exception("model server cannot start")
+        ModelLog(os.environ.get("MODEL_LOG", DEFAULT_MODEL_LOG)).write(f"{FATAL_MARKER} cannot start: {exc}")
+        raise SystemExit(1) from None
+    app = create_app(state, host=host, port=port)
     uvicorn.run(app, host=host, port=port, log_level=os.environ.get("LOG_LEVEL", "info").lower(),
                 access_log=False)
 
