@@ -114,3 +114,32 @@ def test_worker_loop_uploads_to_s3_and_keeps_the_image_on_the_volume(runpod_work
     assert kept.read_bytes() == png
     assert any(p.get("stage") == "uploading" for p in rec.progress)
     assert s3_server.spec()["secret_key"] not in json.dumps(rec.result) + json.dumps(rec.progress)
+
+
+def test_cuda_error_fails_the_job_and_asks_for_a_fresh_worker(cn_engine, monkeypatch):
+    """A CUDA error (simulated: there is no GPU here) leaves the device unusable: refresh_worker.
+    An out-of-memory error does not."""
+    import torch
+    from diffusers import StableDiffusionXLControlNetPipeline
+
+    from handlers.controlnet_pyworker import handler as handler_mod
+    from handlers.controlnet_pyworker.engine import Engine
+
+    engine = Engine(cn_engine.manifest, cn_engine.models_dir, device="cpu", fetch_missing=False)
+    monkeypatch.setattr(handler_mod, "_engine", engine)
+
+    def oom(self, *a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(StableDiffusionXLControlNetPipeline, "__call__", oom)
+    out = handler_mod.handler({"id": "j-oom", "input": body()})
+    assert out["error_code"] == "engine_failed" and "out of memory" in out["error"]
+    assert "refresh_worker" not in out and engine.broken is None
+
+    def illegal_access(self, *a, **k):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nCompile with TORCH_USE_CUDA_DSA")
+
+    monkeypatch.setattr(StableDiffusionXLControlNetPipeline, "__call__", illegal_access)
+    out = handler_mod.handler({"id": "j-cuda", "input": body()})
+    assert out["error_code"] == "engine_failed" and out["refresh_worker"] is True
+    assert "illegal memory access" in out["error"] and "TORCH_USE_CUDA_DSA" not in out["error"]

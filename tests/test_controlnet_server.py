@@ -163,3 +163,29 @@ def test_unusable_manifest_writes_the_fatal_line_and_exits(cn_models, tmp_path):
     text = model_log.read_text()
     assert "MODEL_SERVER_FATAL cannot start: manifest: missing 'components'" in text
     assert "MODEL_SERVER_READY" not in text, "the log is truncated at start"
+
+
+def test_cuda_error_marks_the_instance_fatal(cn_engine, monkeypatch, tmp_path):
+    """In-process app: a (simulated) CUDA error is a 500 for the request and MODEL_SERVER_FATAL
+    for the PyWorker, which then reports the instance as errored."""
+    from diffusers import StableDiffusionXLControlNetPipeline
+    from fastapi.testclient import TestClient
+
+    from handlers.controlnet_pyworker.engine import Engine
+    from handlers.controlnet_pyworker.server import State, create_app
+
+    monkeypatch.setenv("MODELS_DIR", str(cn_engine.models_dir))
+    monkeypatch.setenv("MODEL_LOG", str(tmp_path / "model_server.log"))
+    monkeypatch.delenv("MODEL_MANIFEST", raising=False)
+    state = State()
+    state._engine = Engine(cn_engine.manifest, cn_engine.models_dir, device="cpu", fetch_missing=False)
+
+    def illegal_access(self, *a, **k):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(StableDiffusionXLControlNetPipeline, "__call__", illegal_access)
+    with TestClient(create_app(state, preload=False)) as client:
+        r = client.post("/generate", json=body())
+        assert r.status_code == 500 and r.json()["error_code"] == "engine_failed"
+        assert client.get("/checkhealth").json()["status"] == "unusable"
+    assert "MODEL_SERVER_FATAL device unusable: RuntimeError: CUDA error" in state.model_log.path.read_text()

@@ -121,6 +121,12 @@ class Generation:
     timings: dict[str, float]
 
 
+def device_unusable(exc: BaseException) -> bool:
+    """A CUDA error other than out-of-memory leaves the CUDA context unusable for this process."""
+    text = str(exc)
+    return ("CUDA error" in text or type(exc).__name__ == "AcceleratorError") and "out of memory" not in text
+
+
 def pick_device() -> str:
     import torch
 
@@ -142,6 +148,7 @@ class Engine:
         self.fetch_missing = fetch_missing
         self.compile_unet = (os.environ.get("TORCH_COMPILE", "0") == "1") if compile_unet is None else compile_unet
         self.stats = {"variant_loads": 0, "lora_loads": 0, "generations": 0, "depth_model_loads": 0}
+        self.broken: str | None = None   # set when the device is unusable (a CUDA error, not an OOM)
         self._variants: OrderedDict[str, LoadedVariant] = OrderedDict()
         self._shared: dict[str, Any] = {}     # ControlNet / VAE objects by component key
         self._depth = None
@@ -370,8 +377,11 @@ class Engine:
             raise
         except Exception as exc:
             log.exception("generation failed")
-            self._free_memory()
             msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            if device_unusable(exc):
+                self.broken = f"{type(exc).__name__}: {msg}"
+            else:
+                self._free_memory()
             raise JobError("engine_failed", f"generation failed: {type(exc).__name__}: {msg}") from None
         self.stats["generations"] += 1
         return Generation(images=list(out.images), seeds=seeds, variant=name, era=req.era, steps=steps, cfg=cfg,

@@ -3,7 +3,8 @@
 Results larger than a RunPod response can carry (RUNPOD_MAX_INLINE_BYTES, 9 MiB of base64 by
 default) are refused with an error asking for an `output` upload spec, which returns a link.
 Progress: one `progress_update` per denoising step, rate-limited by `PROGRESS_INTERVAL`
-seconds (1.0).
+seconds (1.0). A CUDA error that leaves the device unusable fails the job with
+`refresh_worker`, so RunPod starts a fresh worker instead of sending it more jobs.
 """
 
 from __future__ import annotations
@@ -36,8 +37,12 @@ def handler(job: dict) -> dict:
     from handlers.controlnet_pyworker import service
 
     progress = Progress(job, min_interval=float(os.environ.get("PROGRESS_INTERVAL", "1.0")))
+    engine = get_engine()
     try:
-        return service.respond(job, get_engine(), max_inline_bytes=service.RUNPOD_MAX_INLINE_BYTES,
-                               progress=progress)
+        out = service.respond(job, engine, max_inline_bytes=service.RUNPOD_MAX_INLINE_BYTES, progress=progress)
     finally:
         progress.close()
+    if engine.broken:  # the GPU context is gone: RunPod replaces this worker after the job
+        log.error("engine unusable (%s); asking RunPod for a fresh worker", engine.broken)
+        out["refresh_worker"] = True
+    return out

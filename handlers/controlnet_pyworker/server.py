@@ -14,7 +14,8 @@ FastAPI + uvicorn. Environment:
 Routes: POST /generate, GET /ping, GET /models, GET /checkhealth.
 
 MODEL_LOG only ever receives lines this module writes (start, ready, fatal, one line per
-request without user text), so no prompt can forge the PyWorker's ready/error markers.
+request without user text), so no prompt can forge the PyWorker's ready/error markers. The
+fatal line is written when the preload fails or a CUDA error leaves the device unusable.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class State:
         self.preload = os.environ.get("PRELOAD_MODEL", self.manifest.default_variant)
         self.ready = False
         self.last_error: dict | None = None
+        self.fatal_written = False
         self._engine = None
         self._engine_lock = threading.Lock()
 
@@ -168,6 +170,9 @@ def create_app(state: State | None = None, *, preload: bool = True, host: str = 
             status = STATUS_BY_CODE.get(out.get("error_code"), 500)
             if status >= 500:
                 state.record_error("generate", out["error"])
+            if state.engine.broken and not state.fatal_written:  # the instance is no use any more
+                state.fatal_written = True
+                state.model_log.write(f"{FATAL_MARKER} device unusable: {state.engine.broken}")
             state.model_log.write(f"generate failed status={status} code={out.get('error_code')}")
             return JSONResponse(out, status_code=status)
         state.model_log.write(f"generate ok model={out['model']} steps={out['steps']} workload={out['workload']} "
@@ -211,7 +216,9 @@ def _health(state: State) -> dict[str, Any]:
 
     vm = psutil.virtual_memory()
     out: dict[str, Any] = {
-        "status": "ok" if state.ready and not state.last_error else ("loading" if not state.ready else "degraded"),
+        "status": ("unusable" if state._engine is not None and state._engine.broken
+                   else "ok" if state.ready and not state.last_error
+                   else "loading" if not state.ready else "degraded"),
         "ready": state.ready,
         "preload": state.preload,
         "uptime_s": round(time.monotonic() - state.started, 1),
