@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from scripts.build_images import worker_version
+
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +66,7 @@ def test_controlnet_runs_its_test_input(docker, cpu_images, cn_volume):
                               "'steps': 6, 'cfg': 2.0"), printed[:500]
     assert "'images': ['iVBORw0KGgo" in printed, "a base64 PNG in the result"
     assert "'error'" not in printed
+    assert f"'worker_version': '{worker_version()}'" in printed, "the version build_images stamped in"
 
 
 def test_controlnet_bad_test_input_fails_with_the_field(docker, cpu_images, cn_volume, tmp_path):
@@ -141,10 +144,12 @@ def test_trainer_dry_run_of_its_test_input(docker, cpu_images, tiny_dataset_url)
                       env={"ALLOW_PRIVATE_DOWNLOADS": "1", "RUNPOD_SKIP_GPU_CHECK": "true"})
     printed = printed_result(proc)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "'status': 'dry_run'" in printed, printed[:2000]
-    assert "'model_type': 'sdxl'" in printed or "sdxl" in printed
-    assert "rank = 16" in printed and "epochs = 10" in printed, "the job's training keys in config.toml"
-    assert "ohwx" in printed or "'dataset'" in printed
+    assert printed.startswith("{'output': {'status': 'dry_run', 'job_id': 'local_test', 'model_type': 'sdxl'"), \
+        printed[:2000]
+    assert "\\nepochs = 10\\n" in printed and "\\nrank = 16\\n" in printed, "the job's training keys in config.toml"
+    assert "'images': 4" in printed and "'trigger_word': 'ohwx'" in printed, "the served tiny dataset, all 4 images"
+    assert "'train.py', '--deepspeed'" in printed
+    assert f"'worker_version': '{worker_version()}'" in printed
 
 
 def test_trainer_bad_test_input_fails_before_download(docker, cpu_images, tmp_path):
@@ -178,8 +183,10 @@ def test_swarm_runs_its_test_input_against_the_swarmui_stand_in(docker, cpu_imag
                       volumes={str(REPO / "tests"): "/app/tests:ro", str(swarm_volume): "/models"})
     printed = printed_result(proc)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "'error'" not in printed, printed[:3000]
-    assert re.search(r"'images': \[\{[^]]*'data': '", printed) or "base64" in printed, printed[:3000]
+    assert printed.startswith("{'output': {'success': True, 'outputs': [{'filename': "), printed[:3000]
+    assert "'mime': 'image/png'" in printed and "'base64': 'iVBORw0KGgo" in printed, "the PNG inline"
+    assert "'delivery': 'inline'" in printed and "'seed': 42" in printed and "'steps': 4" in printed
+    assert f"'worker_version': '{worker_version()}'" in printed
 
 
 def test_swarm_bad_test_input_names_the_action(docker, cpu_images, swarm_volume, tmp_path):
