@@ -12,6 +12,8 @@ import requests
 from tests.controlnet_fixtures import body, png_size
 
 NOT_AN_IMAGE = base64.b64encode(b"this is plain text, not a PNG or JPEG").decode()
+# an 8x8 gray PNG
+SMALL_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAEElEQVR4nGNsYIAAJgaKGAAmCACQXTClHgAAAABJRU5ErkJggg=="
 
 
 def post(srv, payload, **kw):
@@ -75,7 +77,8 @@ def test_ready_line_after_preload(cn_server):
     ({"num_images": 5}, "num_images"),
     ({"seed": -1}, "seed"),
     ({"surprise": 1}, "surprise"),
-    ({"depth_map_b64": NOT_AN_IMAGE}, "depth source"),
+    ({"depth_map_b64": SMALL_PNG}, "depth source"),
+    ({"mock_depth": None, "image_b64": SMALL_PNG}, "depth source"),
     ({"mock_depth": None}, "depth source"),
     ({"output": {"method": "ftp"}}, "output.method"),
 ])

@@ -11,8 +11,7 @@ import binascii
 import io
 
 from common.jobs import JobError
-
-MAX_INPUT_PIXELS = 4096 * 4096
+from handlers.controlnet_pyworker.schema import MAX_INPUT_PIXELS
 
 
 def decode_image(b64: str, field: str):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import os
 from typing import Literal
 
@@ -23,7 +24,8 @@ MAX_INPUT_PIXELS = 4096 * 4096
 SIZE_MIN, SIZE_MAX = 256, 2048
 
 
-def _b64_field(value: str | None, field: str) -> str | None:
+def _check_image_b64(value: str | None) -> str | None:
+    """Size cap, base64 syntax, and an image header PIL can read (cheap: pixels are not decoded)."""
     if value is None:
         return None
     if len(value) > MAX_IMAGE_B64_BYTES:
@@ -31,9 +33,18 @@ def _b64_field(value: str | None, field: str) -> str | None:
                          "(send a smaller image)")
     body = value.split(",", 1)[1] if value.startswith("data:") else value
     try:
-        base64.b64decode(body, validate=True)
+        raw = base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("not valid base64") from None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            width, height = img.size
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        raise ValueError("not a decodable image (PNG or JPEG expected)") from None
+    if width * height > MAX_INPUT_PIXELS:
+        raise ValueError(f"image is {width}x{height}, more than {MAX_INPUT_PIXELS} pixels")
     return body
 
 
@@ -69,12 +80,12 @@ class GenerateRequest(BaseModel):
     @field_validator("depth_map_b64")
     @classmethod
     def _depth_b64(cls, v: str | None) -> str | None:
-        return _b64_field(v, "depth_map_b64")
+        return _check_image_b64(v)
 
     @field_validator("image_b64")
     @classmethod
     def _image_b64(cls, v: str | None) -> str | None:
-        return _b64_field(v, "image_b64")
+        return _check_image_b64(v)
 
     @model_validator(mode="after")
     def _one_depth_source(self) -> GenerateRequest:
