@@ -74,7 +74,7 @@ def test_controlnet_bad_test_input_fails_with_the_field(docker, cpu_images, cn_v
     proc = docker.run(cpu_images["controlnet-pyworker"],
                       volumes={str(cn_volume): "/workspace/models", str(bad): "/app/test_input.json:ro"})
     assert proc.returncode != 0
-    assert "invalid_input: width: must be a multiple of 64" in proc.stderr, proc.stderr[-3000:]
+    assert "job local_test failed: invalid_input: width: must be a multiple of 64" in proc.stderr, proc.stderr[-3000:]
     assert "era: unknown era 'medieval'" in proc.stderr
 
 
@@ -156,7 +156,10 @@ def test_trainer_bad_test_input_fails_before_download(docker, cpu_images, tmp_pa
     bad = bad_input_file(tmp_path, {"model_type": "sd15", "dataset": {"type": "images"}})
     proc = docker.run(cpu_images["diffusion-pipe-trainer"], volumes={str(bad): "/app/test_input.json:ro"})
     assert proc.returncode != 0
-    assert "invalid_input" in proc.stderr and "model_type" in proc.stderr, proc.stderr[-3000:]
+    assert "job local_test failed: invalid_input: model_type: Input should be 'flux', 'sdxl'" in proc.stderr, \
+        proc.stderr[-3000:]
+    assert "dataset: type 'images' needs 'images_url'" in proc.stderr, "every problem reported at once"
+    assert "downloaded" not in proc.stderr
 
 
 # --- swarm-worker -------------------------------------------------------------------------------
@@ -195,4 +198,5 @@ def test_swarm_bad_test_input_names_the_action(docker, cpu_images, swarm_volume,
                       volumes={str(REPO / "tests"): "/app/tests:ro", str(swarm_volume): "/models",
                                str(bad): "/app/test_input.json:ro"})
     assert proc.returncode != 0
-    assert "width" in proc.stderr, proc.stderr[-3000:]
+    assert "job local_test failed: invalid_input: params.width: Input should be a valid integer" in proc.stderr, \
+        proc.stderr[-3000:]
