@@ -33,7 +33,7 @@ def image_info(image: str, docker: str) -> dict:
         if size:
             step = " ".join(row.get("CreatedBy", "").split())
             step = step.removeprefix("/bin/sh -c ").removeprefix("#(nop) ")
-            layers.append({"size_bytes": size, "size_mb": _mb(size), "step": step[:160]})
+            layers.append({"size_bytes": size, "size_mb": _mb(size), "step": step[:160] or "(base image layer)"})
     layers.sort(key=lambda r: r["size_bytes"], reverse=True)
     return {"image": image, "id": inspect["Id"], "size_bytes": inspect["Size"], "size_mb": _mb(inspect["Size"]),
             "layers": len(inspect.get("RootFS", {}).get("Layers", [])), "largest_layers": layers[:TOP_LAYERS]}
