@@ -33,7 +33,7 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-docker: setup
-	$(PY) -m pytest -m docker $(PYTEST_ARGS)
+	$(PY) -m pytest -m docker -rs $(PYTEST_ARGS)
 
 build:
 	$(PY) -m scripts.build_images --tag $(IMAGE_TAG) --target $(TARGET) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))

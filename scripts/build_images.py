@@ -144,8 +144,8 @@ def worker_version() -> str:
 
 def docker_build(docker: str, dockerfile: Path, tag: str, *, target: str | None = None,
                  build_args: dict[str, str] | None = None, secrets: list[str] | None = None,
-                 quiet: bool = False) -> None:
-    cmd = [docker, "build", "-f", str(dockerfile), "-t", tag]
+                 quiet: bool = False, no_cache: bool = False) -> None:
+    cmd = [docker, "build", "-f", str(dockerfile), "-t", tag] + (["--no-cache"] if no_cache else [])
     if target:
         cmd += ["--target", target]
     for key, value in (build_args or {}).items():
@@ -175,7 +175,7 @@ def base_tag(tag: str, target: str, base_image: str) -> str:
 
 def build(images: list[str], *, tag: str, target: str, base_image: str | None = None,
           bake_variant: str | None = None, hf_token_file: str | None = None, quiet: bool = False,
-          report_dir: Path | None = None, log=print) -> dict[str, float]:
+          no_cache: bool = False, report_dir: Path | None = None, log=print) -> dict[str, float]:
     """Build the base(s) and the images; return the seconds each took (bases included)."""
     docker = docker_binary()
     if target == "cpu" and base_image is None:
@@ -193,7 +193,7 @@ def build(images: list[str], *, tag: str, target: str, base_image: str | None = 
             start = time.monotonic()
             log(f"== base {btag} on {image_base}")
             docker_build(docker, ROOT / "images" / "base" / "Dockerfile", btag,
-                         build_args={"BASE_IMAGE": image_base, **torch_args}, quiet=quiet)
+                         build_args={"BASE_IMAGE": image_base, **torch_args}, quiet=quiet, no_cache=no_cache)
             timings[btag] = time.monotonic() - start
             log(f"== base {btag} built in {timings[btag]:.0f}s")
             bases[image_base] = btag
@@ -205,7 +205,7 @@ def build(images: list[str], *, tag: str, target: str, base_image: str | None = 
         start = time.monotonic()
         log(f"== {image_tag} (target {target})")
         docker_build(docker, ROOT / "images" / name / "Dockerfile", image_tag, target=target, build_args=args,
-                     secrets=secrets, quiet=quiet)
+                     secrets=secrets, quiet=quiet, no_cache=no_cache)
         timings[image_tag] = time.monotonic() - start
         log(f"== {image_tag} built in {timings[image_tag]:.0f}s")
         built.append(image_tag)
@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hf-token-file", help="file holding a Hugging Face token for --bake-variant "
                                                 "(a build secret, not stored in the image)")
     parser.add_argument("--quiet", action="store_true", help="show docker's output only when a build fails")
+    parser.add_argument("--no-cache", action="store_true", help="rebuild every layer (to measure cold build times)")
     parser.add_argument("--write-hub-dockerfile", action="store_true",
                         help=f"write {HUB_DOCKERFILE.relative_to(ROOT)} ({HUB_IMAGE}) and exit")
     args = parser.parse_args(argv)
@@ -257,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         build(args.images, tag=args.tag, target=args.target, base_image=args.base_image,
-              bake_variant=args.bake_variant, hf_token_file=args.hf_token_file, quiet=args.quiet)
+              bake_variant=args.bake_variant, hf_token_file=args.hf_token_file, quiet=args.quiet,
+              no_cache=args.no_cache)
     except (BuildError, RuntimeError, subprocess.CalledProcessError) as exc:
         print(f"build_images: {exc}", file=sys.stderr)
         return 1

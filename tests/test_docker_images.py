@@ -200,3 +200,21 @@ def test_swarm_bad_test_input_names_the_action(docker, cpu_images, swarm_volume,
     assert proc.returncode != 0
     assert "job local_test failed: invalid_input: params.width: Input should be a valid integer" in proc.stderr, \
         proc.stderr[-3000:]
+
+
+# --- the RunPod Hub's single-file Dockerfile ----------------------------------------------------
+
+def test_hub_dockerfile_builds_and_answers_its_test_input(docker, cpu_images, cn_volume):
+    """.runpod/Dockerfile (base + controlnet stages in one file, what the Hub builds) builds on its
+    own and its image runs like the two-step build's."""
+    from scripts.build_images import HUB_DOCKERFILE, docker_build, prepare_extras
+    from scripts.local_base_image import DEFAULT_TAG
+
+    torch_args = prepare_extras(target="cpu", python_tag="cp311", log=lambda *_: None)
+    docker_build(docker.binary, HUB_DOCKERFILE, "controlnet-pyworker-hub:test", target="cpu", quiet=True,
+                 build_args={"BASE_IMAGE": DEFAULT_TAG, **torch_args, "WORKER_VERSION": worker_version()})
+    proc = docker.run("controlnet-pyworker-hub:test", volumes={str(cn_volume): "/workspace/models"})
+    printed = printed_result(proc)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert printed.startswith("{'output': {'seed': 42, 'seeds': [42], 'model': 'lightning'"), printed[:500]
+    assert "'images': ['iVBORw0KGgo" in printed
