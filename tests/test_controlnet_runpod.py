@@ -143,3 +143,18 @@ def test_cuda_error_fails_the_job_and_asks_for_a_fresh_worker(cn_engine, monkeyp
     out = handler_mod.handler({"id": "j-cuda", "input": body()})
     assert out["error_code"] == "engine_failed" and out["refresh_worker"] is True
     assert "illegal memory access" in out["error"] and "TORCH_USE_CUDA_DSA" not in out["error"]
+
+
+def test_demo_writes_the_generated_image(cn_models, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from handlers.controlnet_pyworker import handler as handler_mod
+    from scripts import demo_controlnet
+
+    monkeypatch.setenv("MODELS_DIR", str(cn_models))  # restored afterwards; the demo sets it too
+    monkeypatch.setattr(handler_mod, "_engine", None)
+    image = demo_controlnet.main(cn_models, tmp_path / "out")
+    assert image.parent == tmp_path / "out" and Image.open(image).size == (256, 256)
+    assert Image.open(image.with_name(image.stem + "_depth.png")).size == (256, 256)
+    summary = json.loads(image.with_suffix(".json").read_text())
+    assert summary["model"] == "lightning" and summary["era"] == "wilderness" and summary["seed"] == 42
