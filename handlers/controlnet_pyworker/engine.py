@@ -138,15 +138,13 @@ def pick_device() -> str:
 
 class Engine:
     def __init__(self, manifest: Manifest, models_dir: Path, *, device: str | None = None,
-                 max_loaded: int | None = None, max_waiting: int | None = None, fetch_missing: bool = True,
-                 compile_unet: bool | None = None) -> None:
+                 max_loaded: int | None = None, max_waiting: int | None = None, fetch_missing: bool = True) -> None:
         self.manifest = manifest
         self.models_dir = Path(models_dir)
         self.device = device or pick_device()
         self.max_loaded = max_loaded or int(os.environ.get("MAX_LOADED_VARIANTS", "2"))
         self.queue = SerialQueue(max_waiting if max_waiting is not None else int(os.environ.get("MAX_QUEUE", "8")))
         self.fetch_missing = fetch_missing
-        self.compile_unet = (os.environ.get("TORCH_COMPILE", "0") == "1") if compile_unet is None else compile_unet
         self.stats = {"variant_loads": 0, "lora_loads": 0, "generations": 0, "depth_model_loads": 0}
         self.broken: str | None = None   # set when the device is unusable (a CUDA error, not an OOM)
         self._variants: OrderedDict[str, LoadedVariant] = OrderedDict()
@@ -234,8 +232,6 @@ class Engine:
                 pipe.enable_xformers_memory_efficient_attention()
             except Exception as exc:  # SDPA stays the attention backend
                 log.warning("xformers unavailable (%s); using SDPA", exc)
-        if self.compile_unet:
-            pipe.unet = torch.compile(pipe.unet, mode="max-autotune", fullgraph=True)
 
     def get(self, name: str) -> LoadedVariant:
         """The loaded variant (loading it, and evicting the least recently used, if needed)."""
