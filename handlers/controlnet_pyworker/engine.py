@@ -209,13 +209,13 @@ class Engine:
             pipe = StableDiffusionXLControlNetPipeline.from_pretrained(
                 str(base.local_path(self.models_dir)), variant=base.variant, **kwargs)
         pipe.set_progress_bar_config(disable=True)
+        pipe = pipe.to(self.device)   # before fusing: the merge runs on the device, not in fp16 on the CPU
         if v.speed_lora:
             lora = self.manifest.components[v.speed_lora.component]
             pipe.load_lora_weights(str(lora.local_path(self.models_dir)), adapter_name=SPEED_ADAPTER)
             pipe.fuse_lora(lora_scale=v.speed_lora.weight, adapter_names=[SPEED_ADAPTER])
             pipe.unload_lora_weights()   # the fused weights stay; the adapter layers go
             self.stats["lora_loads"] += 1
-        pipe = pipe.to(self.device)
         if self.device.startswith("cuda"):
             self._tune_cuda(pipe)
         return pipe
