@@ -30,7 +30,7 @@ demo: setup
 	$(PY) -m scripts.demo
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -rs $(PYTEST_ARGS)
 
 test-docker: setup
 	$(PY) -m pytest -m docker -rs $(PYTEST_ARGS)
