@@ -295,3 +295,8 @@ def test_packaged_manifest_and_lookup_order(monkeypatch, cn_models, tmp_path):
     tiny = manifest_mod.load(cn_models / "manifest.json")
     assert all(f.sha256 for c in tiny.components.values() for f in c.files), "tiny manifest pins every hash"
     assert {c.path for c in tiny.components.values()} == {c.path for c in m.components.values()}
+
+
+def test_non_square_output(cn_engine):
+    gen = run(cn_engine, width=384, height=256, steps=2)
+    assert gen.images[0].size == (384, 256) and (gen.width, gen.height) == (384, 256)
