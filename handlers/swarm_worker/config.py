@@ -71,7 +71,6 @@ class WorkerConfig:
     idle_poll_seconds: float = 5
     hold_cap_seconds: float = 3600
     wakeup_hold: str = "ready"
-    lease_exclusive: bool = False
     concurrency: int = 8
     inline_max_bytes: int = 6 * 1024 * 1024
     stop_timeout: float = 15
@@ -110,8 +109,7 @@ class WorkerConfig:
             idle_poll_seconds=_float("SWARM_IDLE_POLL_SECONDS", 5),
             hold_cap_seconds=_float("SWARM_HOLD_CAP_SECONDS", 3600),
             wakeup_hold=_choice("SWARM_WAKEUP_HOLD", ("ready", "duration"), "ready"),
-            lease_exclusive=_choice("SWARM_LEASE_EXCLUSIVE", ("0", "1", "false", "true"), "0") in ("1", "true"),
-            concurrency=max(2, _int("SWARM_WORKER_CONCURRENCY", 8)),
+            concurrency=max(1, _int("SWARM_WORKER_CONCURRENCY", 8)),
             inline_max_bytes=_int("SWARM_INLINE_MAX_BYTES", 6 * 1024 * 1024),
             stop_timeout=_float("SWARMUI_STOP_TIMEOUT", 15),
         )
