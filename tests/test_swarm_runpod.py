@@ -212,6 +212,21 @@ def test_cancelled_lease_releases_the_token(loop_worker):
     assert health.output["lease_active"] is False
 
 
+def test_concurrency_one_leaves_queued_leases_to_other_workers(tmp_path):
+    with RunPodJobServer() as server:
+        proc, _ = _start_worker(tmp_path, server, SWARM_WORKER_CONCURRENCY="1")
+        try:
+            first = server.submit({"action": "lease", "idle_seconds": 30, "startup_grace_seconds": 3})
+            _lease_first_output(server, first, proc)
+            second = server.submit({"action": "lease", "idle_seconds": 30, "startup_grace_seconds": 0.5})
+            time.sleep(1.5)
+            assert server.jobs[second].status == "IN_QUEUE"  # still there for RunPod to scale out with
+            assert server.wait(first, 30, proc=proc).output["reason"] == "startup_grace_expired"
+            assert server.wait(second, 30, proc=proc).output["reason"] == "startup_grace_expired"
+        finally:
+            assert proc.stop(30) == 0, proc.log_tail()
+
+
 def test_public_url_on_runpod(monkeypatch):
     from handlers.swarm_worker.config import WorkerConfig
 
