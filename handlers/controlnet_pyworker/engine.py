@@ -162,10 +162,6 @@ class Engine:
     def loaded(self) -> list[str]:
         return list(self._variants)
 
-    def on_disk(self) -> dict[str, bool]:
-        return {name: not fetch.missing_files(self.manifest.components_for(name, eras=False), self.models_dir)
-                for name in self.manifest.variants}
-
     # -- loading ----------------------------------------------------------------------
     def _ensure_files(self, components) -> None:
         missing = fetch.missing_files(components, self.models_dir)
@@ -182,7 +178,7 @@ class Engine:
 
             comp = self.manifest.components[key]
             cls = ControlNetModel if comp.kind == "controlnet" else AutoencoderKL
-            model = cls.from_pretrained(str(comp.local_path(self.models_dir)), torch_dtype=self.dtype,
+            model = cls.from_pretrained(str(comp.local_path(self.models_dir)), dtype=self.dtype,
                                         variant=comp.variant)
             self._shared[key] = model.to(self.device)
         return self._shared[key]
@@ -196,7 +192,7 @@ class Engine:
         transformers.utils.logging.disable_progress_bar()
 
         base = self.manifest.components[v.base]
-        kwargs: dict[str, Any] = {"controlnet": self._shared_component(v.controlnet), "torch_dtype": self.dtype,
+        kwargs: dict[str, Any] = {"controlnet": self._shared_component(v.controlnet), "dtype": self.dtype,
                                   "add_watermarker": False}
         if v.vae:
             kwargs["vae"] = self._shared_component(v.vae)
