@@ -20,7 +20,10 @@ from common.jobs import JobError, Progress, invalid_input
 from common.redaction import redact_text, register_secret
 from common.uploads import huggingface, litterbox, presigned_put, s3, transfer_sh
 from common.uploads.base import Artifact, UploadError, with_retries
+from common.uploads.huggingface import hf_write_file
 from common.uploads.spec import UploadSpec
+
+__all__ = ["AUTO_ORDER", "UploadError", "hf_write_file", "parse_spec", "upload"]
 
 log = logging.getLogger("uploads")
 

@@ -10,12 +10,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from common.jobs import Progress
 from common.redaction import redact_text
 
 log = logging.getLogger("uploads")
+
+T = TypeVar("T")
 
 USER_AGENT = "gpu-worker-images-uploader/1.0"
 
@@ -78,7 +80,7 @@ def timeouts() -> tuple[float, float]:
     return env_float("UPLOAD_CONNECT_TIMEOUT", 10.0), env_float("UPLOAD_READ_TIMEOUT", 300.0)
 
 
-def with_retries(method: str, fn: Callable[[], dict]) -> dict:
+def with_retries(method: str, fn: Callable[[], T]) -> T:
     """Call `fn`, retrying `TransientUploadError` with exponential backoff.
 
     Env `UPLOAD_RETRIES` (attempts, default 3) and `UPLOAD_RETRY_BASE_SECONDS` (default 2).
@@ -151,6 +153,7 @@ def byte_reporter(progress: Progress | None, method: str, total: int) -> Callabl
         nonlocal sent
         sent += n
         progress.update("upload", 100.0 * sent / max(total, 1),
-                        f"{method}: {sent / 2**20:.1f} of {total / 2**20:.1f} MiB", method=method)
+                        f"{method}: {sent / 2**20:.1f} of {total / 2**20:.1f} MiB", method=method,
+                        force=sent >= total)  # the last one always goes out
 
     return on_bytes

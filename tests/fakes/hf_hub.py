@@ -4,7 +4,8 @@ Routes (reference/uploads.md section 1): `GET /api/whoami-v2`, `POST /api/repos/
 (409 with the url when it exists), `POST /api/{type}s/{repo}/preupload/{rev}` (every file
 "regular", so content is inlined in the commit and no LFS/Xet is involved),
 `POST /api/{type}s/{repo}/commit/{rev}` (NDJSON), and downloads at
-`/[datasets/]{repo}/resolve/{rev}/{path}`. Tokens other than `valid_tokens` get 401;
+`/[datasets/]{repo}/resolve/{rev}/{path}`, repo info at `GET /api/{type}s/{repo}[/revision/{rev}]`
+(401 for a private repo without a valid token, 404 for a missing one). Tokens other than `valid_tokens` get 401;
 `fail_commits` makes the next N commits answer 500.
 """
 
@@ -21,6 +22,7 @@ from urllib.parse import unquote
 from tests.fakes.threaded_http import BackgroundServer, read_body, reply
 
 _REPO_API = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)/(preupload|commit)/([^/?]+)")
+_REPO_INFO = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/?]+)(?:/revision/[^/?]+)?/?(?:\?.*)?$")
 _RESOLVE = re.compile(r"^/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+?)(?:\?.*)?$")
 
 
@@ -58,6 +60,9 @@ class _Hub(BaseHTTPRequestHandler):
             if not user:
                 return self._json(401, {"error": "Invalid credentials in Authorization header"})
             return self._json(200, {"type": "user", "name": user, "auth": {"accessToken": {"role": "write"}}})
+        m = _REPO_INFO.match(self.path)
+        if m:
+            return self._repo_info(m.group(1)[:-1], m.group(2))
         m = _RESOLVE.match(self.path)
         if m:
             kind = {"datasets": "dataset", "spaces": "space"}.get(m.group(1) or "", "model")
@@ -69,6 +74,16 @@ class _Hub(BaseHTTPRequestHandler):
                 return self._json(401, {"error": "Repository not found"})
             return reply(self, 200, repo["files"][path], "application/octet-stream")
         self._json(404, {"error": "not found"})
+
+    def _repo_info(self, kind: str, repo_id: str) -> None:
+        """`repo_info()`: 401 for a private repo without a valid token, as the Hub hides private repos."""
+        repo = self.state.repos.get(f"{kind}:{repo_id}")
+        if repo is None or (repo["private"] and not self._user()):
+            status = 404 if self._user() else 401
+            return reply(self, status, json.dumps({"error": "Repository not found"}), "application/json",
+                         {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
+        self._json(200, {"id": repo_id, "private": repo["private"], "sha": repo.get("sha") or "0" * 40,
+                         "siblings": [{"rfilename": p} for p in sorted(repo["files"])]})
 
     def do_POST(self):
         st = self.state
@@ -114,7 +129,7 @@ class _Hub(BaseHTTPRequestHandler):
             elif item["key"] in ("lfsFile",):
                 return self._json(400, {"error": "this stand-in only takes regular files"})
         repo["files"].update(added)
-        oid = secrets.token_hex(20)
+        oid = repo["sha"] = secrets.token_hex(20)
         st.commits.append({"repo_id": repo_id, "repo_type": kind, "summary": summary, "files": sorted(added),
                            "oid": oid})
         prefix = "" if kind == "model" else f"{kind}s/"
