@@ -79,7 +79,7 @@ def execute(engine: Engine, raw: dict, *, job: dict, timings: Timings, max_inlin
     """
     try:
         req = schema.validate(raw, engine.manifest)
-        units = workload.units(raw)
+        units = workload.units(raw, engine.manifest)
         job_id = safe_job_id(job)
 
         def on_step(i: int, total: int) -> None:

@@ -25,11 +25,12 @@ DEFAULT_VARIANT = "lightning"
 FALLBACK = 100.0              # what vastai's Worker uses when a calculator fails
 
 
-def _variant_table() -> tuple[str, dict[str, tuple[int, float, float]]]:
+def _variant_table(m=None) -> tuple[str, dict[str, tuple[int, float, float]]]:
     try:
-        from handlers.controlnet_pyworker import manifest
+        if m is None:
+            from handlers.controlnet_pyworker import manifest
 
-        m = manifest.load()
+            m = manifest.load()
         return m.default_variant, {n: (v.steps, v.cfg, v.cost) for n, v in m.variants.items()}
     except Exception:
         return DEFAULT_VARIANT, DEFAULTS
@@ -44,9 +45,11 @@ def _num(value, default: float) -> float:
     return out
 
 
-def units(payload: dict) -> float:
-    """Workload units of a request body (raises ValueError on values no request could carry)."""
-    default_variant, table = _variant_table()
+def units(payload: dict, manifest=None) -> float:
+    """Workload units of a request body (raises ValueError on values no request could carry).
+
+    `manifest` (a loaded `Manifest`) supplies variant defaults; else the one the environment names."""
+    default_variant, table = _variant_table(manifest)
     variant = payload.get("model") or default_variant
     steps_d, cfg_d, cost = table.get(variant, table.get(default_variant, DEFAULTS[DEFAULT_VARIANT]))
     steps = _num(payload.get("steps"), steps_d)
