@@ -87,3 +87,26 @@ def test_hf_write_file_without_token_or_with_a_bad_one(hub_server, monkeypatch):
     with pytest.raises(UploadError, match="401") as info:
         hf_write_file({"token": "hf_badbadbadbad00", "repo_id": "tester/p"}, "UPDATES/x.json", b"{}")
     assert "hf_badbadbadbad00" not in str(info.value)
+
+
+def test_stand_in_takes_upload_file_and_upload_folder(hub_server, tmp_path):
+    api = HfApi(endpoint=hub_server.url, token=HF_TOKEN)
+    api.create_repo("tester/data", repo_type="dataset", private=False)
+    api.upload_file(path_or_fileobj=b"one", path_in_repo="a/one.txt", repo_id="tester/data", repo_type="dataset")
+    folder = tmp_path / "outdir"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "x.json").write_text("{}")
+    (folder / "sub" / "y.bin").write_bytes(b"\0\1")
+    before = len(hub_server.state.commits)
+    api.upload_folder(folder_path=folder, path_in_repo="run1", repo_id="tester/data", repo_type="dataset")
+    assert len(hub_server.state.commits) == before + 1
+    assert hub_server.state.files("tester/data", "dataset") == {"a/one.txt": b"one", "run1/x.json": b"{}",
+                                                                "run1/sub/y.bin": b"\0\1"}
+    got = requests.get(f"{hub_server.url}/datasets/tester/data/resolve/main/run1/sub/y.bin", timeout=10)
+    assert got.content == b"\0\1"
+
+
+def test_generated_repo_name_is_a_valid_hub_name(hub_server, lora_file, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", HF_TOKEN)
+    rec = upload([lora_file], {"method": "huggingface"}, job_id="sync-1a2b/c3 d4:u1")
+    assert rec["repo_url"] == f"{hub_server.url}/tester/outputs-sync-1a2b-c3-d4-u1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import quote
 
@@ -47,7 +48,7 @@ def _api(spec: HuggingFaceSpec):
 
 def _ensure_repo(api, spec: HuggingFaceSpec, job_id: str) -> str:
     """Create the repo when missing (private by default) and return its full `owner/name` id."""
-    repo_id = spec.repo_id or f"outputs-{job_id}"
+    repo_id = spec.repo_id or re.sub(r"[^A-Za-z0-9._-]+", "-", f"outputs-{job_id}")[:96].strip(".-")
     try:
         if "/" not in repo_id:
             repo_id = f"{api.whoami()['name']}/{repo_id}"
