@@ -69,6 +69,8 @@ def ensure(components: Iterable[Component], models_dir: Path, *, progress: Progr
 
     components = list(components)
     fetched: list[Path] = []
+    if not verify_existing and not missing_files(components, models_dir):
+        return fetched   # nothing to write: no lock either, so a read-only MODELS_DIR works
     with _lock(models_dir):
         for comp in components:
             for entry, path in comp.file_paths(models_dir):
