@@ -104,7 +104,7 @@ def view_path(ref: str) -> str:
     path = ref.lstrip("/")
     if not path.startswith("View/"):
         raise SwarmUIError(f"output reference is neither a View/ path nor a data: URL: {ref[:80]!r}")
-    return quote(path, safe="/%")
+    return quote(path, safe="/")
 
 
 def output_filename(ref: str, index: int = 0) -> str:
