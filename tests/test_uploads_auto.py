@@ -110,3 +110,15 @@ def test_secrets_in_spec_never_reach_logs_progress_or_results(hub_server, litter
     assert rec["download_method"] == "litterbox"
     assert any(p.get("method") == "litterbox" and p.get("percent") == 100.0 for p in progress.sent)
     assert HF_TOKEN not in caplog.text + repr(rec) + repr(progress.sent)
+
+
+def test_check_refuses_what_upload_would_before_any_work(monkeypatch, fast_retries):
+    from common.uploads import check
+
+    with pytest.raises(JobError, match="'s3' needs output.s3.access_key") as info:
+        check({"method": "s3", "s3": {"bucket": "outputs"}})
+    assert info.value.code == "invalid_input"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "envaccesskey")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "envsecretkey")
+    assert check({"method": "s3", "s3": {"bucket": "outputs"}}).method == "s3"
+    assert check(None).method == "auto"  # auto: whatever is configured is tried at upload time

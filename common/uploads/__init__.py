@@ -23,7 +23,7 @@ from common.uploads.base import Artifact, UploadError, with_retries
 from common.uploads.huggingface import hf_write_file
 from common.uploads.spec import UploadSpec
 
-__all__ = ["AUTO_ORDER", "UploadError", "hf_write_file", "parse_spec", "upload"]
+__all__ = ["AUTO_ORDER", "UploadError", "check", "hf_write_file", "parse_spec", "upload"]
 
 log = logging.getLogger("uploads")
 
@@ -115,6 +115,9 @@ def _plan(spec: UploadSpec, total_size: int) -> list[tuple[str, Any]]:
                     "s3": "output.s3.bucket (or env S3_BUCKET)",
                     "transfer_sh": "output.transfer_sh.base_url (or env TRANSFER_SH_URL)"}[spec.method]
             raise JobError("invalid_input", f"output.method: '{spec.method}' needs {need}")
+        if spec.method == "s3" and not (settings.access_key and settings.secret_key):
+            raise JobError("invalid_input", "output.method: 's3' needs output.s3.access_key and output.s3.secret_key "
+                                            "(or env AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
         return [(spec.method, settings)]
     plan = []
     for method in AUTO_ORDER:
@@ -124,6 +127,18 @@ def _plan(spec: UploadSpec, total_size: int) -> list[tuple[str, Any]]:
         elif resolved[method] is not None:
             plan.append((method, resolved[method]))
     return plan
+
+
+def check(spec: UploadSpec | dict | None) -> UploadSpec:
+    """Validate `spec` with the worker's environment, as `upload()` will, without sending anything.
+
+    Handlers call it with the rest of the input, so `method: "s3"` without a bucket or keys
+    is an `invalid_input` before hours of work rather than after.
+    """
+    spec = parse_spec(spec)
+    _register_spec_secrets(spec)
+    _plan(spec, 0)
+    return spec
 
 
 def _send(method: str, settings: Any, delivery: _Delivery, job_id: str, progress: Progress | None) -> dict:
