@@ -17,6 +17,21 @@ def test_litterbox_upload(litterbox_server, lora_file):
     assert sent["headers"]["User-Agent"].startswith("gpu-worker-images")
 
 
+def test_litterbox_streams_the_file_with_progress(litterbox_server, tmp_path):
+    from common.jobs import Progress
+
+    video = tmp_path / 'clip "final".mp4'
+    data = bytes(range(256)) * 4096  # 1 MiB
+    video.write_bytes(data)
+    progress = Progress({"id": "j"}, min_interval=0, send_to_runpod=False)
+    rec = upload([video], {"method": "litterbox"}, job_id="j", progress=progress)
+    assert requests.get(rec["download_url"], timeout=10).content == data
+    sent = litterbox_server.state.requests[-1]
+    assert int(sent["headers"]["Content-Length"]) == sent["size"] > len(data)  # one body, length known up front
+    percents = [p["percent"] for p in progress.sent if p.get("method") == "litterbox" and "percent" in p]
+    assert len(percents) > 3 and percents == sorted(percents) and percents[-1] == 100.0
+
+
 def test_litterbox_expiry_is_validated(lora_file):
     with pytest.raises(JobError) as info:
         upload([lora_file], {"method": "litterbox", "litterbox": {"expiry": "7d"}}, job_id="j")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import mimetypes
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -143,15 +145,60 @@ class ProgressFile:
         self.close()
 
 
+class MultipartFile:
+    """A `multipart/form-data` body that streams one file from disk.
+
+    requests' own `files=` builds the whole body in memory first (1 GB for a full litterbox
+    upload) and reports no progress while sending; this reads the file as the socket takes it.
+    """
+
+    def __init__(self, fields: dict[str, str], file_field: str, path: Path, content_type: str,
+                 on_bytes: Callable[[int], None] | None):
+        boundary = secrets.token_hex(16)
+        filename = path.name.replace('"', "%22").replace("\r", "").replace("\n", "")
+        head = "".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+                       for k, v in fields.items())
+        head += (f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{filename}"\r\n'
+                 f"Content-Type: {content_type}\r\n\r\n")
+        tail = f"\r\n--{boundary}--\r\n".encode()
+        self.content_type = f"multipart/form-data; boundary={boundary}"
+        self._file = ProgressFile(path, on_bytes)
+        self._parts: list[Any] = [io.BytesIO(head.encode()), self._file, io.BytesIO(tail)]
+        self.len = len(head.encode()) + self._file.len + len(tail)  # requests sends it as Content-Length
+
+    def read(self, size: int = -1) -> bytes:
+        out = b""
+        while self._parts and (size < 0 or len(out) < size):
+            chunk = self._parts[0].read(-1 if size < 0 else size - len(out))
+            if not chunk:
+                self._parts.pop(0)
+            out += chunk
+        return out
+
+    def __len__(self) -> int:
+        return self.len
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> MultipartFile:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 def byte_reporter(progress: Progress | None, method: str, total: int) -> Callable[[int], None] | None:
     """A callback adding up bytes sent and reporting `upload` progress (rate-limited by Progress)."""
     if progress is None:
         return None
     sent = 0
+    lock = threading.Lock()  # S3 multipart calls back from several threads
 
     def on_bytes(n: int) -> None:
         nonlocal sent
-        sent += n
+        with lock:
+            sent += n
         progress.update("upload", 100.0 * sent / max(total, 1),
                         f"{method}: {sent / 2**20:.1f} of {total / 2**20:.1f} MiB", method=method,
                         force=sent >= total)  # the last one always goes out

@@ -8,7 +8,7 @@ import re
 from common.uploads.base import (
     USER_AGENT,
     Artifact,
-    ProgressFile,
+    MultipartFile,
     UploadError,
     byte_reporter,
     http_failure,
@@ -43,14 +43,10 @@ def upload(artifact: Artifact, spec: LitterboxSpec | None, *, progress=None) -> 
     if not fits(artifact.size):
         raise UploadError(f"litterbox: {artifact.name} is {artifact.size / 1e9:.2f} GB, over its 1 GB limit")
     try:
-        with ProgressFile(artifact.path, byte_reporter(progress, "litterbox", artifact.size)) as fh:
-            resp = requests.post(
-                api_url(),
-                data={"reqtype": "fileupload", "time": spec.expiry},
-                files={"fileToUpload": (artifact.name, fh, artifact.content_type)},
-                headers={"User-Agent": USER_AGENT},
-                timeout=timeouts(),
-            )
+        with MultipartFile({"reqtype": "fileupload", "time": spec.expiry}, "fileToUpload", artifact.path,
+                           artifact.content_type, byte_reporter(progress, "litterbox", artifact.size)) as body:
+            resp = requests.post(api_url(), data=body, timeout=timeouts(),
+                                 headers={"User-Agent": USER_AGENT, "Content-Type": body.content_type})
     except requests.RequestException as exc:
         raise http_failure("litterbox", exc) from None
     raise_for_http("litterbox", resp.status_code, resp.text)
