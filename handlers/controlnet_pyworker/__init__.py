@@ -1,0 +1,7 @@
+"""controlnet-pyworker: SDXL + depth ControlNet (Lightning / Hyper / base, era LoRAs).
+
+Entry points: `python -m handlers.controlnet_pyworker` (RunPod handler),
+`python -m handlers.controlnet_pyworker.server` (FastAPI model server),
+`python -m handlers.controlnet_pyworker.vast` (vast.ai PyWorker front, run from .venv-vast).
+Importing this package imports nothing heavy: the vast.ai front's venv has no torch or pydantic.
+"""
