@@ -122,3 +122,27 @@ def test_check_refuses_what_upload_would_before_any_work(monkeypatch, fast_retri
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "envsecretkey")
     assert check({"method": "s3", "s3": {"bucket": "outputs"}}).method == "s3"
     assert check(None).method == "auto"  # auto: whatever is configured is tried at upload time
+
+
+def test_zip_made_without_a_volume_is_removed_after_sending(transfer_sh_server, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setenv("LITTERBOX_ENABLED", "false")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    files = [tmp_path / "0.png", tmp_path / "1.png"]
+    for i, f in enumerate(files):
+        f.write_bytes(bytes([i]) * 3000)
+    rec = upload(files, None, job_id="job-tmp", zip_name="pics.zip")
+    assert rec["download_url"].endswith("/pics.zip") and rec["archive_size_mb"] >= 0
+    assert "network_volume_path" not in rec
+    assert list(scratch.iterdir()) == [] and all(f.is_file() for f in files)
+
+
+def test_failure_without_a_volume_says_where_the_outputs_are(transfer_sh_server, lora_file, monkeypatch):
+    monkeypatch.setenv("LITTERBOX_ENABLED", "false")
+    transfer_sh_server.state.mode = "500"
+    with pytest.raises(JobError) as info:
+        upload([lora_file], None, job_id="j")
+    assert info.value.details[-1] == f"no network volume given; the outputs are still at {lora_file.parent}"

@@ -60,6 +60,7 @@ class _Delivery:
         self.kept_dir = kept_dir
         self.zip_name = zip_name or f"{job_id}.zip"
         self._artifact: Artifact | None = None
+        self._scratch: Path | None = None  # where the zip goes when there is no volume to keep it
         self.zipped = False
 
     def artifact(self) -> Artifact:
@@ -69,10 +70,17 @@ class _Delivery:
             else:
                 from common.archives import make_zip
 
-                where = self.kept_dir or Path(tempfile.mkdtemp(prefix=f"upload-{self.job_id}-"))
+                if self.kept_dir is None:
+                    self._scratch = Path(tempfile.mkdtemp(prefix=f"upload-{self.job_id}-"))
+                where = self.kept_dir or self._scratch
                 self._artifact = Artifact(make_zip(self.files, where / self.zip_name))
                 self.zipped = True
         return self._artifact
+
+    def cleanup(self) -> None:
+        """Remove a zip made outside the volume (the files it holds are untouched)."""
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
     def size(self) -> int:
         return sum(f.stat().st_size for f in self.files)
@@ -168,23 +176,29 @@ def upload(files: list[Path], spec: UploadSpec | dict | None, *, job_id: str, vo
     plan = _plan(spec, delivery.size())
 
     attempts: list[dict] = []
-    for method, settings in plan:
-        if progress is not None:
-            progress.update("upload", 0, f"uploading with {method}", force=True, method=method)
-        try:
-            record = with_retries(method, lambda m=method, s=settings: _send(m, s, delivery, job_id, progress))
-        except UploadError as exc:
-            message = redact_text(str(exc))
-            log.warning("upload with %s failed: %s", method, message)
-            attempts.append({"method": method, "ok": False, "error": message})
-            continue
-        attempts.append({"method": method, "ok": True})
-        return _record(record, method, delivery, kept_dir, attempts)
+    try:
+        for method, settings in plan:
+            if progress is not None:
+                progress.update("upload", 0, f"uploading with {method}", force=True, method=method)
+            try:
+                record = with_retries(method, lambda m=method, s=settings: _send(m, s, delivery, job_id, progress))
+            except UploadError as exc:
+                message = redact_text(str(exc))
+                log.warning("upload with %s failed: %s", method, message)
+                attempts.append({"method": method, "ok": False, "error": message})
+                continue
+            attempts.append({"method": method, "ok": True})
+            return _record(record, method, delivery, kept_dir, attempts)
+    finally:
+        delivery.cleanup()
 
     where = f"; the output is kept at {kept_dir}" if kept_dir else ""
     details = [f"{a['method']}: {a['error']}" for a in attempts]
     if kept_dir:
         details.append(f"kept on the volume at {kept_dir}")
+    else:
+        folders = sorted({str(f.parent) for f in files})
+        details.append(f"no network volume given; the outputs are still at {', '.join(folders)}")
     if not plan:
         raise JobError("upload_failed", f"no upload method is configured (give output.method and its settings){where}",
                        details)
