@@ -124,6 +124,10 @@ def configure_logging(level: str | int | None = None) -> None:
     root = logging.getLogger()
     root.setLevel(level if isinstance(level, int) else str(level).upper())
     fmt = RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Replace plain stream handlers (the runpod SDK's import adds one) so no line escapes redaction.
+    for handler in list(root.handlers):
+        if not getattr(handler, "_redacting", False) and type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
     if not any(getattr(h, "_redacting", False) for h in root.handlers):
         handler = logging.StreamHandler()
         handler._redacting = True  # type: ignore[attr-defined]

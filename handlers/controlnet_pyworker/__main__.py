@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import os
 
-from common.redaction import configure_logging, register_env_secrets
+from common import runpod_entry
+from common.redaction import configure_logging
 from handlers.controlnet_pyworker.handler import get_engine, handler
 
 
 def main() -> None:
-    configure_logging()  # before importing runpod, whose import adds a root handler when there is none
-    import runpod
-
-    register_env_secrets(["HF_TOKEN", "AWS_SECRET_ACCESS_KEY"])
+    configure_logging()
     preload = os.environ.get("PRELOAD_MODEL", "")
     if os.environ.get("RUNPOD_WEBHOOK_GET_JOB") and preload.lower() != "none":
         engine = get_engine()
         engine.get(preload or engine.manifest.default_variant)
-    runpod.serverless.start({"handler": handler})
+    runpod_entry.start(handler)
 
 
 if __name__ == "__main__":

@@ -7,23 +7,17 @@ a worker woken by any job is ready as early as possible. Several jobs run at onc
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
-from common.redaction import configure_logging, register_env_secrets
+from common import runpod_entry
 from handlers.swarm_worker.handler import handler
 from handlers.swarm_worker.runtime import WorkerRuntime, get_runtime
 
 
 def main() -> None:
-    configure_logging()  # before importing runpod, whose import adds a root handler when there is none
-    # The SDK logs every job's output at DEBUG, its default; outputs carry gateway tokens.
-    os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
-    import runpod
-
-    register_env_secrets(["SWARM_ACCESS_TOKEN"])
     runtime = get_runtime()
-    runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency_modifier(runtime)})
+    runpod_entry.start(handler, env_secrets=["SWARM_ACCESS_TOKEN"],
+                       concurrency_modifier=concurrency_modifier(runtime))
 
 
 def concurrency_modifier(runtime: WorkerRuntime) -> Callable[[int], int]:
