@@ -132,12 +132,12 @@ def test_shutdown_runs_beside_a_keepalive(loop_worker):
 
 def test_lease_streams_its_first_output_and_releases_on_idle(loop_worker):
     server, proc, env = loop_worker
-    job = server.submit({"action": "lease", "idle_seconds": 0.8, "startup_grace_seconds": 30,
+    job = server.submit({"action": "lease", "idle_seconds": 3, "startup_grace_seconds": 30,
                          "max_lease_seconds": 120})
     first = _lease_first_output(server, job, proc)
     assert first["protocol"] == 2 and first["success"] is True and first["worker_id"] == "worker-1"
     assert first["public_url"] == env["SWARM_PUBLIC_URL"] and len(first["token"]) >= 60
-    assert (first["idle_seconds"], first["startup_grace_seconds"], first["max_lease_seconds"]) == (0.8, 30, 120)
+    assert (first["idle_seconds"], first["startup_grace_seconds"], first["max_lease_seconds"]) == (3, 30, 120)
     assert server.status(job)["status"] == "IN_PROGRESS"
     assert server.jobs[job].progress[0] == first  # /status shows it too while the lease runs
 
