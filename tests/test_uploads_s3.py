@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from common.jobs import JobError, Progress
+from common.redaction import RedactingFormatter
 from common.uploads import s3 as s3_method
 from common.uploads import upload
 
@@ -97,3 +98,33 @@ def test_several_files_go_as_one_zip_kept_on_the_volume(s3_server, tmp_path):
         assert sorted(zf.namelist()) == ["a.png", "meta.json"]
         assert zf.read("meta.json") == b'{"seed": 1}'
     assert rec["archive_size_mb"] == round(len(blob) / 2**20, 2) and rec["sha256"] == sha(blob)
+
+
+@pytest.mark.parametrize("signed_type", [None, "application/octet-stream"])
+def test_presigned_put_url_from_s3(s3_server, lora_file, signed_type):
+    """A real SigV4 presigned PUT, with and without Content-Type among its signed headers."""
+    params = {"Bucket": s3_server.bucket, "Key": f"put/{signed_type is not None}.safetensors"}
+    if signed_type:
+        params["ContentType"] = signed_type
+    url = s3_server.client().generate_presigned_url("put_object", Params=params, ExpiresIn=600)
+    assert ("content-type" in url.lower()) is (signed_type is not None)
+    rec = upload([lora_file], {"upload_url": url}, job_id="j")
+    assert rec["download_method"] == "presigned_put" and rec["download_url"] == url.split("?")[0]
+    body = s3_server.client().get_object(**{k: v for k, v in params.items() if k != "ContentType"})["Body"].read()
+    assert body == lora_file.read_bytes()
+
+
+def test_presigned_put_refused_by_s3_is_upload_failed_without_the_signature(s3_server, lora_file, caplog):
+    url = s3_server.client().generate_presigned_url(
+        "put_object", Params={"Bucket": s3_server.bucket, "Key": "put/tampered.bin"}, ExpiresIn=600)
+    signature = url.split("X-Amz-Signature=")[1]
+    tampered = url.replace(signature, "0" * len(signature))
+    with caplog.at_level(logging.DEBUG), pytest.raises(JobError) as info:
+        upload([lora_file], {"upload_url": tampered}, job_id="j")
+    err = info.value
+    assert err.code == "upload_failed" and "HTTP 403" in err.details[0] and "SignatureDoesNotMatch" in err.details[0]
+    # urllib3's own DEBUG lines carry the URL; the worker's log handler (RedactingFormatter) masks them
+    emitted = "\n".join(RedactingFormatter().format(r) for r in caplog.records)
+    assert "X-Amz-Signature" not in emitted
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
+    assert "0" * len(signature) not in err.message + " ".join(err.details) + ours + emitted

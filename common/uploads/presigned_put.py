@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl, urlsplit
+
 from common.redaction import register_secret
 from common.uploads.base import (
     USER_AGENT,
@@ -14,12 +16,25 @@ from common.uploads.base import (
 )
 
 
+def _content_type_is_signed(url: str) -> bool:
+    """Whether the signature covers Content-Type, so the PUT must carry one.
+
+    SigV4 (S3, R2, GCS v4) lists signed headers in the query; V2-style signatures
+    (`Signature=` with `AWSAccessKeyId`/`GoogleAccessId`) always sign it, usually as empty,
+    so an unsigned PUT must send none or the store answers SignatureDoesNotMatch.
+    """
+    query = {k.lower(): v for k, v in parse_qsl(urlsplit(url).query)}
+    signed = query.get("x-amz-signedheaders") or query.get("x-goog-signedheaders") or ""
+    return "content-type" in signed.lower().split(";")
+
+
 def upload(artifact: Artifact, upload_url: str, *, progress=None) -> dict:
     import requests
 
     register_secret(upload_url)
-    headers = {"Content-Length": str(artifact.size), "Content-Type": artifact.content_type,
-               "User-Agent": USER_AGENT}
+    headers = {"Content-Length": str(artifact.size), "User-Agent": USER_AGENT}
+    if _content_type_is_signed(upload_url):
+        headers["Content-Type"] = artifact.content_type
     try:
         with ProgressFile(artifact.path, byte_reporter(progress, "presigned_put", artifact.size)) as body:
             resp = requests.put(upload_url, data=body, headers=headers, timeout=timeouts())
