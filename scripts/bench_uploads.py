@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nS3 upload of {mib} MiB to local SeaweedFS, median of {args.rounds} alternating rounds:")
     print(f"  boto3 upload_file, default TransferConfig: {bw:.2f}s ({mib / bw:.0f} MiB/s), client CPU {bc:.2f}s, "
           f"server CPU {median('boto3', 2):.2f}s")
-    print(f"  upload() with {s3_method.MULTIPART_CHUNKSIZE >> 20} MiB parts x {s3_method.MAX_CONCURRENCY} threads: "
+    part, threads = s3_method.transfer_settings()
+    print(f"  upload() with {part >> 20} MiB parts x {threads} threads: "
           f"{ow:.2f}s ({mib / ow:.0f} MiB/s), client CPU {oc:.2f}s, server CPU {median('ours', 2):.2f}s")
     print(f"  wall speed-up: {bw / ow:.2f}x (target >= 1.3x); client CPU: {bc / max(oc, 1e-3):.2f}x less "
           "(ours also hashes the artifact and presigns the link)")

@@ -9,7 +9,6 @@ import requests
 
 from common.jobs import JobError, Progress
 from common.redaction import RedactingFormatter
-from common.uploads import s3 as s3_method
 from common.uploads import upload
 
 
@@ -18,8 +17,7 @@ def sha(data: bytes) -> str:
 
 
 def test_multipart_upload_and_presigned_download(s3_server, tmp_path, monkeypatch):
-    monkeypatch.setattr(s3_method, "MULTIPART_THRESHOLD", 5 * 2**20)
-    monkeypatch.setattr(s3_method, "MULTIPART_CHUNKSIZE", 5 * 2**20)
+    monkeypatch.setenv("S3_PART_SIZE_MB", "5")
     big = tmp_path / "video.mp4"
     data = bytes(range(256)) * (13 * 4096)  # 13 MiB -> 3 parts
     big.write_bytes(data)
