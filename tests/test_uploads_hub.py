@@ -110,3 +110,17 @@ def test_generated_repo_name_is_a_valid_hub_name(hub_server, lora_file, monkeypa
     monkeypatch.setenv("HF_TOKEN", HF_TOKEN)
     rec = upload([lora_file], {"method": "huggingface"}, job_id="sync-1a2b/c3 d4:u1")
     assert rec["repo_url"] == f"{hub_server.url}/tester/outputs-sync-1a2b-c3-d4-u1"
+
+
+def test_stand_in_serves_hf_hub_download(hub_server, lora_file, tmp_path):
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    upload([lora_file], {"method": "huggingface", "huggingface": {"token": HF_TOKEN, "repo_id": "tester/dl"}},
+           job_id="j")
+    got = hf_hub_download("tester/dl", "adapter_model.safetensors", endpoint=hub_server.url, token=HF_TOKEN,
+                          cache_dir=tmp_path / "cache")
+    assert open(got, "rb").read() == lora_file.read_bytes()
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download("tester/dl", "missing.bin", endpoint=hub_server.url, token=HF_TOKEN,
+                        cache_dir=tmp_path / "cache")

@@ -4,7 +4,8 @@ Routes (reference/uploads.md section 1): `GET /api/whoami-v2`, `POST /api/repos/
 (409 with the url when it exists), `POST /api/{type}s/{repo}/preupload/{rev}` (every file
 "regular", so content is inlined in the commit and no LFS/Xet is involved),
 `POST /api/{type}s/{repo}/commit/{rev}` (NDJSON), and downloads at
-`/[datasets/]{repo}/resolve/{rev}/{path}`, repo info at `GET /api/{type}s/{repo}[/revision/{rev}]`
+`/[datasets/]{repo}/resolve/{rev}/{path}` (GET, and HEAD with ETag / X-Repo-Commit as
+`hf_hub_download` needs), repo info at `GET /api/{type}s/{repo}[/revision/{rev}]`
 (401 for a private repo without a valid token, 404 for a missing one). Tokens other than `valid_tokens` get 401;
 `fail_commits` makes the next N commits answer 500.
 """
@@ -12,6 +13,7 @@ Routes (reference/uploads.md section 1): `GET /api/whoami-v2`, `POST /api/repos/
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import secrets
@@ -50,8 +52,13 @@ class _Hub(BaseHTTPRequestHandler):
         return self.state.valid_tokens.get(token)
 
     def _json(self, status: int, data: dict) -> None:
-        reply(self, status, json.dumps(data), "application/json", {"X-Error-Message": data.get("error", "")}
-              if status >= 400 else None)
+        headers = {"X-Error-Message": data["error"]} if status >= 400 and "error" in data else {}
+        if self.command == "HEAD":  # status and headers only: a body would corrupt the kept-alive connection
+            self.send_response(status)
+            for key, value in {**headers, "Content-Length": "0"}.items():
+                self.send_header(key, value)
+            return self.end_headers()
+        reply(self, status, json.dumps(data), "application/json", headers)
 
     def do_GET(self):
         st = self.state
@@ -72,8 +79,18 @@ class _Hub(BaseHTTPRequestHandler):
                 return self._json(404, {"error": "Entry not found"})
             if repo["private"] and not self._user():
                 return self._json(401, {"error": "Repository not found"})
-            return reply(self, 200, repo["files"][path], "application/octet-stream")
+            data = repo["files"][path]
+            blob_id = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's id, the Hub's ETag
+            headers = {"ETag": f'"{blob_id}"', "X-Repo-Commit": repo.get("sha") or "0" * 40}
+            if self.command == "HEAD":
+                self.send_response(200)
+                for key, value in {**headers, "Content-Length": str(len(data))}.items():
+                    self.send_header(key, value)
+                return self.end_headers()
+            return reply(self, 200, data, "application/octet-stream", headers)
         self._json(404, {"error": "not found"})
+
+    do_HEAD = do_GET  # hf_hub_download asks for ETag and commit with a HEAD first
 
     def _repo_info(self, kind: str, repo_id: str) -> None:
         """`repo_info()`: 401 for a private repo without a valid token, as the Hub hides private repos."""
