@@ -4,6 +4,9 @@ One result shape for every method. `auto` tries each configured method in order
 (huggingface -> s3 -> litterbox -> transfer_sh); transient failures are retried, then the
 next method is tried. The artifact is never lost: with a `volume_dir` it is kept there
 first, and an `upload_failed` error says where it is.
+
+`check(spec)` validates a spec against the environment without sending anything (for a
+handler's input validation); `hf_write_file` commits one small file to the output repo.
 """
 
 from __future__ import annotations
