@@ -77,6 +77,7 @@ def test_ready_line_after_preload(cn_server):
     ({"num_images": 5}, "num_images"),
     ({"seed": -1}, "seed"),
     ({"surprise": 1}, "surprise"),
+    ({"output": {"method": "transfer_sh"}}, "output.method"),
     ({"depth_map_b64": SMALL_PNG}, "depth source"),
     ({"mock_depth": None, "image_b64": SMALL_PNG}, "depth source"),
     ({"mock_depth": None}, "depth source"),

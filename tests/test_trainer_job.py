@@ -117,6 +117,8 @@ def test_dry_run_both_captions_videos_with_gemini(trainer_env, dataset_server, g
      "adapter.alpha"),
     ({"model_type": "sdxl", "dataset": {"type": "images", "images_url": "URL"},
       "output": {"method": "presigned_put"}}, "upload_url"),
+    ({"model_type": "sdxl", "dataset": {"type": "images", "images_url": "URL"},
+      "output": {"method": "s3"}}, "output.method: 's3' needs output.s3.bucket"),
 ])
 def test_bad_input_fails_before_any_download(trainer_env, dataset_server, job_input, field):
     url = dataset_server.put_zip("never.zip", image_zip())

@@ -1,6 +1,5 @@
 """upload() and hf_write_file() with the real huggingface_hub client against the Hub stand-in."""
 
-import json
 
 import pytest
 import requests
@@ -8,7 +7,7 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import RepositoryNotFoundError
 
 from common.jobs import JobError
-from common.uploads import UploadError, hf_write_file, upload
+from common.uploads import upload
 
 HF_TOKEN = "hf_testwritetoken0000"
 
@@ -67,26 +66,6 @@ def test_bad_token_names_write_access(hub_server, lora_file):
     assert info.value.code == "upload_failed"
     assert "401" in info.value.details[0] and "write access" in info.value.details[0]
     assert "hf_notvalidtoken9999" not in repr(info.value.details) + info.value.message
-
-
-def test_hf_write_file_commits_an_updates_file(hub_server):
-    state = json.dumps({"status": "running", "epoch": 3}).encode()
-    url = hf_write_file({"token": HF_TOKEN, "repo_id": "tester/progress"}, "UPDATES/job-7.json", state)
-    assert url == f"{hub_server.url}/tester/progress/resolve/main/UPDATES/job-7.json"
-    assert hub_server.state.files("tester/progress")["UPDATES/job-7.json"] == state
-    assert hub_server.state.repos["model:tester/progress"]["private"] is True  # created, private by default
-    assert hub_server.state.commits[-1]["files"] == ["UPDATES/job-7.json"]
-    got = requests.get(url, headers={"Authorization": f"Bearer {HF_TOKEN}"}, timeout=10)
-    assert json.loads(got.content) == {"status": "running", "epoch": 3}
-
-
-def test_hf_write_file_without_token_or_with_a_bad_one(hub_server, monkeypatch):
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    with pytest.raises(UploadError, match="no token"):
-        hf_write_file(None, "UPDATES/x.json", b"{}")
-    with pytest.raises(UploadError, match="401") as info:
-        hf_write_file({"token": "hf_badbadbadbad00", "repo_id": "tester/p"}, "UPDATES/x.json", b"{}")
-    assert "hf_badbadbadbad00" not in str(info.value)
 
 
 def test_stand_in_takes_upload_file_and_upload_folder(hub_server, tmp_path):

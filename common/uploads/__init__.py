@@ -6,7 +6,7 @@ next method is tried. The artifact is never lost: with a `volume_dir` it is kept
 first, and an `upload_failed` error says where it is.
 
 `check(spec)` validates a spec against the environment without sending anything (for a
-handler's input validation); `hf_write_file` commits one small file to the output repo.
+handler's input validation).
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from common.jobs import JobError, Progress, invalid_input
 from common.redaction import redact_text, register_secret
 from common.uploads import huggingface, litterbox, presigned_put, s3, transfer_sh
 from common.uploads.base import Artifact, UploadError, with_retries
-from common.uploads.huggingface import hf_write_file
 from common.uploads.spec import UploadSpec
 
-__all__ = ["AUTO_ORDER", "UploadError", "check", "hf_write_file", "parse_spec", "upload"]
+__all__ = ["AUTO_ORDER", "UploadError", "check", "parse_spec", "upload"]
 
 log = logging.getLogger("uploads")
 

@@ -7,8 +7,7 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
-from common.redaction import register_secret
-from common.uploads.base import TransientUploadError, UploadError, with_retries
+from common.uploads.base import TransientUploadError, UploadError
 from common.uploads.spec import HuggingFaceSpec
 
 
@@ -56,39 +55,6 @@ def _ensure_repo(api, spec: HuggingFaceSpec, job_id: str) -> str:
     except Exception as exc:
         raise _classify(exc, f"creating repo {repo_id}") from None
     return repo_id
-
-
-def hf_write_file(spec: HuggingFaceSpec | dict | None, path_in_repo: str, data: bytes, *,
-                  job_id: str = "", commit_message: str | None = None) -> str:
-    """Commit one small file (e.g. the trainer's `UPDATES/<job>.json`) to the output repo.
-
-    Token and endpoint resolve as for `upload()`. Returns the file's `resolve/main` URL;
-    raises `UploadError` (transient or not) when the Hub refuses or cannot be reached.
-    """
-    from huggingface_hub import CommitOperationAdd
-
-    if isinstance(spec, dict):
-        spec = HuggingFaceSpec.model_validate(spec)
-    resolved = resolve(spec)
-    if resolved is None:
-        raise UploadError("huggingface: no token (output.huggingface.token or env HF_TOKEN)")
-    register_secret(resolved.token)
-    api = _api(resolved)
-    path_in_repo = path_in_repo.strip("/")
-
-    def commit() -> str:
-        repo_id = _ensure_repo(api, resolved, job_id)
-        try:
-            api.create_commit(repo_id, [CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=data)],
-                              commit_message=commit_message or f"Update {path_in_repo}",
-                              repo_type=resolved.repo_type)
-        except Exception as exc:
-            raise _classify(exc, f"writing {path_in_repo} to {repo_id}") from None
-        return repo_id
-
-    repo_id = with_retries("huggingface", commit)
-    prefix = "datasets/" if resolved.repo_type == "dataset" else ""
-    return f"{endpoint()}/{prefix}{repo_id}/resolve/main/{quote(path_in_repo)}"
 
 
 def upload(files: list[Path], spec: HuggingFaceSpec, *, job_id: str, progress=None) -> dict:

@@ -121,6 +121,13 @@ def validate(raw: object, manifest: Manifest) -> GenerateRequest:
         problems.append(f"era: unknown era '{era}' (known: {', '.join(manifest.eras) or 'none'})")
     if raw.get("auto_depth") is True and not manifest.depth_estimator:
         problems.append("auto_depth: this worker's manifest has no depth estimator")
+    if req is not None and req.output is not None:
+        from common.uploads import check  # a method without its settings fails now, not after generating
+
+        try:
+            check(req.output)
+        except JobError as exc:
+            problems.extend(exc.details or [exc.message])
     if problems or req is None:
         raise JobError("invalid_input", "; ".join(problems), problems)
     return req

@@ -141,6 +141,10 @@ async def _body(job: dict, timings: Timings) -> dict:
     started = time.monotonic()
     with timings.stage("validate"):
         req = parse_request(job.get("input"))
+        if not req.dry_run:
+            from common.uploads import check  # a method without its settings fails now, not after training
+
+            check(req.output)
     spec: ModelSpec = REGISTRY[req.model_type]
     dirs = job_dirs(str(job.get("id") or "local_test"))
     hub = await asyncio.to_thread(_start_hub_updates, req, dirs.job_id)

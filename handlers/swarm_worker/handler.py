@@ -174,6 +174,10 @@ async def _generate(job: dict) -> dict:
 
     async def body(job: dict, timings) -> dict:
         req = parse_input(GenerateInput, job["input"])
+        if req.output is not None:
+            from common.uploads import check  # a method without its settings fails before generating
+
+            check(req.output)
         progress = Progress(job)
         try:
             return await rt.call(run_generate(rt, job, req, timings, progress))
