@@ -44,6 +44,7 @@ lint: setup
 
 bench: setup
 	$(PY) -m scripts.bench_uploads
+	$(PY) -m scripts.bench_zip
 	$(PY) -m scripts.bench_controlnet
 	$(PY) -m scripts.bench_trainer
 
