@@ -34,9 +34,11 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.threaded_http import LocalService
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
 
@@ -99,7 +101,7 @@ class FakeJob:
 Handler = Callable[[Any, JobContext], Any]
 
 
-class FakeRunPodAPI:
+class FakeRunPodAPI(LocalService):
     """Use as a context manager; `url` is the base to put in RUNPOD_ENDPOINT_BASE_URL (ends in /v2)."""
 
     def __init__(self, *, api_key: str = "rp-fake-key-0123456789", workers: int = 1,
@@ -117,7 +119,6 @@ class FakeRunPodAPI:
         self._faults: deque[tuple[int, float | None]] = deque()
         self._stop = False
         self._threads: list[threading.Thread] = []
-        self._httpd: ThreadingHTTPServer | None = None
 
     # -- setup -----------------------------------------------------------------------------------------
 
@@ -135,30 +136,9 @@ class FakeRunPodAPI:
         with self.lock:
             self._faults.extend([(status, retry_after)] * count)
 
-    def start(self) -> FakeRunPodAPI:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                fake._dispatch(self, "GET")
-
-            def do_POST(self) -> None:
-                fake._dispatch(self, "POST")
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return self
-
     @property
     def url(self) -> str:
-        assert self._httpd is not None
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v2"
+        return f"{self.origin}/v2"
 
     def close(self) -> None:
         with self.cond:
@@ -167,15 +147,7 @@ class FakeRunPodAPI:
             for job in self.jobs.values():
                 if job.ctx is not None:
                     job.ctx.cancelled.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-
-    def __enter__(self) -> FakeRunPodAPI:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()
 
     # -- the queue -------------------------------------------------------------------------------------
 

@@ -30,10 +30,12 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.threaded_http import LocalService
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +65,7 @@ class JobRecord:
         return (self.result or {}).get("error")
 
 
-class RunPodJobServer:
+class RunPodJobServer(LocalService):
     """Job queue + recorder on 127.0.0.1. Use as a context manager or call start()/close()."""
 
     def __init__(self, *, api_key: str = "test-runpod-key", endpoint_id: str = "ep-test",
@@ -78,48 +80,11 @@ class RunPodJobServer:
         self._queue: deque[str] = deque()
         self._stops: deque[str] = deque()
         self._cond = threading.Condition()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
-    def start(self) -> RunPodJobServer:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # keep test output quiet
-                pass
-
-            def do_GET(self) -> None:
-                server._dispatch(self, "GET")
-
-            def do_POST(self) -> None:
-                server._dispatch(self, "POST")
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> RunPodJobServer:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
     @property
     def base_url(self) -> str:
-        assert self._httpd, "server not started"
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}/v2/{self.endpoint_id}"
+        return f"{self.origin}/v2/{self.endpoint_id}"
 
     def env(self, worker_id: str = "worker-1") -> dict[str, str]:
         """The environment RunPod gives a serverless worker, pointed at this server."""

@@ -44,3 +44,49 @@ def reply(handler: BaseHTTPRequestHandler, status: int, body: bytes | str = b"",
         handler.send_header(k, v)
     handler.end_headers()
     handler.wfile.write(data)
+
+
+class LocalService:
+    """Base of the stand-ins that route every request through one `_dispatch(handler, method)`.
+
+    `start()` serves on a free port of 127.0.0.1 in a daemon thread (HTTP/1.1 keep-alive);
+    `close()` stops it; `origin` is `http://127.0.0.1:<port>`. Usable as a context manager.
+    """
+
+    methods: tuple[str, ...] = ("GET", "POST")
+    _httpd: ThreadingHTTPServer | None = None
+
+    def _dispatch(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        raise NotImplementedError
+
+    def start(self):
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # keep test output quiet
+                pass
+
+        for method in self.methods:
+            setattr(Handler, f"do_{method}", lambda h, m=method: service._dispatch(h, m))
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    @property
+    def origin(self) -> str:
+        assert self._httpd is not None, "server not started"
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def close(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()

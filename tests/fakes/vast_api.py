@@ -23,9 +23,11 @@ import re
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
+
+from tests.fakes.threaded_http import LocalService
 
 DEFAULT_OFFERS = [
     {"id": 1001, "machine_id": 11, "gpu_name": "RTX 4090", "num_gpus": 1, "gpu_ram": 24564, "dph_total": 0.42,
@@ -53,7 +55,9 @@ OPS = {"eq": lambda a, b: a == b, "neq": lambda a, b: a != b, "gt": lambda a, b:
        "lte": lambda a, b: a is not None and a <= b, "in": lambda a, b: a in b}
 
 
-class FakeVastAPI:
+class FakeVastAPI(LocalService):
+
+    methods = ("GET", "POST", "PUT", "DELETE")
     def __init__(self, *, api_key: str = "vast-fake-key-0123456789", offers: list[dict] | None = None,
                  templates: dict[str, dict] | None = None, loading_after: float = 0.2, running_after: float = 0.6,
                  port_map: dict[int, int] | None = None):
@@ -70,54 +74,15 @@ class FakeVastAPI:
         self.lock = threading.Lock()
         self._faults: deque[tuple[int, float | None]] = deque()
         self._next_id = 29829389
-        self._httpd: ThreadingHTTPServer | None = None
 
     def inject(self, status: int, count: int = 1, retry_after: float | None = None) -> None:
         with self.lock:
             self._faults.extend([(status, retry_after)] * count)
 
-    def start(self) -> FakeVastAPI:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                fake._dispatch(self, "GET")
-
-            def do_POST(self) -> None:
-                fake._dispatch(self, "POST")
-
-            def do_PUT(self) -> None:
-                fake._dispatch(self, "PUT")
-
-            def do_DELETE(self) -> None:
-                fake._dispatch(self, "DELETE")
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return self
-
     @property
     def url(self) -> str:
         """The server address, as VAST_URL takes it (the client appends /api/v0)."""
-        assert self._httpd is not None
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    def close(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-
-    def __enter__(self) -> FakeVastAPI:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return self.origin
 
     # -- behaviour -------------------------------------------------------------------------------------
 

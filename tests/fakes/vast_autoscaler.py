@@ -22,11 +22,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from tests.fakes.threaded_http import LocalService
 
-class VastAutoscaler:
+
+class VastAutoscaler(LocalService):
     def __init__(self, *, endpoint: str = "controlnet-test", api_key: str = "vast-test-key",
                  master_token: str = "test-master-token") -> None:
         from cryptography.hazmat.primitives import serialization
@@ -43,69 +45,39 @@ class VastAutoscaler:
         self.pubkey_fetches = 0
         self._reqnum = itertools.count(1)
         self._cond = threading.Condition()
-        self._httpd: ThreadingHTTPServer | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
-    def start(self) -> VastAutoscaler:
-        scaler = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                if self.path.rstrip("/") == "/pubkey":
-                    with scaler._cond:
-                        scaler.pubkey_fetches += 1
-                    return scaler._reply(self, 200, scaler.pubkey_pem, "text/plain")
-                return scaler._reply(self, 404, {"error": "not found"})
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                try:
-                    body = json.loads(raw or b"{}")
-                except ValueError:
-                    return scaler._reply(self, 400, {"error": "invalid JSON"})
-                path = self.path.rstrip("/")
-                if path == "/worker_status":
-                    with scaler._cond:
-                        scaler.statuses.append(body)
-                        scaler._cond.notify_all()
-                    return scaler._reply(self, 200, {})
-                if path == "/delete_requests":
-                    with scaler._cond:
-                        scaler.deleted.append(body)
-                        scaler._cond.notify_all()
-                    return scaler._reply(self, 200, {})
-                if path == "/route":
-                    status, out = scaler._route(body, self.headers.get("Authorization"))
-                    return scaler._reply(self, status, out)
-                return scaler._reply(self, 404, {"error": "not found"})
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return self
-
-    def close(self) -> None:
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> VastAutoscaler:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def _dispatch(self, handler, method: str) -> None:
+        path = handler.path.rstrip("/")
+        if method == "GET":
+            if path == "/pubkey":
+                with self._cond:
+                    self.pubkey_fetches += 1
+                return self._reply(handler, 200, self.pubkey_pem, "text/plain")
+            return self._reply(handler, 404, {"error": "not found"})
+        raw = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            return self._reply(handler, 400, {"error": "invalid JSON"})
+        if path == "/worker_status":
+            with self._cond:
+                self.statuses.append(body)
+                self._cond.notify_all()
+            return self._reply(handler, 200, {})
+        if path == "/delete_requests":
+            with self._cond:
+                self.deleted.append(body)
+                self._cond.notify_all()
+            return self._reply(handler, 200, {})
+        if path == "/route":
+            status, out = self._route(body, handler.headers.get("Authorization"))
+            return self._reply(handler, status, out)
+        return self._reply(handler, 404, {"error": "not found"})
 
     @property
     def base_url(self) -> str:
-        assert self._httpd
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.origin
 
     def worker_env(self, worker_port: int, http_port: int, *, container_id: int = 1) -> dict[str, str]:
         """What vast.ai gives an instance of a serverless endpoint, pointed at this autoscaler."""
