@@ -175,7 +175,8 @@ def base_tag(tag: str, target: str, base_image: str) -> str:
 
 def build(images: list[str], *, tag: str, target: str, base_image: str | None = None,
           bake_variant: str | None = None, hf_token_file: str | None = None, quiet: bool = False,
-          no_cache: bool = False, report_dir: Path | None = None, log=print) -> dict[str, float]:
+          no_cache: bool = False, version: str | None = None, report_dir: Path | None = None,
+          log=print) -> dict[str, float]:
     """Build the base(s) and the images; return the seconds each took (bases included)."""
     docker = docker_binary()
     if target == "cpu" and base_image is None:
@@ -184,7 +185,7 @@ def build(images: list[str], *, tag: str, target: str, base_image: str | None = 
     torch_args = prepare_extras(target=target, python_tag=python_tag, log=log)
     timings: dict[str, float] = {}
     bases: dict[str, str] = {}
-    version = worker_version()
+    version = version or worker_version()
     built: list[str] = []
     for name in images:
         image_base = base_image or (GPU_DEVEL_BASE if name in NEEDS_DEVEL else GPU_RUNTIME_BASE)

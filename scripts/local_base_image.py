@@ -40,10 +40,9 @@ def ensure_local_base(tag: str = DEFAULT_TAG, *, mirror: str = DEFAULT_MIRROR, d
         subprocess.run([debootstrap, "--variant=minbase", "bookworm", str(root), mirror],
                        check=True, stdout=subprocess.DEVNULL)
         # Drop the apt lists and caches: the Dockerfiles run `apt-get update` themselves.
-        for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            for p in (root / sub).glob("*"):
-                if p.is_file():
-                    p.unlink()
+        for pattern in ("var/cache/apt/archives/*.deb", "var/cache/apt/*.bin", "var/lib/apt/lists/*_*"):
+            for p in root.glob(pattern):
+                p.unlink()
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
         subprocess.run([docker, "import", "--change", 'CMD ["/bin/bash"]', "-", tag],
                        stdin=tar.stdout, check=True, stdout=subprocess.DEVNULL)

@@ -17,8 +17,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from scripts.build_images import worker_version
-
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,6 +49,21 @@ def bad_input_file(tmp_path: Path, job_input: dict) -> Path:
     return path
 
 
+# --- all images ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["controlnet-pyworker", "diffusion-pipe-trainer", "swarm-worker"])
+def test_cpu_target_is_unprivileged_with_its_test_input_and_no_weights(docker, cpu_images, name):
+    script = ("id -u; cmp /app/test_input.json /expected.json && echo same-input; "
+              "find / -xdev \\( -name '*.safetensors' -o -name '*.ckpt' -o -name '*.gguf' -o -name '*.bin' \\) "
+              "-size +1M -print | head -5")
+    expected = REPO / "test_inputs" / name / "test_input.json"
+    proc = subprocess.run([docker.binary, "run", "--rm", "--entrypoint", "sh", "-v", f"{expected}:/expected.json:ro",
+                           cpu_images[name], "-c", script], capture_output=True, text=True, timeout=120)
+    lines = proc.stdout.split()
+    assert lines[:2] == ["10001", "same-input"], proc.stdout + proc.stderr
+    assert lines[2:] == [], f"model weights baked into {name}: {lines[2:]}"
+
+
 # --- controlnet-pyworker ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -58,7 +71,7 @@ def cn_volume(cn_models, tmp_path_factory) -> Path:
     return writable_copy(cn_models, tmp_path_factory.mktemp("cn-docker") / "models")
 
 
-def test_controlnet_runs_its_test_input(docker, cpu_images, cn_volume):
+def test_controlnet_runs_its_test_input(docker, cpu_images, cn_volume, image_version):
     proc = docker.run(cpu_images["controlnet-pyworker"], volumes={str(cn_volume): "/workspace/models"})
     printed = printed_result(proc)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -66,7 +79,7 @@ def test_controlnet_runs_its_test_input(docker, cpu_images, cn_volume):
                               "'steps': 6, 'cfg': 2.0"), printed[:500]
     assert "'images': ['iVBORw0KGgo" in printed, "a base64 PNG in the result"
     assert "'error'" not in printed
-    assert f"'worker_version': '{worker_version()}'" in printed, "the version build_images stamped in"
+    assert f"'worker_version': '{image_version}'" in printed, "the version build_images stamped in"
 
 
 def test_controlnet_bad_test_input_fails_with_the_field(docker, cpu_images, cn_volume, tmp_path):
@@ -139,7 +152,7 @@ def tiny_dataset_url(tmp_path_factory):
     httpd.shutdown()
 
 
-def test_trainer_dry_run_of_its_test_input(docker, cpu_images, tiny_dataset_url):
+def test_trainer_dry_run_of_its_test_input(docker, cpu_images, tiny_dataset_url, image_version):
     proc = docker.run(cpu_images["diffusion-pipe-trainer"], network_host=True,
                       env={"ALLOW_PRIVATE_DOWNLOADS": "1", "RUNPOD_SKIP_GPU_CHECK": "true"})
     printed = printed_result(proc)
@@ -149,7 +162,7 @@ def test_trainer_dry_run_of_its_test_input(docker, cpu_images, tiny_dataset_url)
     assert "\\nepochs = 10\\n" in printed and "\\nrank = 16\\n" in printed, "the job's training keys in config.toml"
     assert "'images': 4" in printed and "'trigger_word': 'ohwx'" in printed, "the served tiny dataset, all 4 images"
     assert "'train.py', '--deepspeed'" in printed
-    assert f"'worker_version': '{worker_version()}'" in printed
+    assert f"'worker_version': '{image_version}'" in printed
 
 
 def test_trainer_bad_test_input_fails_before_download(docker, cpu_images, tmp_path):
@@ -181,7 +194,7 @@ def swarm_env() -> dict[str, str]:
             "SWARMUI_STARTUP_TIMEOUT": "60", "FAKE_SWARMUI_STEP_SECONDS": "0.01"}
 
 
-def test_swarm_runs_its_test_input_against_the_swarmui_stand_in(docker, cpu_images, swarm_volume):
+def test_swarm_runs_its_test_input_against_the_swarmui_stand_in(docker, cpu_images, swarm_volume, image_version):
     proc = docker.run(cpu_images["swarm-worker"], env=swarm_env(),
                       volumes={str(REPO / "tests"): "/app/tests:ro", str(swarm_volume): "/models"})
     printed = printed_result(proc)
@@ -189,7 +202,7 @@ def test_swarm_runs_its_test_input_against_the_swarmui_stand_in(docker, cpu_imag
     assert printed.startswith("{'output': {'success': True, 'outputs': [{'filename': "), printed[:3000]
     assert "'mime': 'image/png'" in printed and "'base64': 'iVBORw0KGgo" in printed, "the PNG inline"
     assert "'delivery': 'inline'" in printed and "'seed': 42" in printed and "'steps': 4" in printed
-    assert f"'worker_version': '{worker_version()}'" in printed
+    assert f"'worker_version': '{image_version}'" in printed
 
 
 def test_swarm_bad_test_input_names_the_action(docker, cpu_images, swarm_volume, tmp_path):
@@ -204,7 +217,7 @@ def test_swarm_bad_test_input_names_the_action(docker, cpu_images, swarm_volume,
 
 # --- the RunPod Hub's single-file Dockerfile ----------------------------------------------------
 
-def test_hub_dockerfile_builds_and_answers_its_test_input(docker, cpu_images, cn_volume):
+def test_hub_dockerfile_builds_and_answers_its_test_input(docker, cpu_images, cn_volume, image_version):
     """.runpod/Dockerfile (base + controlnet stages in one file, what the Hub builds) builds on its
     own and its image runs like the two-step build's."""
     from scripts.build_images import HUB_DOCKERFILE, docker_build, prepare_extras
@@ -212,7 +225,7 @@ def test_hub_dockerfile_builds_and_answers_its_test_input(docker, cpu_images, cn
 
     torch_args = prepare_extras(target="cpu", python_tag="cp311", log=lambda *_: None)
     docker_build(docker.binary, HUB_DOCKERFILE, "controlnet-pyworker-hub:test", target="cpu", quiet=True,
-                 build_args={"BASE_IMAGE": DEFAULT_TAG, **torch_args, "WORKER_VERSION": worker_version()})
+                 build_args={"BASE_IMAGE": DEFAULT_TAG, **torch_args, "WORKER_VERSION": image_version})
     proc = docker.run("controlnet-pyworker-hub:test", volumes={str(cn_volume): "/workspace/models"})
     printed = printed_result(proc)
     assert proc.returncode == 0, proc.stderr[-3000:]
