@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+# The first test also pays for the session's image builds (minutes on a cold 2-core machine).
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[1]
 
