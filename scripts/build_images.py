@@ -201,7 +201,7 @@ def build(images: list[str], *, tag: str, target: str, base_image: str | None = 
         image_tag = f"{name}:{tag}"
         args = {"WORKER_BASE": bases[image_base], "WORKER_VERSION": version}
         if bake_variant and name == "controlnet-pyworker":
-            args["BAKE_VARIANT"] = bake_variant
+            args.update(BAKE_VARIANT=bake_variant, MODELS_DIR="/opt/models")
         secrets = [f"id=hf_token,src={hf_token_file}"] if hf_token_file and name == "controlnet-pyworker" else []
         start = time.monotonic()
         log(f"== {image_tag} (target {target})")
