@@ -144,8 +144,10 @@ def worker_version() -> str:
 
 def docker_build(docker: str, dockerfile: Path, tag: str, *, target: str | None = None,
                  build_args: dict[str, str] | None = None, secrets: list[str] | None = None,
-                 quiet: bool = False, no_cache: bool = False) -> None:
+                 quiet: bool = False, no_cache: bool = False, network: str | None = None) -> None:
     cmd = [docker, "build", "-f", str(dockerfile), "-t", tag] + (["--no-cache"] if no_cache else [])
+    if network:
+        cmd += ["--network", network]
     if target:
         cmd += ["--target", target]
     for key, value in (build_args or {}).items():
@@ -175,7 +177,8 @@ def base_tag(tag: str, target: str, base_image: str) -> str:
 
 def build(images: list[str], *, tag: str, target: str, base_image: str | None = None,
           bake_variant: str | None = None, hf_token_file: str | None = None, quiet: bool = False,
-          no_cache: bool = False, version: str | None = None, report_dir: Path | None = None,
+          no_cache: bool = False, version: str | None = None, bake_manifest: str | None = None,
+          report_dir: Path | None = None,
           log=print) -> dict[str, float]:
     """Build the base(s) and the images; return the seconds each took (bases included)."""
     docker = docker_binary()
@@ -202,7 +205,10 @@ def build(images: list[str], *, tag: str, target: str, base_image: str | None = 
         args = {"WORKER_BASE": bases[image_base], "WORKER_VERSION": version}
         if bake_variant and name == "controlnet-pyworker":
             args.update(BAKE_VARIANT=bake_variant, MODELS_DIR="/opt/models")
-        secrets = [f"id=hf_token,src={hf_token_file}"] if hf_token_file and name == "controlnet-pyworker" else []
+        secrets = []
+        if name == "controlnet-pyworker":
+            secrets += [f"id=hf_token,src={hf_token_file}"] if hf_token_file else []
+            secrets += [f"id=model_manifest,src={bake_manifest}"] if bake_manifest else []
         start = time.monotonic()
         log(f"== {image_tag} (target {target})")
         docker_build(docker, ROOT / "images" / name / "Dockerfile", image_tag, target=target, build_args=args,
@@ -248,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bake-variant", help="controlnet-pyworker: fetch this model variant into the image")
     parser.add_argument("--hf-token-file", help="file holding a Hugging Face token for --bake-variant "
                                                 "(a build secret, not stored in the image)")
+    parser.add_argument("--bake-manifest", help="controlnet-pyworker: bake from this model manifest (kept in the "
+                                                "image as /opt/models/manifest.json)")
     parser.add_argument("--quiet", action="store_true", help="show docker's output only when a build fails")
     parser.add_argument("--no-cache", action="store_true", help="rebuild every layer (to measure cold build times)")
     parser.add_argument("--write-hub-dockerfile", action="store_true",
@@ -260,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         build(args.images, tag=args.tag, target=args.target, base_image=args.base_image,
               bake_variant=args.bake_variant, hf_token_file=args.hf_token_file, quiet=args.quiet,
-              no_cache=args.no_cache)
+              no_cache=args.no_cache, bake_manifest=args.bake_manifest)
     except (BuildError, RuntimeError, subprocess.CalledProcessError) as exc:
         print(f"build_images: {exc}", file=sys.stderr)
         return 1

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.fixtures.docker import TEST_TAG
+
 # The first test also pays for the session's image builds (minutes on a cold 2-core machine).
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -231,4 +233,36 @@ def test_hub_dockerfile_builds_and_answers_its_test_input(docker, cpu_images, cn
     printed = printed_result(proc)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert printed.startswith("{'output': {'seed': 42, 'seeds': [42], 'model': 'lightning'"), printed[:500]
+    assert "'images': ['iVBORw0KGgo" in printed
+
+
+def test_controlnet_bakes_a_variant_from_a_manifest(docker, cpu_images, cn_models, image_version, tmp_path):
+    """BAKE_VARIANT fetches the variant at build time (here from the tiny models served on
+    127.0.0.1, named by a manifest passed as a build secret); the image then runs its
+    test_input.json with no volume at all."""
+    from scripts.build_images import docker_build, prepare_extras
+    from scripts.demo_trainer import serve
+
+    httpd = serve(cn_models)
+    try:
+        manifest = json.loads((cn_models / "manifest.json").read_text())
+        for component in manifest["components"].values():
+            for entry in component["files"]:
+                rel = "/".join(part for part in (component["path"], entry["name"]) if part)
+                entry["source"] = f"http://127.0.0.1:{httpd.server_address[1]}/{rel}"
+        manifest_file = tmp_path / "manifest.json"
+        manifest_file.write_text(json.dumps(manifest))
+        torch_args = prepare_extras(target="cpu", python_tag="cp311", log=lambda *_: None)
+        docker_build(docker.binary, REPO / "images" / "controlnet-pyworker" / "Dockerfile", "controlnet-pyworker:test-baked",
+                     target="cpu", quiet=True, network="host", secrets=[f"id=model_manifest,src={manifest_file}"],
+                     build_args={"WORKER_BASE": f"gpu-worker-base:{TEST_TAG}-cpu", "WORKER_VERSION": image_version,
+                                 "BAKE_VARIANT": "lightning", "BAKE_ALLOW_LAN": "1", "MODELS_DIR": "/opt/models",
+                                 **torch_args})
+    finally:
+        httpd.shutdown()
+    proc = docker.run("controlnet-pyworker:test-baked")
+    printed = printed_result(proc)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert printed.startswith("{'output': {'seed': 42, 'seeds': [42], 'model': 'lightning', 'era': 'wilderness'"), \
+        printed[:500]
     assert "'images': ['iVBORw0KGgo" in printed
