@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import mimetypes
@@ -14,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from common.hashing import file_sha256
 from common.jobs import Progress
 from common.redaction import redact_text
 
@@ -47,11 +47,7 @@ class Artifact:
         self._hasher.start()
 
     def _hash(self) -> None:
-        digest = hashlib.sha256()
-        with self.path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(8 << 20), b""):
-                digest.update(chunk)
-        self._digest = digest.hexdigest()
+        self._digest = file_sha256(self.path)
 
     @property
     def sha256(self) -> str:

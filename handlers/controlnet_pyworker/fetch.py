@@ -9,13 +9,13 @@ fetching the same files at once.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
+from common.hashing import file_sha256
 from handlers.controlnet_pyworker.manifest import Component, FileEntry
 
 log = logging.getLogger("controlnet.fetch")
@@ -30,14 +30,6 @@ def download_url(source: str) -> str:
     if source.startswith("gs://"):
         return f"{GCS_HTTPS.rstrip('/')}/{source[len('gs://'):]}"
     return source
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def missing_files(components: Iterable[Component], models_dir: Path) -> list[tuple[FileEntry, Path]]:
@@ -75,7 +67,7 @@ def ensure(components: Iterable[Component], models_dir: Path, *, progress: Progr
         for comp in components:
             for entry, path in comp.file_paths(models_dir):
                 if path.is_file():
-                    if not (verify_existing and entry.sha256) or sha256_of(path) == entry.sha256:
+                    if not (verify_existing and entry.sha256) or file_sha256(path) == entry.sha256:
                         continue
                     log.warning("%s: sha256 mismatch, fetching again", path)
                     path.unlink()
@@ -85,6 +77,6 @@ def ensure(components: Iterable[Component], models_dir: Path, *, progress: Progr
                 download(download_url(entry.source), path, max_bytes=entry.size or MAX_FILE_BYTES,
                          sha256=entry.sha256, progress=cb)
                 if entry.sha256 is None:
-                    log.warning("%s has no pinned sha256; downloaded file's sha256 is %s", label, sha256_of(path))
+                    log.warning("%s has no pinned sha256; downloaded file's sha256 is %s", label, file_sha256(path))
                 fetched.append(path)
     return fetched

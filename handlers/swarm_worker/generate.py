@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import logging
 import mimetypes
 import re
 from pathlib import Path
 from typing import Any
 
+from common.hashing import file_sha256
 from common.jobs import JobError, Progress, Timings
 from common.swarmui import SwarmUIError, SwarmUIUnavailable, is_data_url
 from handlers.swarm_worker.runtime import WorkerRuntime
@@ -22,18 +22,10 @@ log = logging.getLogger("swarm.generate")
 MODEL_FIELDS = ("model", "videomodel", "videoswapmodel")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _describe(path: Path) -> dict[str, Any]:
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return {"filename": path.name, "mime": mime, "kind": mime.split("/")[0],
-            "size_bytes": path.stat().st_size, "sha256": _sha256(path)}
+            "size_bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def _model_key(name: str) -> str:

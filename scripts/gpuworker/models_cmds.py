@@ -4,28 +4,18 @@ checksummed), or with a trainer model's Hugging Face weights the way the trainer
 from __future__ import annotations
 
 import argparse
-import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from common.hashing import file_sha256
 from scripts.gpuworker.console import CliError, Console
 
 if TYPE_CHECKING:
     from scripts.gpuworker.manifest import ModelFile
 
 DEFAULT_MAX_BYTES = 1 << 40  # 1 TiB: a manifest entry without `size` is not capped further
-
-
-def sha256_of(path: Path, progress: Any = None) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            if progress:
-                progress(len(chunk))
-    return h.hexdigest()
 
 
 def shown(url: str) -> str:
@@ -47,7 +37,7 @@ class Fetcher:
             return f"size {size} != {item.size}"
         if item.sha256 and self.verify_existing:
             task = self.bar.add_task(f"verify {item.path}", total=size)
-            digest = sha256_of(target, lambda n: self.bar.advance(task, n))
+            digest = file_sha256(target, lambda n: self.bar.advance(task, n))
             self.bar.remove_task(task)
             if digest != item.sha256:
                 return "sha256 differs"

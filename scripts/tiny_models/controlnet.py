@@ -17,9 +17,10 @@ tokenizers are byte-level vocabularies built in memory.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
+
+from common.hashing import file_sha256
 
 SEED = 1234
 SOURCE_PREFIX = "hf://gpu-worker-images/tiny-controlnet-pyworker"
@@ -176,14 +177,6 @@ def _save_depth_model(out: Path) -> None:
     processor.save_pretrained(out / DEPTH_DIR)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _component(out: Path, kind: str, rel: str, **extra) -> dict:
     root = out / rel
     paths = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
@@ -191,7 +184,7 @@ def _component(out: Path, kind: str, rel: str, **extra) -> dict:
     for p in paths:
         name = p.relative_to(root).as_posix() if root.is_dir() else ""
         files.append({"name": name, "source": f"{SOURCE_PREFIX}/{rel}{'/' + name if name else ''}",
-                      "sha256": _sha256(p), "size": p.stat().st_size})
+                      "sha256": file_sha256(p), "size": p.stat().st_size})
     return {"kind": kind, "path": rel, **extra, "files": files}
 
 

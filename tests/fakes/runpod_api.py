@@ -38,7 +38,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.fakes.threaded_http import LocalService
+from tests.fakes.threaded_http import LocalService, reply_json
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
 
@@ -289,13 +289,4 @@ class FakeRunPodAPI(LocalService):
                 self.cond.notify_all()
             return self._send(h, 200, {"id": job.id, "status": job.status})
 
-    @staticmethod
-    def _send(h: BaseHTTPRequestHandler, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
-        h.send_response(status)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            h.send_header(k, v)
-        h.end_headers()
-        h.wfile.write(data)
+    _send = staticmethod(reply_json)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -32,6 +33,11 @@ class BackgroundServer:
 def read_body(handler: BaseHTTPRequestHandler) -> bytes:
     length = int(handler.headers.get("Content-Length") or 0)
     return handler.rfile.read(length) if length else b""
+
+
+def reply_json(handler: BaseHTTPRequestHandler, status: int, body: object,
+               headers: dict[str, str] | None = None) -> None:
+    reply(handler, status, json.dumps(body), "application/json", headers)
 
 
 def reply(handler: BaseHTTPRequestHandler, status: int, body: bytes | str = b"",

@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.fakes.threaded_http import LocalService
+from tests.fakes.threaded_http import LocalService, reply_json
 
 DEFAULT_OFFERS = [
     {"id": 1001, "machine_id": 11, "gpu_name": "RTX 4090", "num_gpus": 1, "gpu_ram": 24564, "dph_total": 0.42,
@@ -195,13 +195,4 @@ class FakeVastAPI(LocalService):
                 return self._send(h, 200, {"success": True})
         return self._send(h, 404, {"success": False, "error": "not_found", "msg": f"{method} {parts.path}"})
 
-    @staticmethod
-    def _send(h: BaseHTTPRequestHandler, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
-        h.send_response(status)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            h.send_header(k, v)
-        h.end_headers()
-        h.wfile.write(data)
+    _send = staticmethod(reply_json)
