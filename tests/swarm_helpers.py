@@ -14,6 +14,17 @@ from tests.fakes import swarmui as fake
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def running_commands() -> list[str]:
+    """Command lines of the processes running now (to check none was left behind)."""
+    out = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            out.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            pass
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

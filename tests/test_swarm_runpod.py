@@ -16,17 +16,7 @@ import pytest
 
 from common.swarmui import SwarmUIClient, SwarmUIError
 from tests.fakes.runpod_jobs import RunPodJobServer, launch_handler
-from tests.swarm_helpers import ROOT, worker_env
-
-
-def _processes() -> list[str]:
-    out = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            out.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-        except OSError:
-            pass
-    return out
+from tests.swarm_helpers import ROOT, running_commands, worker_env
 
 
 def test_sdk_local_mode_runs_the_image_test_input(tmp_path):
@@ -38,7 +28,7 @@ def test_sdk_local_mode_runs_the_image_test_input(tmp_path):
     assert "Job local_test completed successfully." in out.stdout
     assert "'success': True" in out.stdout and "'delivery': 'inline'" in out.stdout
     # SwarmUI went down with the worker process, and was not restarted on the way out
-    assert not any(f"--port {env['SWARMUI_INTERNAL_PORT']}" in p for p in _processes())
+    assert not any(f"--port {env['SWARMUI_INTERNAL_PORT']}" in p for p in running_commands())
     assert "restarting SwarmUI" not in out.stderr
     assert json.loads(test_input)["input"]["action"] == "generate"
 
@@ -62,7 +52,7 @@ def loop_worker(tmp_path_factory):
             yield server, proc, env
         finally:
             assert proc.stop(30) == 0, proc.log_tail()
-    assert not any(f"--port {env['SWARMUI_INTERNAL_PORT']}" in p for p in _processes())
+    assert not any(f"--port {env['SWARMUI_INTERNAL_PORT']}" in p for p in running_commands())
 
 
 def _lease_first_output(server: RunPodJobServer, job_id: str, proc, timeout: float = 30) -> dict:

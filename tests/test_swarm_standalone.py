@@ -17,7 +17,7 @@ import pytest
 from common.jobs import JobError
 from common.swarmui import SwarmUIClient
 from handlers.swarm_worker.manifest import load_manifest
-from tests.swarm_helpers import ROOT, worker_env
+from tests.swarm_helpers import ROOT, running_commands, worker_env
 
 START = ROOT / "images" / "swarm-worker" / "start.sh"
 FAKE_CLOUDFLARED = """#!{python}
@@ -103,7 +103,7 @@ def test_start_script_runs_swarmui_gateway_tunnel_and_fetches_models(tmp_path, m
         proc.terminate()
         assert proc.wait(20) == 0
     # SwarmUI and the tunnel went with it
-    assert not any(f"--port {env['SWARMUI_INTERNAL_PORT']}" in p for p in _processes())
+    assert not any(f"--port {env['SWARMUI_INTERNAL_PORT']}" in p for p in running_commands())
     # a second start skips what is present
     fetched_mtime = fetched.stat().st_mtime_ns
     proc, lines = _run_start_script(env, url_file)
@@ -111,16 +111,6 @@ def test_start_script_runs_swarmui_gateway_tunnel_and_fetches_models(tmp_path, m
     proc.wait(20)
     assert fetched.stat().st_mtime_ns == fetched_mtime
     assert any("model present, skipped" in line for line in lines)
-
-
-def _processes() -> list[str]:
-    out = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            out.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-        except OSError:
-            pass
-    return out
 
 
 def test_bad_manifest_stops_before_starting(tmp_path):
