@@ -14,6 +14,22 @@ from tests.fakes import swarmui as fake
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def assert_token_revoked(public_url: str, token: str) -> None:
+    """The gateway refuses `token` now (401 from a session request)."""
+    from common.swarmui import SwarmUIClient, SwarmUIError
+
+    async def session() -> None:
+        async with SwarmUIClient(public_url, token=token) as c:
+            await c.session_id()
+
+    try:
+        asyncio.run(session())
+    except SwarmUIError as err:
+        assert err.status == 401, err
+    else:
+        raise AssertionError("the revoked token was still accepted")
+
+
 def running_commands() -> list[str]:
     """Command lines of the processes running now (to check none was left behind)."""
     out = []

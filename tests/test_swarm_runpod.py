@@ -16,7 +16,7 @@ import pytest
 
 from common.swarmui import SwarmUIClient, SwarmUIError
 from tests.fakes.runpod_jobs import RunPodJobServer, launch_handler
-from tests.swarm_helpers import ROOT, running_commands, worker_env
+from tests.swarm_helpers import ROOT, assert_token_revoked, running_commands, worker_env
 
 
 def test_sdk_local_mode_runs_the_image_test_input(tmp_path):
@@ -140,13 +140,7 @@ def test_lease_streams_its_first_output_and_releases_on_idle(loop_worker):
     assert rec.status == "COMPLETED" and rec.output["released"] is True and rec.output["reason"] == "idle"
     assert len(rec.stream) == 1
 
-    async def after():
-        async with SwarmUIClient(first["public_url"], token=first["token"]) as c:
-            await c.session_id()
-
-    with pytest.raises(SwarmUIError) as err:
-        asyncio.run(after())
-    assert err.value.status == 401
+    assert_token_revoked(first["public_url"], first["token"])
 
 
 def test_lease_grace_expiry_and_busy(loop_worker):
