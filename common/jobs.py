@@ -212,6 +212,11 @@ class Progress:
                 log.warning("progress sink failed: %s", exc)
         return True
 
+    @property
+    def stage(self) -> str | None:
+        """The stage of the last update sent."""
+        return self._last_stage
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

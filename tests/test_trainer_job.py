@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -195,6 +196,35 @@ def test_hang_past_timeout_is_a_timeout(trainer_env, dataset_server, monkeypatch
     res = run_handler({"model_type": "z_image_turbo", "timeout_s": 4,
                        "dataset": {"type": "precaptioned", "images_url": url}}, job_id="hang")
     assert res["error_code"] == "timeout" and "time limit" in res["error"], res
+
+
+def test_time_limit_running_out_while_captioning_stops_before_training(trainer_env, dataset_server, gemini):
+    gemini.state.processing_polls = 10**9  # Gemini never finishes processing the first clip
+    url = dataset_server.put_zip("slow.zip", {"a.mp4": mp4(1), "b.mp4": mp4(2)})
+    res = run_handler({"model_type": "wan13", "timeout_s": 3, "api_keys": {"gemini_api_key": GEMINI_KEY},
+                       "dataset": {"type": "videos", "videos_url": url}}, job_id="slow-captions")
+    assert res["error_code"] == "timeout", res
+    assert "time limit of 3 s ran out during 'captioning', before training started" in res["error"]
+    assert res["refresh_worker"] is True
+    assert not (trainer_env / "jobs" / "slow-captions" / "logs" / "train.log").exists()
+    # the captioning thread stops at its next poll: the upload is deleted and the second clip never sent
+    deadline = time.monotonic() + 10
+    while len(gemini.state.deleted) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert len(gemini.state.deleted) == 1 and gemini.state.files == {}
+    assert len(gemini.state.uploads) == 1 and gemini.state.generate_calls == []
+
+
+def test_upload_after_training_is_not_cut_off_by_the_time_limit(trainer_env, dataset_server, put_server):
+    seed_weights(trainer_env, "sdxl")
+    put_server.delay_s = 6.0  # training ends inside the limit, the upload's answer arrives after it
+    url = dataset_server.put_zip("quick.zip", image_zip(2, captioned=(0, 1)))
+    res = run_handler({"model_type": "sdxl", "timeout_s": 6, "training": {"epochs": 1},
+                       "dataset": {"type": "precaptioned", "images_url": url},
+                       "output": {"upload_url": put_server.url("late.zip")}}, job_id="late-upload")
+    assert res.get("status") == "success", res
+    assert res["timings"]["total"] > 6 and "/bucket/late.zip" in put_server.received
 
 
 def test_training_delivers_the_latest_epoch_lora_zipped(trainer_env, dataset_server, put_server):

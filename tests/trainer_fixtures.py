@@ -14,6 +14,7 @@ import io
 import os
 import sys
 import threading
+import time
 import zipfile
 from functools import partial
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -151,13 +152,16 @@ def trainer_env(tmp_path, monkeypatch, trainer_models) -> Path:
 
 class _PutRecorder(BaseHTTPRequestHandler):
     received: dict[str, bytes]
+    server: ThreadingHTTPServer
 
     def log_message(self, *args) -> None:
         pass
 
     def do_PUT(self) -> None:  # noqa: N802
         n = int(self.headers.get("Content-Length") or 0)
-        self.received[self.path.split("?")[0]] = self.rfile.read(n)
+        body = self.rfile.read(n)
+        time.sleep(self.server.delay_s)  # type: ignore[attr-defined]  # a slow link
+        self.received[self.path.split("?")[0]] = body
         self.send_response(200)
         self.send_header("ETag", '"fake"')
         self.send_header("Content-Length", "0")
@@ -166,10 +170,12 @@ class _PutRecorder(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def put_server():
-    """A presigned-PUT target on 127.0.0.1: `url(name)` gives a signed-looking URL, `received` the bodies."""
+    """A presigned-PUT target on 127.0.0.1: `url(name)` gives a signed-looking URL, `received` the bodies;
+    set `delay_s` to make each PUT answer that much later."""
     received: dict[str, bytes] = {}
     handler = type("Handler", (_PutRecorder,), {"received": received})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.delay_s = 0.0  # type: ignore[attr-defined]
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.received = received  # type: ignore[attr-defined]

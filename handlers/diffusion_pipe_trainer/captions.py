@@ -14,6 +14,7 @@ import mimetypes
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -167,9 +168,14 @@ def _gemini_error(exc: Exception, model: str, video: Path) -> JobError:
     return JobError("engine_failed", f"Gemini failed on {video.name}: {type(exc).__name__}: {exc}")
 
 
+class CaptioningStopped(Exception):
+    """The job ended (cancelled or out of time) while its captioning thread was still running."""
+
+
 def caption_video(client, video: Path, *, model: str, prompt: str, poll_s: float = 2.0,
-                  processing_timeout_s: float = 600.0) -> str:
+                  processing_timeout_s: float = 600.0, stop: threading.Event | None = None) -> str:
     """Upload the whole clip, wait until Gemini has processed it, caption it, delete the upload."""
+    stop = stop or threading.Event()
     from google.genai import types
 
     mime = mimetypes.guess_type(video.name)[0] or "video/mp4"
@@ -179,7 +185,8 @@ def caption_video(client, video: Path, *, model: str, prompt: str, poll_s: float
         while f.state == types.FileState.PROCESSING:
             if time.monotonic() > deadline:
                 raise JobError("engine_failed", f"Gemini did not finish processing {video.name} in time")
-            time.sleep(poll_s)
+            if stop.wait(poll_s):
+                raise CaptioningStopped(video.name)
             f = client.files.get(name=f.name)
         if f.state == types.FileState.FAILED:
             reason = getattr(f.error, "message", None) or "no reason given"
@@ -199,7 +206,8 @@ def caption_video(client, video: Path, *, model: str, prompt: str, poll_s: float
 
 
 def caption_videos(files: list[Path], *, api_key: str, model: str | None, prompt: str | None,
-                   trigger: str | None, on_caption: OnCaption) -> None:
+                   trigger: str | None, on_caption: OnCaption, stop: threading.Event | None = None) -> None:
+    """Caption the clips one by one; setting `stop` ends the loop at the next clip or processing poll."""
     model = model or os.environ.get("GEMINI_MODEL") or DEFAULT_GEMINI_MODEL
     full_prompt = prompt or VIDEO_PROMPT
     if trigger:
@@ -207,9 +215,11 @@ def caption_videos(files: list[Path], *, api_key: str, model: str | None, prompt
     client = gemini_client(api_key)
     poll = float(os.environ.get("GEMINI_POLL_S", "2"))
     for video in files:
+        if stop is not None and stop.is_set():
+            raise CaptioningStopped(video.name)
         try:
-            caption = caption_video(client, video, model=model, prompt=full_prompt, poll_s=poll)
-        except JobError:
+            caption = caption_video(client, video, model=model, prompt=full_prompt, poll_s=poll, stop=stop)
+        except (JobError, CaptioningStopped):
             raise
         except Exception as exc:
             raise _gemini_error(exc, model, video) from None

@@ -13,7 +13,9 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +106,13 @@ async def _caption(req: TrainRequest, sets: dict[str, dataset.MediaSet], dirs: J
         progress.update("captioning", 100.0 * done / total, f"captioning {len(todo['videos'])} videos with Gemini",
                         force=True)
         key = req.api_keys.gemini_api_key or os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
-        await asyncio.to_thread(captions.caption_videos, todo["videos"], api_key=key, model=req.caption.gemini_model,
-                                prompt=req.caption.video_prompt, trigger=trigger, on_caption=on_caption)
+        stop = threading.Event()
+        try:
+            await asyncio.to_thread(captions.caption_videos, todo["videos"], api_key=key,
+                                    model=req.caption.gemini_model, prompt=req.caption.video_prompt, trigger=trigger,
+                                    on_caption=on_caption, stop=stop)
+        finally:  # on a cancel or the time limit, the thread stops at its next poll instead of captioning on
+            stop.set()
         stats["captioned_videos"] = len(todo["videos"])
     return stats
 
@@ -151,10 +158,7 @@ async def _body(job: dict, timings: Timings) -> dict:
     dirs.create()
     progress = Progress(job, min_interval=_progress_interval(), sinks=[hub] if hub else None)
     try:
-        limit = _timeout(req)
-        # training stops itself at the limit with a precise message; this backstop covers the stages before it
-        result = await asyncio.wait_for(_train(req, spec, dirs, progress, timings, started),
-                                        timeout=limit + 30 if limit else None)
+        result = await _train(req, spec, dirs, progress, timings, started)
     except BaseException as exc:
         progress.close()
         if hub:
@@ -204,8 +208,20 @@ def _start_hub_updates(req: TrainRequest, job_id: str):
     return hub
 
 
-async def _train(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, progress: Progress, timings: Timings,
-                 started: float) -> dict:
+@dataclass
+class _Plan:
+    """What the stages before training produced: configs on the volume and the dataset's numbers."""
+
+    cfg_path: Path
+    output_dir: Path
+    texts: dict[str, str]
+    n_resolutions: int
+    dir_items: list[tuple[int, int]]
+    steps_per_epoch: int
+    dataset_info: dict[str, Any]
+
+
+async def _plan(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, progress: Progress, timings: Timings) -> _Plan:
     summary: dict[str, Any] = {}
     if req.resume:
         earlier, info = _earlier_job(req, dirs.root)
@@ -249,32 +265,56 @@ async def _train(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, progress: Pr
                  + [(counts["videos"], data_dirs.video_repeats)] * bool(data_dirs.videos))
     steps = steps_per_epoch_estimate(dir_items, len(ds_cfg["resolutions"]), req.training.batch_size,
                                      req.training.gradient_accumulation_steps)
-    base = {"job_id": dirs.job_id, "model_type": req.model_type, "model_name": spec.model_name}
     dataset_info = {"images": counts["images"], "videos": counts["videos"], **summary,
                     "trigger_word": req.dataset.trigger_word if req.dataset else None}
-    if req.dry_run:
-        return {
-            "status": "dry_run", **base, "configs": texts,
-            "config_dir": str(dirs.config), "dataset": dataset_info,
-            "model_paths": {f.repo_id: str(dirs.models / f.local_dir) for f in spec.fetch},
-            "estimated_steps_per_epoch": steps,
-            "estimated_total_steps": steps * req.training.epochs if not req.training.max_steps
-            else min(steps * req.training.epochs, req.training.max_steps),
-            "command": training.command(cfg_path, resume=bool(req.resume), num_gpus=1),
-            "lora_file": spec.lora_file, "lora_format": spec.lora_format,
-        }
+    return _Plan(cfg_path, output_dir, texts, len(ds_cfg["resolutions"]), dir_items, steps, dataset_info)
 
+
+async def _fetch_models(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, progress: Progress,
+                        timings: Timings) -> None:
     with timings.stage("models"):
         token = _hf_token(req)
         for i, item in enumerate(spec.fetch):
             progress.update("fetching_models", 100.0 * i / len(spec.fetch), f"{item.repo_id}", force=True)
             await asyncio.to_thread(model_fetch.ensure, dirs.models, item, token=token)
 
-    tp = TrainProgress(epochs=req.training.epochs, steps_per_epoch=steps, max_steps=req.training.max_steps,
-                       dataset_dirs=dir_items, n_resolutions=len(ds_cfg["resolutions"]))
-    remaining = None
-    if (limit := _timeout(req)) is not None:
-        remaining = max(1.0, limit - (time.monotonic() - started))
+
+def _dry_run_result(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, plan: _Plan) -> dict:
+    steps = plan.steps_per_epoch
+    return {
+        "configs": plan.texts, "config_dir": str(dirs.config), "dataset": plan.dataset_info,
+        "model_paths": {f.repo_id: str(dirs.models / f.local_dir) for f in spec.fetch},
+        "estimated_steps_per_epoch": steps,
+        "estimated_total_steps": steps * req.training.epochs if not req.training.max_steps
+        else min(steps * req.training.epochs, req.training.max_steps),
+        "command": training.command(plan.cfg_path, resume=bool(req.resume), num_gpus=1),
+        "lora_file": spec.lora_file, "lora_format": spec.lora_format,
+    }
+
+
+async def _train(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, progress: Progress, timings: Timings,
+                 started: float) -> dict:
+    base = {"job_id": dirs.job_id, "model_type": req.model_type, "model_name": spec.model_name}
+    limit = _timeout(req)
+    # the time limit covers everything up to the end of training; training enforces its share itself,
+    # stopping the process group with the epoch and step it reached. The upload after it is not cut off.
+    before_training = asyncio.timeout_at(started + limit if limit else None)
+    try:
+        async with before_training:
+            plan = await _plan(req, spec, dirs, progress, timings)
+            if req.dry_run:
+                return {"status": "dry_run", **base, **_dry_run_result(req, spec, dirs, plan)}
+            await _fetch_models(req, spec, dirs, progress, timings)
+    except TimeoutError:
+        if not before_training.expired():
+            raise
+        raise JobError("timeout", f"timeout_s: the job's time limit of {limit:g} s ran out during "
+                                  f"'{progress.stage}', before training started; nothing was trained") from None
+    remaining = max(1.0, started + limit - time.monotonic()) if limit else None
+
+    tp = TrainProgress(epochs=req.training.epochs, steps_per_epoch=plan.steps_per_epoch,
+                       max_steps=req.training.max_steps, dataset_dirs=plan.dir_items,
+                       n_resolutions=plan.n_resolutions)
 
     def on_update(p: TrainProgress) -> None:
         stage = "training" if p.phase == "training" else "caching"
@@ -285,12 +325,12 @@ async def _train(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, progress: Pr
 
     progress.update("training", 0, "starting diffusion-pipe", force=True)
     with timings.stage("training"):
-        await training.run(cfg_path, progress=tp, log_file=dirs.logs / "train.log", on_update=on_update,
+        await training.run(plan.cfg_path, progress=tp, log_file=dirs.logs / "train.log", on_update=on_update,
                            resume=bool(req.resume), timeout_s=remaining)
 
-    lora = latest_lora(output_dir, spec.lora_file)
+    lora = latest_lora(plan.output_dir, spec.lora_file)
     if lora is None:
-        raise JobError("engine_failed", f"training finished but no {spec.lora_file} was saved under {output_dir}")
+        raise JobError("engine_failed", f"training finished but no {spec.lora_file} was saved under {plan.output_dir}")
     with timings.stage("upload"):
         progress.update("upload", None, f"uploading {lora.name}", force=True)
         record = await _upload(req, dirs.job_id, lora, progress)
@@ -304,7 +344,7 @@ async def _train(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, progress: Pr
         "epochs_completed": epochs_completed, "latest_epoch": lora.name,
         "saved_epochs": tp.saved, "steps": tp.step, "final_loss": tp.loss,
         "lora_file": lora.file.name, "lora_format": spec.lora_format,
-        "dataset": dataset_info, "output": output,
+        "dataset": plan.dataset_info, "output": output,
     }
 
 

@@ -222,7 +222,9 @@ class TrainRequest(_Strict):
     dry_run: bool = False
     resume: str | None = Field(None, min_length=1, max_length=128,
                                description="job id whose last checkpoint (on the volume) this job continues")
-    timeout_s: float | None = Field(None, gt=0, description="stop training after this many seconds")
+    timeout_s: float | None = Field(
+        None, gt=0, description="time limit in seconds for everything up to the end of training (download, "
+                                "captioning, model fetch, training); the upload after it is not cut off")
 
     @field_validator("resume")
     @classmethod
