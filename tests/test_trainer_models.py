@@ -1,111 +1,108 @@
 """Model weights in the volume's shared models/ dir: marker, lock, atomic rename, resume, clear errors.
 
-`huggingface_hub.snapshot_download` is replaced by a recorder that writes files the way it
-does into `local_dir` (the Hub stand-in has no repo-info route for the real one).
+The real `huggingface_hub.snapshot_download` fetches from the Hub stand-in (tests/fakes/hf_hub.py).
 """
 
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 from common.jobs import JobError
 from handlers.diffusion_pipe_trainer import model_fetch
 from handlers.diffusion_pipe_trainer.models import REGISTRY, Fetch
+from tests.fakes.seaweedfs import free_port
 
-ITEM = Fetch("org/model", "model-dir", allow_patterns=("a.safetensors", "sub/*"), required=("a.safetensors", "sub"))
-
-
-class FakeSnapshot:
-    def __init__(self, files=("a.safetensors", "sub/b.json"), fail: Exception | None = None, delay: float = 0.0):
-        self.files, self.fail, self.delay = files, fail, delay
-        self.calls: list[dict] = []
-
-    def __call__(self, *, repo_id, local_dir, allow_patterns=None, ignore_patterns=None, token=None):
-        self.calls.append({"repo_id": repo_id, "local_dir": local_dir, "allow_patterns": allow_patterns,
-                           "token": token})
-        time.sleep(self.delay)
-        from pathlib import Path
-
-        for f in self.files:
-            p = Path(local_dir) / f
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(b"w")
-        if self.fail:
-            raise self.fail
-        return local_dir
+WEIGHTS = b"\x00safetensors-ish" * 64
 
 
-@pytest.fixture
-def snapshot(monkeypatch):
-    import huggingface_hub
-
-    fake = FakeSnapshot()
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
-    return fake
-
-
-def test_download_once_then_reuse(tmp_path, snapshot):
-    target = model_fetch.ensure(tmp_path, ITEM, token="hf_x")
-    assert target == tmp_path / "model-dir" and (target / ".complete").is_file()
-    assert (target / "a.safetensors").is_file() and not (tmp_path / "model-dir.partial").exists()
-    assert snapshot.calls[0]["local_dir"] == str(tmp_path / "model-dir.partial")
-    assert snapshot.calls[0]["allow_patterns"] == ["a.safetensors", "sub/*"] and snapshot.calls[0]["token"] == "hf_x"
-    model_fetch.ensure(tmp_path, ITEM)
-    assert len(snapshot.calls) == 1
+def hub_repo(hub_server, name: str, files: dict[str, bytes], **flags) -> Fetch:
+    """A public model repo on the stand-in, and the registry entry that fetches its weights and `sub/`."""
+    repo_id = f"org/{name}"
+    hub_server.state.repos[f"model:{repo_id}"] = {"private": False, "files": dict(files), "sha": "c" * 40, **flags}
+    return Fetch(repo_id, f"{name}-dir", allow_patterns=("a.safetensors", "sub/*"),
+                 required=("a.safetensors", "sub"))
 
 
-def test_a_non_empty_folder_without_marker_is_not_downloaded(tmp_path, snapshot):
-    (tmp_path / "model-dir").mkdir()
-    (tmp_path / "model-dir" / "a.safetensors").write_bytes(b"half")
-    model_fetch.ensure(tmp_path, ITEM)
-    assert len(snapshot.calls) == 1 and (tmp_path / "model-dir" / ".complete").is_file()
+def downloads(hub_server, item: Fetch) -> list[str]:
+    return sorted(d.split(":", 1)[1] for d in hub_server.state.downloads if d.startswith(f"{item.repo_id}:"))
 
 
-def test_concurrent_workers_download_once(tmp_path, monkeypatch):
-    import huggingface_hub
+FILES = {"a.safetensors": WEIGHTS, "sub/b.json": b"{}", "other.bin": b"not asked for"}
 
-    slow = FakeSnapshot(delay=0.5)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", slow)
-    threads = [threading.Thread(target=model_fetch.ensure, args=(tmp_path, ITEM)) for _ in range(3)]
+
+def test_download_once_then_reuse(tmp_path, hub_server):
+    item = hub_repo(hub_server, "once", FILES)
+    target = model_fetch.ensure(tmp_path, item, token=hub_server.token)
+    assert target == tmp_path / item.local_dir and (target / ".complete").read_text().strip() == item.repo_id
+    assert (target / "a.safetensors").read_bytes() == WEIGHTS and (target / "sub" / "b.json").is_file()
+    assert not (target / "other.bin").exists() and not (target / ".cache").exists()
+    assert not (tmp_path / f"{item.local_dir}.partial").exists()
+    assert downloads(hub_server, item) == ["a.safetensors", "sub/b.json"]
+    model_fetch.ensure(tmp_path, item)
+    assert downloads(hub_server, item) == ["a.safetensors", "sub/b.json"]  # complete: no request at all
+
+
+def test_a_non_empty_folder_without_marker_is_downloaded_again(tmp_path, hub_server):
+    item = hub_repo(hub_server, "half", FILES)
+    (tmp_path / item.local_dir).mkdir()
+    (tmp_path / item.local_dir / "a.safetensors").write_bytes(b"half")
+    target = model_fetch.ensure(tmp_path, item)
+    assert (target / "a.safetensors").read_bytes() == WEIGHTS and (target / ".complete").is_file()
+
+
+def test_concurrent_workers_download_once(tmp_path, hub_server):
+    item = hub_repo(hub_server, "shared", FILES)
+    hub_server.state.resolve_delay_s = 0.3
+    threads = [threading.Thread(target=model_fetch.ensure, args=(tmp_path, item)) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(slow.calls) == 1 and (tmp_path / "model-dir" / ".complete").is_file()
+    assert downloads(hub_server, item) == ["a.safetensors", "sub/b.json"]
+    assert (tmp_path / item.local_dir / ".complete").is_file()
 
 
-def test_incomplete_download_is_an_error_and_is_resumed_later(tmp_path, monkeypatch):
-    import huggingface_hub
-
-    partial = FakeSnapshot(files=("a.safetensors",))  # "sub" missing
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", partial)
+def test_incomplete_download_is_an_error_and_is_resumed_later(tmp_path, hub_server):
+    item = hub_repo(hub_server, "partial", {"a.safetensors": WEIGHTS})  # "sub" is not there (yet)
     with pytest.raises(JobError) as ei:
-        model_fetch.ensure(tmp_path, ITEM)
+        model_fetch.ensure(tmp_path, item)
     assert ei.value.code == "download_failed" and "missing sub" in ei.value.message
-    assert not (tmp_path / "model-dir").exists() and (tmp_path / "model-dir.partial" / "a.safetensors").exists()
-    full = FakeSnapshot()
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", full)
-    model_fetch.ensure(tmp_path, ITEM)
-    assert full.calls[0]["local_dir"] == str(tmp_path / "model-dir.partial")  # same folder: hf resumes there
-    assert (tmp_path / "model-dir" / ".complete").is_file()
+    partial = tmp_path / f"{item.local_dir}.partial"
+    assert not (tmp_path / item.local_dir).exists() and (partial / "a.safetensors").exists()
+    repo = hub_server.state.repos[f"model:{item.repo_id}"]
+    repo["files"]["sub/b.json"], repo["sha"] = b"{}", "e" * 40  # the maintainers commit the missing folder
+    target = model_fetch.ensure(tmp_path, item)
+    assert (target / ".complete").is_file() and (target / "sub" / "b.json").is_file()
+    assert downloads(hub_server, item) == ["a.safetensors", "sub/b.json"]  # the weights were not fetched twice
 
 
-def test_gated_repo_error_says_what_to_do(tmp_path, monkeypatch):
-    import huggingface_hub
-    import requests
-    from huggingface_hub.errors import GatedRepoError
-
-    resp = requests.Response()
-    resp.status_code = 403
-    monkeypatch.setattr(huggingface_hub, "snapshot_download",
-                        FakeSnapshot(files=(), fail=GatedRepoError("gated", response=resp)))
+def test_gated_repo_error_says_what_to_do(tmp_path, hub_server):
+    flux = REGISTRY["flux"].fetch[0]
+    hub_server.state.repos[f"model:{flux.repo_id}"] = {"private": False, "gated": True, "sha": "d" * 40,
+                                                       "files": {"flux1-dev.safetensors": WEIGHTS}}
     with pytest.raises(JobError) as ei:
-        model_fetch.ensure(tmp_path, REGISTRY["flux"].fetch[0], token="hf_x")
+        model_fetch.ensure(tmp_path, flux, token=hub_server.token)
     assert ei.value.code == "download_failed" and "licence" in ei.value.message
     assert "black-forest-labs/FLUX.1-dev" in ei.value.message
+
+
+def test_missing_repo_is_named(tmp_path, hub_server):
+    item = Fetch("org/does-not-exist", "nothing", required=("a.safetensors",))
+    with pytest.raises(JobError) as ei:
+        model_fetch.ensure(tmp_path, item, token=hub_server.token)
+    assert ei.value.code == "download_failed"
+    assert ei.value.message == "org/does-not-exist was not found or the token cannot read it"
+
+
+def test_unreachable_hub_is_a_download_error_not_a_crash(tmp_path, hub_server, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    item = Fetch("org/anything", "anything", required=("a.safetensors",))
+    with pytest.raises(JobError) as ei:
+        model_fetch.ensure(tmp_path, item)
+    assert ei.value.code == "download_failed" and ei.value.message.startswith("downloading org/anything failed: ")
+    assert "the next attempt resumes it" in ei.value.message
 
 
 def test_registry_paths_are_inside_the_fetched_folders():

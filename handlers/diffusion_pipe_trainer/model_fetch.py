@@ -46,8 +46,9 @@ def ensure(models_dir: Path, item: Fetch, *, token: str | None = None) -> Path:
 
 
 def _download(models_dir: Path, item: Fetch, token: str | None) -> None:
+    import httpx2
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     target = models_dir / item.local_dir
     partial = models_dir / (item.local_dir + ".partial")
@@ -64,14 +65,17 @@ def _download(models_dir: Path, item: Fetch, token: str | None) -> None:
             allow_patterns=list(item.allow_patterns) if item.allow_patterns else None,
             ignore_patterns=list(item.ignore_patterns) or None,
             token=token or None,
+            endpoint=os.environ.get("HF_ENDPOINT") or None,  # read per call, not once at import
         )
     except GatedRepoError:
         raise JobError("download_failed", f"{item.repo_id} is gated: the Hugging Face token's account must accept "
                                           "its licence on the model page") from None
     except RepositoryNotFoundError:
         raise JobError("download_failed", f"{item.repo_id} was not found or the token cannot read it") from None
-    except HfHubHTTPError as exc:
-        raise JobError("download_failed", f"downloading {item.repo_id} failed: {exc}") from None
+    except (OSError, httpx2.HTTPError) as exc:  # Hub errors, an unreachable Hub, a dropped connection, a full disk
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise JobError("download_failed", f"downloading {item.repo_id} failed: {reason}; what was fetched stays in "
+                                          f"{partial.name} and the next attempt resumes it") from None
     missing = [p for p in item.required if not (partial / p).exists()]
     if missing:
         raise JobError("download_failed", f"{item.repo_id} is missing {', '.join(missing)} after download")

@@ -6,7 +6,11 @@ Routes (reference/uploads.md section 1): `GET /api/whoami-v2`, `POST /api/repos/
 `POST /api/{type}s/{repo}/commit/{rev}` (NDJSON), and downloads at
 `/[datasets/]{repo}/resolve/{rev}/{path}` (GET, and HEAD with ETag / X-Repo-Commit as
 `hf_hub_download` needs), repo info at `GET /api/{type}s/{repo}[/revision/{rev}]`
-(401 for a private repo without a valid token, 404 for a missing one). Tokens other than `valid_tokens` get 401;
+(401 for a private repo without a valid token, 404 for a missing one) and the file listing
+`snapshot_download` reads at `GET /api/{type}s/{repo}/tree/{rev}?recursive=true`. A repo with
+`"gated": True` answers those reads 403 with `X-Error-Code: GatedRepo`, as the Hub does before
+the account has accepted the licence. `downloads` records each file served; `resolve_delay_s`
+slows every download down. Tokens other than `valid_tokens` get 401;
 `fail_commits` makes the next N commits answer 500.
 """
 
@@ -17,6 +21,7 @@ import hashlib
 import json
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import unquote
@@ -25,6 +30,7 @@ from tests.fakes.threaded_http import BackgroundServer, read_body, reply
 
 _REPO_API = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)/(preupload|commit)/([^/?]+)")
 _REPO_INFO = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/?]+)(?:/revision/[^/?]+)?/?(?:\?.*)?$")
+_TREE = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)/tree/([^/?]+)(?:/[^?]*)?(?:\?.*)?$")
 _RESOLVE = re.compile(r"^/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+?)(?:\?.*)?$")
 
 
@@ -34,6 +40,8 @@ class HubState:
     repos: dict[str, dict] = field(default_factory=dict)  # "type:owner/name" -> {"private", "files": {path: bytes}}
     commits: list[dict] = field(default_factory=list)
     fail_commits: int = 0
+    downloads: list[str] = field(default_factory=list)  # "owner/name:path" per GET of a file
+    resolve_delay_s: float = 0.0
     base_url: str = ""
 
     def files(self, repo_id: str, repo_type: str = "model") -> dict[str, bytes]:
@@ -70,6 +78,9 @@ class _Hub(BaseHTTPRequestHandler):
         m = _REPO_INFO.match(self.path)
         if m:
             return self._repo_info(m.group(1)[:-1], m.group(2))
+        m = _TREE.match(self.path)
+        if m:
+            return self._tree(m.group(1)[:-1], m.group(2))
         m = _RESOLVE.match(self.path)
         if m:
             kind = {"datasets": "dataset", "spaces": "space"}.get(m.group(1) or "", "model")
@@ -79,6 +90,8 @@ class _Hub(BaseHTTPRequestHandler):
                 return self._json(404, {"error": "Entry not found"})
             if repo["private"] and not self._user():
                 return self._json(401, {"error": "Repository not found"})
+            if repo.get("gated"):
+                return self._gated(m.group(2))
             data = repo["files"][path]
             blob_id = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's id, the Hub's ETag
             headers = {"ETag": f'"{blob_id}"', "X-Repo-Commit": repo.get("sha") or "0" * 40}
@@ -87,8 +100,16 @@ class _Hub(BaseHTTPRequestHandler):
                 for key, value in {**headers, "Content-Length": str(len(data))}.items():
                     self.send_header(key, value)
                 return self.end_headers()
+            st.downloads.append(f"{m.group(2)}:{path}")
+            time.sleep(st.resolve_delay_s)
             return reply(self, 200, data, "application/octet-stream", headers)
         self._json(404, {"error": "not found"})
+
+    def _gated(self, repo_id: str) -> None:
+        message = (f"Access to model {repo_id} is restricted. You must have access to it and be authenticated "
+                   "to access it. Please log in.")
+        reply(self, 403, json.dumps({"error": message}), "application/json",
+              {"X-Error-Code": "GatedRepo", "X-Error-Message": message})
 
     do_HEAD = do_GET  # hf_hub_download asks for ETag and commit with a HEAD first
 
@@ -101,6 +122,21 @@ class _Hub(BaseHTTPRequestHandler):
                          {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
         self._json(200, {"id": repo_id, "private": repo["private"], "sha": repo.get("sha") or "0" * 40,
                          "siblings": [{"rfilename": p} for p in sorted(repo["files"])]})
+
+    def _tree(self, kind: str, repo_id: str) -> None:
+        """The recursive listing: every file with its git blob id and size, and the folders above them."""
+        repo = self.state.repos.get(f"{kind}:{repo_id}")
+        if repo is None or (repo["private"] and not self._user()):
+            return self._json(404 if self._user() else 401, {"error": "Repository not found"})
+        if repo.get("gated"):
+            return self._gated(repo_id)
+        entries, folders = [], set()
+        for path, data in sorted(repo["files"].items()):
+            folders.update("/".join(path.split("/")[:i]) for i in range(1, path.count("/") + 1))
+            entries.append({"type": "file", "path": path, "size": len(data),
+                            "oid": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()})
+        entries += [{"type": "directory", "path": d, "size": 0, "oid": "0" * 40} for d in sorted(folders)]
+        reply(self, 200, json.dumps(entries), "application/json")
 
     def do_POST(self):
         st = self.state
