@@ -142,10 +142,15 @@ def worker_version() -> str:
     return f"{version}+g{sha}" if sha else version
 
 
+# Every image built here carries this label, so that clean-up can never touch anyone else's images.
+PROJECT_LABEL = "org.opencontainers.image.vendor=gpu-worker-images"
+
+
 def docker_build(docker: str, dockerfile: Path, tag: str, *, target: str | None = None,
                  build_args: dict[str, str] | None = None, secrets: list[str] | None = None,
                  quiet: bool = False, no_cache: bool = False, network: str | None = None) -> None:
-    cmd = [docker, "build", "-f", str(dockerfile), "-t", tag] + (["--no-cache"] if no_cache else [])
+    cmd = [docker, "build", "-f", str(dockerfile), "-t", tag, "--label", PROJECT_LABEL]
+    cmd += ["--no-cache"] if no_cache else []
     if network:
         cmd += ["--network", network]
     if target:
@@ -167,6 +172,16 @@ def docker_build(docker: str, dockerfile: Path, tag: str, *, target: str | None 
 
 class BuildError(RuntimeError):
     pass
+
+
+def prune_replaced(docker: str, log=print) -> None:
+    """Remove the images of ours that rebuilds left untagged (a rebuild moves the tag to the new image
+    and orphans the old one: gigabytes per round on a build machine). BuildKit's layer cache is kept."""
+    proc = subprocess.run([docker, "image", "prune", "--force", "--filter", f"label={PROJECT_LABEL}"],
+                          capture_output=True, text=True)
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    log(f"pruned replaced images: {lines[-1] if lines else 'nothing to do'}" if proc.returncode == 0
+        else f"could not prune replaced images: {lines[-1] if lines else proc.returncode}")
 
 
 def base_tag(tag: str, target: str, base_image: str) -> str:
@@ -216,6 +231,7 @@ def build(images: list[str], *, tag: str, target: str, base_image: str | None = 
         timings[image_tag] = time.monotonic() - start
         log(f"== {image_tag} built in {timings[image_tag]:.0f}s")
         built.append(image_tag)
+    prune_replaced(docker, log)
     report = report_images(built, docker=docker, build_seconds=timings)
     json_path, md_path = write_report(report, report_dir or ROOT / "build")
     log(md_path.read_text())

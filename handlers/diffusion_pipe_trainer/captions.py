@@ -175,9 +175,9 @@ class CaptioningStopped(Exception):
 def caption_video(client, video: Path, *, model: str, prompt: str, poll_s: float = 2.0,
                   processing_timeout_s: float = 600.0, stop: threading.Event | None = None) -> str:
     """Upload the whole clip, wait until Gemini has processed it, caption it, delete the upload."""
-    stop = stop or threading.Event()
     from google.genai import types
 
+    stop = stop or threading.Event()
     mime = mimetypes.guess_type(video.name)[0] or "video/mp4"
     f = client.files.upload(file=str(video), config=types.UploadFileConfig(mime_type=mime))
     try:
