@@ -9,11 +9,12 @@ import time
 
 import pytest
 
+from handlers.swarm_worker.runtime import get_runtime
 from tests.fakes import swarmui as fake_swarm
 from tests.fakes.http_files import FileServer, Route
 from tests.fakes.runpod_api import FakeRunPodAPI
 from tests.gpuworker_helpers import run_cli, start_swarmui
-from tests.swarm_helpers import configured_worker
+from tests.swarm_helpers import assert_token_revoked, configured_worker
 
 KEY = "rp-SWARMKEY-a1b2c3d4e5f6"
 PNG = fake_swarm.tiny_png(7)
@@ -29,30 +30,63 @@ def swarm(tmp_path_factory):
     proc.wait(10)
 
 
+def swarm_worker_job(job_input, ctx):
+    """The real swarm-worker handler as the RunPod worker loop runs it. A lease's first output goes to
+    the job's stream (what the SDK's stream POST does on RunPod) and a cancel reaches it as CancelledError."""
+    from handlers.swarm_worker.handler import handler, lease_session
+
+    if job_input.get("action") != "lease":
+        return asyncio.run(handler({"id": ctx.id, "input": job_input}))
+
+    async def lease() -> dict:
+        async def cancel_on_request(task: asyncio.Task) -> None:
+            while not ctx.cancelled.is_set():
+                await asyncio.sleep(0.05)
+            task.cancel()
+
+        watcher = asyncio.create_task(cancel_on_request(asyncio.current_task()))
+        last: dict = {}
+        try:
+            async for item in lease_session({"id": ctx.id, "input": job_input}):
+                if not last and item.get("token"):
+                    ctx.stream(item)
+                last = item
+        finally:
+            watcher.cancel()
+        return last
+
+    try:
+        return asyncio.run(lease())
+    except asyncio.CancelledError:
+        return {"released": True, "reason": "cancelled"}
+
+
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
     """`swarm`: the real swarm-worker handler (SwarmUI stand-in behind its gateway); others: scripted."""
-    from handlers.swarm_worker.handler import handler
-
-    ready_calls = {"n": 0}
-
     def scripted_failing(job_input, ctx):
         if job_input.get("action") == "keepalive":
             ctx.sleep(30)
             return {"success": True}
+        if job_input.get("action") == "lease":
+            return {"released": True, "reason": "swarmui_failed", "success": False,
+                    "error": "engine_failed: SwarmUI did not start: port in use"}
         return {"ready": False, "public_url": None, "error": "engine_failed: SwarmUI did not start: port in use"}
 
     def scripted_slow(job_input, ctx):
-        if job_input.get("action") == "keepalive":
+        if job_input.get("action") in ("keepalive", "lease"):
             ctx.sleep(30)
             return {"success": True}
-        ready_calls["n"] += 1
         return {"ready": False, "public_url": "https://pod-7801.proxy.runpod.net/t/x", "error": None}
 
+    def scripted_busy(job_input, ctx):
+        return {"success": False, "error": "this worker already holds lease 1", "error_id": "lease_busy"}
+
     with configured_worker(tmp_path_factory.mktemp("worker")), FakeRunPodAPI(api_key=KEY, workers=2) as fake:
-        fake.add_endpoint("swarm", lambda job_input, ctx: asyncio.run(handler({"id": ctx.id, "input": job_input})))
+        fake.add_endpoint("swarm", swarm_worker_job)
         fake.add_endpoint("broken", scripted_failing)
         fake.add_endpoint("cold", scripted_slow)
+        fake.add_endpoint("busy", scripted_busy)
         yield fake
 
 
@@ -63,20 +97,28 @@ def env(api, monkeypatch):
     monkeypatch.delenv("SWARM_URL", raising=False)
 
 
-def test_wake_i2v_through_the_public_url_then_shutdown(api, capsys, tmp_path):
-    r = run_cli(capsys, "swarm", "wake", "swarm", "--duration", "120", "--interval", "0.5", "--timeout", "60",
+def wait_until_ended(api, job_id: str) -> str:
+    deadline = time.monotonic() + 10
+    while api.jobs[job_id].status in ("IN_QUEUE", "IN_PROGRESS") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return api.jobs[job_id].status
+
+
+def test_wake_leases_a_worker_i2v_through_its_url_then_cancel(api, capsys, tmp_path):
+    r = run_cli(capsys, "swarm", "wake", "swarm", "--duration", "120", "--idle", "60", "--timeout", "60",
                 "--poll", "0.2", "--json")
     assert r.code == 0, r.err
     info = r.json
-    assert info["ready"] is True and info["session_id"] and info["worker_id"]
-    assert "/t/" in info["public_url"]  # the legacy gateway token path
-    hold = info["keepalive_job_id"]
-    assert api.jobs[hold].status == "IN_PROGRESS"  # the keepalive job holds the worker
-    assert f"gpuworker swarm shutdown swarm --cancel {hold}" in r.err  # how to stop paying for it
+    assert info["ready"] is True and info["protocol"] == 2 and info["worker_id"]
+    assert info["url"] == f"{info['public_url']}/t/{info['token']}"  # the token of this lease, on its worker
+    assert info["limits"]["idle_seconds"] == 60 and info["limits"]["max_lease_seconds"] == 120
+    lease_job = info["hold_job_id"]
+    assert api.jobs[lease_job].status == "IN_PROGRESS" and api.jobs[lease_job].input["action"] == "lease"
+    assert f"gpuworker runpod cancel swarm {lease_job}" in r.err  # how to stop paying for it
 
     image = tmp_path / "start.png"
     image.write_bytes(PNG)
-    r = run_cli(capsys, "swarm", "i2v", str(image), "--url", info["public_url"], "--prompt", "camera slowly zooms in",
+    r = run_cli(capsys, "swarm", "i2v", str(image), "--url", info["url"], "--prompt", "camera slowly zooms in",
                 "--video-model", VIDEO_MODEL, "--swap-model", SWAP_MODEL, "-o", str(tmp_path / "clip.mp4"), "--json")
     assert r.code == 0, r.err
     report = r.json
@@ -87,19 +129,37 @@ def test_wake_i2v_through_the_public_url_then_shutdown(api, capsys, tmp_path):
     assert (params["videoframes"], params["videocfg"], params["videosteps"]) == (81, 3.5, 4)
     assert params["initimagecreativity"] == 0 and params["videomodel"] == VIDEO_MODEL
 
-    r = run_cli(capsys, "swarm", "shutdown", "swarm", "--cancel", hold, "--poll", "0.2", "--json")
+    r = run_cli(capsys, "runpod", "cancel", "swarm", lease_job, "--json")
     assert r.code == 0, r.err
-    assert r.json["success"] is True and r.json["released_holds"] >= 1
+    assert wait_until_ended(api, lease_job) == "CANCELLED"
     deadline = time.monotonic() + 10
-    while api.jobs[hold].status == "IN_PROGRESS" and time.monotonic() < deadline:
+    while get_runtime().lease is not None and time.monotonic() < deadline:  # the worker ends the lease
         time.sleep(0.05)
-    assert api.jobs[hold].status in ("COMPLETED", "CANCELLED")
+    assert_token_revoked(info["public_url"], info["token"])
     assert KEY not in r.text
 
 
-def test_i2v_with_endpoint_wakes_generates_and_releases(api, capsys, tmp_path):
+def test_wake_the_legacy_way_then_shutdown(api, capsys):
+    r = run_cli(capsys, "swarm", "wake", "swarm", "--protocol", "legacy", "--duration", "120", "--interval", "0.5",
+                "--timeout", "60", "--poll", "0.2", "--json")
+    assert r.code == 0, r.err
+    info = r.json
+    assert info["ready"] is True and info["protocol"] == 1 and info["session_id"] and info["worker_id"]
+    assert "/t/" in info["url"]  # the legacy gateway token path
+    hold = info["hold_job_id"]
+    assert api.jobs[hold].status == "IN_PROGRESS"  # the keepalive job holds the worker
+    assert f"gpuworker swarm shutdown swarm --cancel {hold}" in r.err
+    r = run_cli(capsys, "swarm", "shutdown", "swarm", "--cancel", hold, "--poll", "0.2", "--json")
+    assert r.code == 0, r.err
+    assert r.json["success"] is True and r.json["released_holds"] >= 1
+    assert wait_until_ended(api, hold) in ("COMPLETED", "CANCELLED")
+    assert KEY not in r.text
+
+
+def test_i2v_with_endpoint_leases_generates_and_releases(api, capsys, tmp_path):
     image = tmp_path / "start.png"
     image.write_bytes(PNG)
+    before = set(api.jobs)
     r = run_cli(capsys, "swarm", "i2v", str(image), "--endpoint", "swarm", "--shutdown", "--poll", "0.2",
                 "--keepalive", "120", "--prompt", "waves roll in", "--video-model", VIDEO_MODEL,
                 "-o", str(tmp_path / "out"), "--json")
@@ -107,11 +167,9 @@ def test_i2v_with_endpoint_wakes_generates_and_releases(api, capsys, tmp_path):
     assert "/t/" in r.json["swarm_url"] and "worker released" in r.err
     [video] = r.json["files"]
     assert video.endswith(".mp4") and (tmp_path / "out").is_dir()
-    holds = [j for j in api.jobs.values() if j.endpoint == "swarm" and j.input.get("action") == "keepalive"]
-    deadline = time.monotonic() + 10
-    while any(j.status == "IN_PROGRESS" for j in holds) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert all(j.status in ("COMPLETED", "CANCELLED") for j in holds)  # nothing left holding a worker
+    [lease_job] = [api.jobs[j] for j in set(api.jobs) - before]  # one lease job, no other action sent
+    assert lease_job.input["action"] == "lease" and lease_job.input["max_lease_seconds"] == 120
+    assert wait_until_ended(api, lease_job.id) == "CANCELLED"  # nothing left holding a worker
 
 
 def test_i2v_from_an_image_url_with_a_progress_bar(swarm, capsys, tmp_path, monkeypatch):
@@ -157,11 +215,20 @@ def test_generation_errors_are_clean(swarm, capsys, tmp_path):
     assert r.code == 2 and "--url URL" in r.err
 
 
-def test_wake_fails_cleanly_when_swarmui_cannot_start(capsys):
-    r = run_cli(capsys, "swarm", "wake", "broken", "--timeout", "20", "--poll", "0.1")
+@pytest.mark.parametrize("protocol", ["lease", "legacy"])
+def test_wake_fails_cleanly_when_swarmui_cannot_start(capsys, protocol):
+    r = run_cli(capsys, "swarm", "wake", "broken", "--protocol", protocol, "--timeout", "20", "--poll", "0.1")
     assert r.code == 1 and "SwarmUI did not start: port in use" in r.err
 
 
-def test_wake_times_out_with_exit_3(capsys):
-    r = run_cli(capsys, "swarm", "wake", "cold", "--timeout", "1.5", "--poll", "0.2")
-    assert r.code == 3 and "no ready worker after 1.5 s" in r.err and "gpuworker swarm shutdown" in r.err
+def test_wake_on_a_busy_worker_says_so(capsys):
+    r = run_cli(capsys, "swarm", "wake", "busy", "--timeout", "20", "--poll", "0.1")
+    assert r.code == 1 and "ended FAILED before its worker was ready: this worker already holds lease 1" in r.err
+    assert "SWARM_WORKER_CONCURRENCY=1" in r.err
+
+
+@pytest.mark.parametrize("protocol, hint", [("lease", "gpuworker runpod cancel cold"),
+                                            ("legacy", "gpuworker swarm shutdown")])
+def test_wake_times_out_with_exit_3(capsys, protocol, hint):
+    r = run_cli(capsys, "swarm", "wake", "cold", "--protocol", protocol, "--timeout", "1.5", "--poll", "0.2")
+    assert r.code == 3 and "no ready worker after 1.5 s" in r.err and hint in r.err

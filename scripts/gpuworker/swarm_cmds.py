@@ -1,5 +1,5 @@
-"""`gpuworker swarm ...`: wake a swarm-worker on a RunPod endpoint (the legacy extension's actions),
-release it, and make images or image-to-video through a SwarmUI URL (a woken worker's
+"""`gpuworker swarm ...`: wake a swarm-worker on a RunPod endpoint (a lease job, or the legacy
+extension's actions), release it, and make images or image-to-video through a SwarmUI URL (a woken worker's
 `public_url`, a vast.ai instance's URL, or any SwarmUI)."""
 
 from __future__ import annotations
@@ -50,9 +50,54 @@ def _runsync_action(endpoint: Endpoint, action: dict, *, deadline: float, poll: 
     return status
 
 
-def wake(console: Console, endpoint: Endpoint, *, duration: float, interval: float, timeout: float,
-         poll: float, action: str = "keepalive") -> dict:
-    """Hold a worker with a keepalive (or wakeup) job, then poll `ready` until SwarmUI answers."""
+def wake_lease(console: Console, endpoint: Endpoint, *, max_seconds: float | None, idle: float | None,
+               timeout: float, poll: float) -> dict:
+    """Start a `lease` job (protocol 2) and wait for its first streamed output: the URL and a fresh token
+    of the very worker that runs the job. The job holds that worker until SwarmUI has been idle for
+    `idle` seconds (or unused for the worker's startup grace, or `max_seconds` passed), or it is cancelled."""
+    started = time.monotonic()
+    deadline = started + timeout
+    limits = {"max_lease_seconds": max_seconds, "idle_seconds": idle}
+    job = endpoint.run({"input": {"action": "lease", **{k: v for k, v in limits.items() if v is not None}}})
+    job_id = job.get("id")
+    if not job_id:
+        raise CliError(f"RunPod /run returned no job id: {job}")
+    console.note(f"lease job {job_id} asks for a worker")
+    with console.progress() as bar:
+        task = bar.add_task("waking", total=None, status="waiting for a worker")
+        while True:
+            chunk = endpoint.stream(job_id)
+            for item in chunk.get("stream") or []:
+                out = item.get("output") if isinstance(item, dict) else None
+                if isinstance(out, dict) and out.get("token") and out.get("public_url"):
+                    bar.update(task, status="ready")
+                    base = str(out["public_url"]).rstrip("/")
+                    return {"ready": True, "protocol": 2, "url": f"{base}/t/{out['token']}", "public_url": base,
+                            "token": out["token"], "worker_id": out.get("worker_id"), "version": out.get("version"),
+                            "limits": {k: out.get(k) for k in ("idle_seconds", "startup_grace_seconds",
+                                                               "max_lease_seconds")},
+                            "hold_job_id": job_id, "waited_s": round(time.monotonic() - started, 1)}
+            if chunk.get("status") in TERMINAL:
+                status = endpoint.status(job_id)
+                out = status.get("output") if isinstance(status.get("output"), dict) else {}
+                reason = (clean_error(status.get("error")) or out.get("error") or out.get("reason")
+                          or "it returned no address")
+                if "already holds lease" in reason:  # the job reached a worker another lease holds
+                    reason += (" (with SWARM_WORKER_CONCURRENCY=1 on the endpoint, a leased worker takes no more "
+                               "jobs and queued leases wait for, or scale out to, a free one)")
+                raise CliError(f"the lease job {job_id} ended {status.get('status')} before its worker was ready: "
+                               f"{reason}")
+            bar.update(task, status="worker starting" if chunk.get("status") == "IN_PROGRESS" else "queued")
+            if time.monotonic() >= deadline:
+                raise CliError(f"no ready worker after {timeout:g} s; the lease job {job_id} may still start one: "
+                               f"`gpuworker runpod cancel {endpoint.endpoint_id} {job_id}`", 3)
+            time.sleep(poll)
+
+
+def wake_legacy(console: Console, endpoint: Endpoint, *, duration: float, interval: float, timeout: float,
+                poll: float, action: str = "keepalive") -> dict:
+    """The legacy extension's way: hold a worker with a keepalive (or wakeup) job, then poll `ready`
+    until SwarmUI answers. On an endpoint with several workers `ready` may come from another one."""
     started = time.monotonic()
     deadline = started + timeout
     hold = endpoint.run({"input": {"action": action, "duration": duration, "interval": interval}})
@@ -77,9 +122,10 @@ def wake(console: Console, endpoint: Endpoint, *, duration: float, interval: flo
                     error = str(reply.get("error") or "")
                 if reply.get("ready") and reply.get("public_url"):
                     bar.update(task, status="ready")
-                    return {"ready": True, "public_url": reply["public_url"], "session_id": reply.get("session_id"),
+                    return {"ready": True, "protocol": 1, "url": reply["public_url"],
+                            "public_url": reply["public_url"], "session_id": reply.get("session_id"),
                             "worker_id": reply.get("worker_id"), "version": reply.get("version"),
-                            "keepalive_job_id": hold_id, "waited_s": round(time.monotonic() - started, 1)}
+                            "hold_job_id": hold_id, "waited_s": round(time.monotonic() - started, 1)}
                 if "did not start" in error:
                     raise CliError(f"the worker's SwarmUI did not start: {error}")
                 last = error or "SwarmUI starting"
@@ -92,21 +138,43 @@ def wake(console: Console, endpoint: Endpoint, *, duration: float, interval: flo
             time.sleep(poll)
 
 
+def wake(console: Console, endpoint: Endpoint, args: argparse.Namespace, *, duration: float,
+         timeout: float) -> dict:
+    if args.protocol == "legacy":
+        return wake_legacy(console, endpoint, duration=duration, interval=args.interval, timeout=timeout,
+                           poll=args.poll, action=args.action)
+    return wake_lease(console, endpoint, max_seconds=duration, idle=args.idle, timeout=timeout, poll=args.poll)
+
+
 def endpoint_from(args: argparse.Namespace) -> Endpoint:
     return Endpoint(args.endpoint, api_key=api_key_from_env(), base=args.base_url)
 
 
-def release_hint(endpoint_id: str, hold_id: str, duration: float) -> str:
-    return (f"the worker stays held (and billed) for up to {duration:g} s; release it with: "
-            f"gpuworker swarm shutdown {endpoint_id} --cancel {hold_id}")
+def release_hint(endpoint_id: str, info: dict) -> str:
+    job_id = info["hold_job_id"]
+    if info["protocol"] == 2:
+        limits = info.get("limits") or {}
+        until = (f" until SwarmUI is idle for {limits['idle_seconds']:g} s, at most {limits['max_lease_seconds']:g} s"
+                 if limits.get("idle_seconds") and limits.get("max_lease_seconds") else "")
+        return f"the lease holds (and bills) the worker{until}; end it now with: gpuworker runpod cancel {endpoint_id} {job_id}"
+    return (f"the worker stays held (and billed) while the hold job runs; release it with: "
+            f"gpuworker swarm shutdown {endpoint_id} --cancel {job_id}")
+
+
+def release(endpoint: Endpoint, info: dict, poll: float) -> None:
+    """End the hold: cancelling a lease ends it on its worker (token revoked, outputs wiped); the legacy
+    way also sends the `shutdown` action for the worker's other holds."""
+    if info["protocol"] == 2:
+        endpoint.cancel(info["hold_job_id"])
+    else:
+        shutdown(endpoint, cancel=[info["hold_job_id"]], timeout=60, poll=poll)
 
 
 def cmd_wake(args: argparse.Namespace, console: Console) -> int:
-    info = wake(console, endpoint_from(args), duration=args.duration, interval=args.interval, timeout=args.timeout,
-                poll=args.poll, action=args.action)
-    console.result(info, f"{info['public_url']}\n(worker {info['worker_id']}, SwarmUI session {info['session_id']}, "
-                         f"ready after {info['waited_s']} s)")
-    console.note(release_hint(args.endpoint, info["keepalive_job_id"], args.duration))
+    info = wake(console, endpoint_from(args), args, duration=args.duration, timeout=args.timeout)
+    session = f", SwarmUI session {info['session_id']}" if info.get("session_id") else ""
+    console.result(info, f"{info['url']}\n(worker {info['worker_id']}{session}, ready after {info['waited_s']} s)")
+    console.note(release_hint(args.endpoint, info))
     return 0
 
 
@@ -180,10 +248,9 @@ def swarm_target(args: argparse.Namespace, console: Console) -> tuple[str, str |
         if args.url:
             raise CliError("give --url or --endpoint, not both", 2)
         endpoint = endpoint_from(args)
-        info = wake(console, endpoint, duration=args.keepalive, interval=30, timeout=args.wake_timeout,
-                    poll=args.poll)
-        console.note(f"worker ready at {info['public_url']}")
-        return info["public_url"], None, endpoint, info
+        info = wake(console, endpoint, args, duration=args.keepalive, timeout=args.wake_timeout)
+        console.note(f"worker {info['worker_id']} ready")
+        return info["url"], None, endpoint, info
     if not url:
         raise CliError("no SwarmUI: give --url URL (or env SWARM_URL), or --endpoint ENDPOINT to wake a worker", 2)
     if token:
@@ -235,10 +302,10 @@ def run_generation(args: argparse.Namespace, console: Console, body: dict[str, A
         raise CliError(f"SwarmUI: {exc}") from None
     finally:
         if endpoint is not None and args.shutdown:
-            shutdown(endpoint, cancel=[info["keepalive_job_id"]], timeout=60, poll=args.poll)
+            release(endpoint, info, args.poll)
             console.note("worker released")
         elif endpoint is not None:
-            console.note(release_hint(endpoint.endpoint_id, info["keepalive_job_id"], args.keepalive))
+            console.note(release_hint(endpoint.endpoint_id, info))
     report = {"files": [str(p) for p in saved], "sizes": [p.stat().st_size for p in saved],
               "seconds": round(time.monotonic() - started, 1), "progress_events": progress_events,
               "swarm_url": url, "params": params.to_body()}
@@ -301,21 +368,31 @@ def add_gen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="any SwarmUI parameter")
     p.add_argument("-o", "--out", default=".", help="output folder, or a file name for a single output")
     p.add_argument("--timeout", type=float, default=3600, help="generation timeout in seconds")
-    p.add_argument("--keepalive", type=float, default=1800, help="with --endpoint: seconds the worker is held")
+    p.add_argument("--keepalive", type=float, default=1800, help="with --endpoint: the most seconds the worker is held")
     p.add_argument("--wake-timeout", type=float, default=800, help="with --endpoint: seconds to wait for ready")
     p.add_argument("--shutdown", action="store_true", help="with --endpoint: release the worker afterwards")
+    add_wake_args(p)
+
+
+def add_wake_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--protocol", choices=("lease", "legacy"), default="lease",
+                   help="lease (default): one streamed job holds the worker it names; legacy: keepalive + ready "
+                        "actions, as SwarmUI-Runpod-Serverless-Backend v2.0 does")
+    p.add_argument("--idle", type=float, help="lease: release after SwarmUI is idle this many seconds "
+                                             "(default: the worker's, 120)")
+    p.add_argument("--interval", type=float, default=30, help="legacy: keepalive ping interval in seconds")
+    p.add_argument("--action", choices=("keepalive", "wakeup"), default="keepalive", help="legacy: the hold action")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     group = sub.add_parser("swarm", help="SwarmUI workers: wake/shutdown on RunPod, generate and i2v via a URL")
     cmds = group.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = cmds.add_parser("wake", parents=[common], help="hold a worker (keepalive job), wait for ready, print its URL")
+    p = cmds.add_parser("wake", parents=[common], help="hold a worker (lease job), wait until ready, print its URL")
     add_endpoint_args(p, required=True)
-    p.add_argument("--duration", type=float, default=1800, help="seconds the keepalive job holds the worker")
-    p.add_argument("--interval", type=float, default=30, help="keepalive ping interval in seconds")
+    p.add_argument("--duration", type=float, default=1800, help="the most seconds the worker is held")
     p.add_argument("--timeout", type=float, default=800, help="seconds to wait for ready (the extension uses 800)")
-    p.add_argument("--action", choices=("keepalive", "wakeup"), default="keepalive")
+    add_wake_args(p)
     p.set_defaults(func=cmd_wake)
 
     p = cmds.add_parser("shutdown", parents=[common], help="release the worker's holds (legacy shutdown action)")
