@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 
 import pytest
 
@@ -30,9 +31,10 @@ def swarm(tmp_path_factory):
     proc.wait(10)
 
 
-def swarm_worker_job(job_input, ctx):
+def swarm_worker_job(job_input, ctx, *, publish: str = "stream"):
     """The real swarm-worker handler as the RunPod worker loop runs it. A lease's first output goes to
-    the job's stream (what the SDK's stream POST does on RunPod) and a cancel reaches it as CancelledError."""
+    the job's stream (what the SDK's stream POST does on RunPod), or only to its progress (`/status`),
+    and a cancel reaches it as CancelledError."""
     from handlers.swarm_worker.handler import handler, lease_session
 
     if job_input.get("action") != "lease":
@@ -49,7 +51,7 @@ def swarm_worker_job(job_input, ctx):
         try:
             async for item in lease_session({"id": ctx.id, "input": job_input}):
                 if not last and item.get("token"):
-                    ctx.stream(item)
+                    ctx.stream(item) if publish == "stream" else ctx.progress(item)
                 last = item
         finally:
             watcher.cancel()
@@ -84,6 +86,7 @@ def api(tmp_path_factory):
 
     with configured_worker(tmp_path_factory.mktemp("worker")), FakeRunPodAPI(api_key=KEY, workers=2) as fake:
         fake.add_endpoint("swarm", swarm_worker_job)
+        fake.add_endpoint("swarm-progress", partial(swarm_worker_job, publish="progress"))
         fake.add_endpoint("broken", scripted_failing)
         fake.add_endpoint("cold", scripted_slow)
         fake.add_endpoint("busy", scripted_busy)
@@ -102,6 +105,18 @@ def wait_until_ended(api, job_id: str) -> str:
     while api.jobs[job_id].status in ("IN_QUEUE", "IN_PROGRESS") and time.monotonic() < deadline:
         time.sleep(0.05)
     return api.jobs[job_id].status
+
+
+def cancel_lease(api, capsys, endpoint: str, job_id: str) -> None:
+    """`gpuworker runpod cancel` the lease job, then wait until the worker has ended the lease."""
+    r = run_cli(capsys, "runpod", "cancel", endpoint, job_id, "--json")
+    assert r.code == 0, r.err
+    assert KEY not in r.text
+    assert wait_until_ended(api, job_id) == "CANCELLED"
+    deadline = time.monotonic() + 10
+    while get_runtime().lease is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert get_runtime().lease is None
 
 
 def test_wake_leases_a_worker_i2v_through_its_url_then_cancel(api, capsys, tmp_path):
@@ -129,14 +144,15 @@ def test_wake_leases_a_worker_i2v_through_its_url_then_cancel(api, capsys, tmp_p
     assert (params["videoframes"], params["videocfg"], params["videosteps"]) == (81, 3.5, 4)
     assert params["initimagecreativity"] == 0 and params["videomodel"] == VIDEO_MODEL
 
-    r = run_cli(capsys, "runpod", "cancel", "swarm", lease_job, "--json")
-    assert r.code == 0, r.err
-    assert wait_until_ended(api, lease_job) == "CANCELLED"
-    deadline = time.monotonic() + 10
-    while get_runtime().lease is not None and time.monotonic() < deadline:  # the worker ends the lease
-        time.sleep(0.05)
+    cancel_lease(api, capsys, "swarm", lease_job)
     assert_token_revoked(info["public_url"], info["token"])
-    assert KEY not in r.text
+
+
+def test_wake_reads_the_address_from_the_progress_when_the_stream_has_none(api, capsys):
+    r = run_cli(capsys, "swarm", "wake", "swarm-progress", "--timeout", "60", "--poll", "0.2", "--json")
+    assert r.code == 0, r.err
+    assert r.json["protocol"] == 2 and r.json["url"].endswith(f"/t/{r.json['token']}")
+    cancel_lease(api, capsys, "swarm-progress", r.json["hold_job_id"])
 
 
 def test_wake_the_legacy_way_then_shutdown(api, capsys):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.gpuworker.console import CliError, Console
-from scripts.gpuworker.runpod_api import TERMINAL, Endpoint, api_key_from_env, clean_error
+from scripts.gpuworker.runpod_api import TERMINAL, Endpoint, api_key_from_env, clean_error, progress_of
 
 # Wan 2.2 image-to-video with the LightX2V 4-step LoRA (seed 004): 81 frames ≈ 5 s at 16 fps.
 WAN_FRAMES, WAN_CFG, WAN_STEPS, WAN_FPS = 81, 3.5, 4, 16
@@ -66,9 +66,10 @@ def wake_lease(console: Console, endpoint: Endpoint, *, max_seconds: float | Non
     with console.progress() as bar:
         task = bar.add_task("waking", total=None, status="waiting for a worker")
         while True:
-            chunk = endpoint.stream(job_id)
-            for item in chunk.get("stream") or []:
-                out = item.get("output") if isinstance(item, dict) else None
+            # the worker posts its address to the job's stream and as its progress: take whichever shows first
+            status = endpoint.status(job_id)
+            items = [i.get("output") if isinstance(i, dict) else None for i in endpoint.stream(job_id).get("stream") or []]
+            for out in [*items, progress_of(status)]:
                 if isinstance(out, dict) and out.get("token") and out.get("public_url"):
                     bar.update(task, status="ready")
                     base = str(out["public_url"]).rstrip("/")
@@ -77,8 +78,7 @@ def wake_lease(console: Console, endpoint: Endpoint, *, max_seconds: float | Non
                             "limits": {k: out.get(k) for k in ("idle_seconds", "startup_grace_seconds",
                                                                "max_lease_seconds")},
                             "hold_job_id": job_id, "waited_s": round(time.monotonic() - started, 1)}
-            if chunk.get("status") in TERMINAL:
-                status = endpoint.status(job_id)
+            if status.get("status") in TERMINAL:
                 out = status.get("output") if isinstance(status.get("output"), dict) else {}
                 reason = (clean_error(status.get("error")) or out.get("error") or out.get("reason")
                           or "it returned no address")
@@ -87,7 +87,7 @@ def wake_lease(console: Console, endpoint: Endpoint, *, max_seconds: float | Non
                                "jobs and queued leases wait for, or scale out to, a free one)")
                 raise CliError(f"the lease job {job_id} ended {status.get('status')} before its worker was ready: "
                                f"{reason}")
-            bar.update(task, status="worker starting" if chunk.get("status") == "IN_PROGRESS" else "queued")
+            bar.update(task, status="worker starting" if status.get("status") == "IN_PROGRESS" else "queued")
             if time.monotonic() >= deadline:
                 raise CliError(f"no ready worker after {timeout:g} s; the lease job {job_id} may still start one: "
                                f"`gpuworker runpod cancel {endpoint.endpoint_id} {job_id}`", 3)
