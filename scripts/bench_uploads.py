@@ -4,8 +4,8 @@
 
 `common.uploads.upload()` (tuned part size, concurrency and client config) vs plain
 `boto3 upload_file` with the default `TransferConfig`, to a local SeaweedFS started for the
-run. Rounds alternate which one goes first (ABBA) so machine load and the server's volume
-growth hit both alike. Reports wall time and this process's CPU time (what the upload costs
+run. Rounds alternate the order (boto3, ours, reference; then reversed) so machine load and
+the server's volume growth hit all alike. Reports wall time and this process's CPU time (what the upload costs
 the worker); `weed` CPU is shown too, since on one machine the server shares the cores.
 
 Each round also times a reference that is not a product path: one presigned PUT whose body
