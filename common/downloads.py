@@ -17,6 +17,8 @@
   `hf://spaces/...` and `hf://<owner>/<name>@rev/<path>`) is resolved with huggingface_hub
   against `HF_ENDPOINT`, with the token from `headers` or `HF_TOKEN`, and streamed like https.
 - Every failure is `JobError("download_failed", ...)` naming the URL without its query string.
+- `stop` (a threading.Event) ends a download that runs on a thread the job no longer waits for
+  (cancelled, out of time): checked between chunks and during backoff; `JobError("cancelled")`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import json
 import logging
 import os
 import socket
-import time
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -436,9 +438,11 @@ def _identity(url: str) -> str:
 
 
 def _receive(open_body, part: _Partial, shown: str, max_bytes: int,
-             progress: Callable[[int, int | None], None] | None) -> None:
+             progress: Callable[[int, int | None], None] | None, stop: threading.Event) -> None:
     failures = 0
     while True:
+        if stop.is_set():
+            raise JobError("cancelled", f"download of {shown} stopped: the job ended")
         before = part.size
         try:
             body = open_body(part.size, part.validator if part.size else None)
@@ -454,6 +458,8 @@ def _receive(open_body, part: _Partial, shown: str, max_bytes: int,
                     f.seek(part.size)
                     f.truncate()
                     for chunk in body.chunks:
+                        if stop.is_set():
+                            raise JobError("cancelled", f"download of {shown} stopped: the job ended")
                         if part.size + len(chunk) > max_bytes:
                             raise _fail(shown, f"the download exceeds the limit of {max_bytes} bytes")
                         f.write(chunk)
@@ -477,12 +483,13 @@ def _receive(open_body, part: _Partial, shown: str, max_bytes: int,
                 MAX_BACKOFF_SECONDS, BACKOFF_SECONDS * 2 ** (failures - 1))
             log.warning("download %s: %s; retry %d/%d in %.1fs (resuming at byte %d)",
                         shown, exc.reason, failures, RETRIES, delay, part.size)
-            time.sleep(delay)
+            stop.wait(delay)
 
 
 def download(url: str, dest: str | os.PathLike, *, max_bytes: int, sha256: str | None = None,
              allow_private: bool = False, headers: dict[str, str] | None = None,
-             progress: Callable[[int, int | None], None] | None = None) -> Path:
+             progress: Callable[[int, int | None], None] | None = None,
+             stop: threading.Event | None = None) -> Path:
     """Download `url` to `dest` (atomically) and return `dest`; see the module docstring."""
     shown = shown_url(url) if url.startswith(("http://", "https://")) else redact_text(url.split("?", 1)[0])
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
@@ -516,7 +523,7 @@ def download(url: str, dest: str | os.PathLike, *, max_bytes: int, sha256: str |
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = _Partial(dest, _identity(url))
     try:
-        _receive(open_body, part, shown, max_bytes, progress)
+        _receive(open_body, part, shown, max_bytes, progress, stop or threading.Event())
     except _GaveUp as exc:
         raise _fail(shown, str(exc)) from None
     except JobError:

@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import socket
+import threading
+import time
 
 import pytest
 
@@ -134,6 +136,37 @@ def test_gives_up_after_retries(server, tmp_path, monkeypatch):
     err = _download_error(url, tmp_path / "down.txt", max_bytes=MB)
     assert "HTTP 503" in err.message and "gave up after 3 retries" in err.message
     assert len(server.seen(path)) == 4
+
+
+def test_stop_ends_a_download_waiting_to_retry(server, tmp_path, monkeypatch):
+    url, path = _route(server, "flaky.bin", b"x", statuses=[503] * 20)
+    monkeypatch.setattr(downloads, "BACKOFF_SECONDS", 30.0)  # it would sit in its backoff for 30 s
+    stop, errors = threading.Event(), []
+
+    def run() -> None:
+        try:
+            download(url, tmp_path / "flaky.bin", max_bytes=MB, stop=stop)
+        except JobError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    while not server.seen(path):
+        time.sleep(0.01)
+    stop.set()  # the job was cancelled
+    worker.join(timeout=5)
+    assert not worker.is_alive() and errors and errors[0].code == "cancelled"
+    assert "stopped: the job ended" in errors[0].message and len(server.seen(path)) == 1
+
+
+def test_stop_ends_a_download_between_chunks(server, tmp_path):
+    url, _ = _route(server, "big.bin", os.urandom(4 * MB))
+    stop = threading.Event()
+    with pytest.raises(JobError) as info:
+        download(url, tmp_path / "big.bin", max_bytes=8 * MB, stop=stop,
+                 progress=lambda done, total: done and stop.set())  # stop after the first chunk
+    assert info.value.code == "cancelled"
+    assert not list(tmp_path.iterdir())  # nothing half-written is left behind
 
 
 def test_client_errors_are_not_retried(server, tmp_path):

@@ -216,6 +216,21 @@ def test_time_limit_running_out_while_captioning_stops_before_training(trainer_e
     assert len(gemini.state.uploads) == 1 and gemini.state.generate_calls == []
 
 
+def test_time_limit_running_out_while_downloading_stops_the_download(trainer_env):
+    from tests.fakes.http_files import FileServer, Route
+
+    with FileServer() as files:
+        # the dataset host answers 503 and asks for 2 s before each retry
+        files.add("/slow.zip", Route(b"never sent", statuses=[503] * 20, retry_after="2"))
+        res = run_handler({"model_type": "sdxl", "timeout_s": 1,
+                           "dataset": {"type": "precaptioned", "images_url": files.url("/slow.zip")}},
+                          job_id="slow-download")
+        assert res["error_code"] == "timeout", res
+        assert "ran out during 'downloading', before training started" in res["error"]
+        time.sleep(2.5)  # past the retry the download was waiting for when the job ended
+        assert len(files.seen("/slow.zip")) == 1  # it stopped instead of retrying in the background
+
+
 def test_upload_after_training_is_not_cut_off_by_the_time_limit(trainer_env, dataset_server, put_server):
     seed_weights(trainer_env, "sdxl")
     put_server.delay_s = 6.0  # training ends inside the limit, the upload's answer arrives after it

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,8 @@ def _names(paths: list, limit: int = _LIST_LIMIT) -> str:
 
 
 def fetch_archive(url: str, kind: str, downloads: Path, *, sha256: str | None = None,
-                  progress: Callable[..., None] | None = None, hf_token: str | None = None) -> Path:
+                  progress: Callable[..., None] | None = None, hf_token: str | None = None,
+                  stop: threading.Event | None = None) -> Path:
     from common.archives import archive_kind
     from common.downloads import download
 
@@ -52,7 +54,8 @@ def fetch_archive(url: str, kind: str, downloads: Path, *, sha256: str | None = 
     # loopback/private hosts are refused unless the worker runs with ALLOW_PRIVATE_DOWNLOADS=1
     # a private dataset repo on the Hub (hf://...) is read with the job's Hugging Face token
     headers = {"Authorization": f"Bearer {hf_token}"} if hf_token and url.startswith("hf://") else None
-    path = download(url, dest, max_bytes=MAX_ARCHIVE_BYTES, sha256=sha256, progress=progress, headers=headers)
+    path = download(url, dest, max_bytes=MAX_ARCHIVE_BYTES, sha256=sha256, progress=progress, headers=headers,
+                    stop=stop)
     if archive_kind(path) is None:
         with open(path, "rb") as f:
             head = f.read(16)
@@ -157,11 +160,15 @@ def empty_captions(media: MediaSet) -> list[Path]:
 
 
 def prepare(url: str, kind: str, downloads: Path, dest: Path, *, precaptioned: bool, sha256: str | None = None,
-            progress: Callable[..., None] | None = None, hf_token: str | None = None) -> MediaSet:
-    """Download + extract + flatten one archive into `dest`; the archive is removed afterwards."""
+            progress: Callable[..., None] | None = None, hf_token: str | None = None,
+            stop: threading.Event | None = None) -> MediaSet:
+    """Download + extract + flatten one archive into `dest`; the archive is removed afterwards.
+    Setting `stop` (the job ended) ends the download and skips the extraction."""
     from common.archives import safe_extract
 
-    archive = fetch_archive(url, kind, downloads, sha256=sha256, progress=progress, hf_token=hf_token)
+    archive = fetch_archive(url, kind, downloads, sha256=sha256, progress=progress, hf_token=hf_token, stop=stop)
+    if stop is not None and stop.is_set():
+        raise JobError("cancelled", f"dataset.{kind}_url: not extracted, the job ended")
     extracted = downloads / f"{kind}_extracted"
     if extracted.exists():
         shutil.rmtree(extracted)

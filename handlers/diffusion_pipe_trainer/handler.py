@@ -62,11 +62,15 @@ async def _prepare_dataset(req: TrainRequest, dirs: JobDirs, progress: Progress)
             pct = 100.0 * done / total if total else None
             progress.update("downloading", pct, f"{_kind}: {done / 1e6:.1f} MB")
 
-        sets[kind] = await asyncio.to_thread(
-            dataset.prepare, url, kind, dirs.downloads, dirs.images if kind == "images" else dirs.videos,
-            precaptioned=ds.type == "precaptioned", sha256=(ds.sha256 or {}).get(kind), progress=on_bytes,
-            hf_token=_hf_token(req),
-        )
+        stop = threading.Event()
+        try:
+            sets[kind] = await asyncio.to_thread(
+                dataset.prepare, url, kind, dirs.downloads, dirs.images if kind == "images" else dirs.videos,
+                precaptioned=ds.type == "precaptioned", sha256=(ds.sha256 or {}).get(kind), progress=on_bytes,
+                hf_token=_hf_token(req), stop=stop,
+            )
+        finally:  # on a cancel or the time limit, the download ends at its next chunk instead of going on
+            stop.set()
     return sets
 
 
