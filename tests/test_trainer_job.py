@@ -201,10 +201,10 @@ def test_hang_past_timeout_is_a_timeout(trainer_env, dataset_server, monkeypatch
 def test_time_limit_running_out_while_captioning_stops_before_training(trainer_env, dataset_server, gemini):
     gemini.state.processing_polls = 10**9  # Gemini never finishes processing the first clip
     url = dataset_server.put_zip("slow.zip", {"a.mp4": mp4(1), "b.mp4": mp4(2)})
-    res = run_handler({"model_type": "wan13", "timeout_s": 3, "api_keys": {"gemini_api_key": GEMINI_KEY},
+    res = run_handler({"model_type": "wan13", "timeout_s": 4, "api_keys": {"gemini_api_key": GEMINI_KEY},
                        "dataset": {"type": "videos", "videos_url": url}}, job_id="slow-captions")
     assert res["error_code"] == "timeout", res
-    assert "time limit of 3 s ran out during 'captioning', before training started" in res["error"]
+    assert "time limit of 4 s ran out during 'captioning', before training started" in res["error"]
     assert res["refresh_worker"] is True
     assert not (trainer_env / "jobs" / "slow-captions" / "logs" / "train.log").exists()
     # the captioning thread stops at its next poll: the upload is deleted and the second clip never sent
@@ -227,8 +227,9 @@ def test_time_limit_running_out_while_downloading_stops_the_download(trainer_env
                           job_id="slow-download")
         assert res["error_code"] == "timeout", res
         assert "ran out during 'downloading', before training started" in res["error"]
+        asked = len(files.seen("/slow.zip"))
         time.sleep(2.5)  # past the retry the download was waiting for when the job ended
-        assert len(files.seen("/slow.zip")) == 1  # it stopped instead of retrying in the background
+        assert asked <= 1 and len(files.seen("/slow.zip")) == asked  # it stopped instead of retrying on
 
 
 def test_upload_after_training_is_not_cut_off_by_the_time_limit(trainer_env, dataset_server, put_server):
