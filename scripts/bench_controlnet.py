@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
 import json
 import os
 import statistics
@@ -77,6 +79,10 @@ def bench_cpu(models: Path | None, reps: int) -> None:
     import requests
 
     os.environ["DEVICE"] = "cpu"
+    # Idle OpenMP workers sleep instead of spinning: with the default (active) policy, the workers of
+    # whichever process ran last keep both cores busy for a while and slow the next path down, which
+    # swung the HTTP ratio between 0.64 and 1.06. Set before torch loads; the server inherits it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with tempfile.TemporaryDirectory(prefix="bench-cn-") as tmp_s:
         tmp = Path(tmp_s)
         if models is None:
@@ -96,7 +102,17 @@ def bench_cpu(models: Path | None, reps: int) -> None:
             lv = engine.get("lightning")
             control = engine.depth_image(req)[0]
 
+            # Every in-process call runs torch on one thread, as the worker does (the SDK's event loop hands
+            # each job to an executor thread it reuses): torch's OpenMP workers belong to the calling thread,
+            # and two calling threads would leave each other's workers spinning on the two cores.
+            torch_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+            loop = asyncio.new_event_loop()  # one loop for every handler call, as in the runpod SDK's worker
+            loop.set_default_executor(torch_thread)
+
             def bare():
+                torch_thread.submit(bare_call).result()
+
+            def bare_call():
                 import torch
 
                 lv.pipe.scheduler = engine.make_scheduler("euler_trailing", lv.scheduler_config, 42)
@@ -106,7 +122,7 @@ def bench_cpu(models: Path | None, reps: int) -> None:
                             generator=torch.Generator("cpu").manual_seed(42), output_type="pil")
 
             def via_handler():
-                out = handler({"id": "bench", "input": dict(BODY)})
+                out = loop.run_until_complete(handler({"id": "bench", "input": dict(BODY)}))
                 assert "images" in out, out
 
             url = f"http://127.0.0.1:{port}/generate"
@@ -126,6 +142,9 @@ def bench_cpu(models: Path | None, reps: int) -> None:
         finally:
             proc.terminate()
             proc.wait(20)
+            if "loop" in locals():
+                loop.close()
+                torch_thread.shutdown()
         best = {k: min(v) for k, v in rounds.items()}
         med = {k: statistics.median(v) for k, v in rounds.items()}
         print("controlnet-pyworker, CPU, tiny models, 256x256, lightning 6 steps, cfg 2, mock depth "

@@ -9,6 +9,7 @@ subfolder). Writes the generated PNG and the depth map it was conditioned on.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import os
@@ -25,7 +26,7 @@ def main(models_dir: Path, out_dir: Path) -> Path:
     from handlers.controlnet_pyworker.handler import handler
 
     job = {"id": "demo", "input": json.loads(TEST_INPUT.read_text())["input"]}
-    result = handler(job)
+    result = asyncio.run(handler(job))
     if "error" in result:
         raise SystemExit(f"generation failed: {result['error']}")
     out_dir.mkdir(parents=True, exist_ok=True)

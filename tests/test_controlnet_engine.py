@@ -172,6 +172,27 @@ def test_num_images_gives_one_seed_each(cn_engine):
     assert not np.array_equal(pixels(gen, 0), pixels(gen, 1))
 
 
+def test_stop_ends_the_denoising_loop_at_the_next_step(cn_engine):
+    req = schema.validate(body(steps=8, seed=3), cn_engine.manifest)
+    stop, steps = threading.Event(), []
+
+    def on_step(i: int, total: int) -> None:
+        steps.append(i)
+        if i == 2:
+            stop.set()  # the job is cancelled during step 2
+
+    before = cn_engine.stats["generations"]
+    with cn_engine.queue.admit(), pytest.raises(JobError) as err:
+        cn_engine.generate(req, on_step=on_step, stop=stop)
+    assert err.value.code == "cancelled" and "stopped after step 2/8" in err.value.message
+    assert steps == [1, 2]  # no denoising step ran after the stop
+    assert cn_engine.stats["generations"] == before
+    with cn_engine.queue.admit(), pytest.raises(JobError) as err:  # cancelled while it waited in the queue
+        cn_engine.generate(req, on_step=on_step, stop=stop)
+    assert "before it reached the device" in err.value.message and steps == [1, 2]
+    assert run(cn_engine, steps=2).steps == 2  # the engine goes on as before
+
+
 def test_lru_keeps_at_most_max_loaded(cn_manifest, cn_models):
     eng = Engine(cn_manifest, cn_models, device="cpu", max_loaded=2, fetch_missing=False)
     eng.get("lightning")

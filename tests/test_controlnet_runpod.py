@@ -3,11 +3,13 @@ real worker loop against the local job server (tests/fakes/runpod_jobs.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -79,6 +81,25 @@ def test_worker_loop_result_and_progress_per_step(runpod_worker):
     assert not server.unauthorized
 
 
+def test_cancel_stops_the_generation_and_frees_the_device(runpod_worker):
+    server, proc, _ = runpod_worker
+    job_id = server.submit(body(seed=9, steps=100, width=512, height=512))  # tens of seconds on CPU
+    deadline = time.monotonic() + 120
+    while not any(p.get("stage") == "denoising" for p in server.jobs[job_id].progress):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.log_tail()
+        time.sleep(0.05)
+    server.cancel(job_id)
+    deadline = time.monotonic() + 30
+    while "generation stopped after step" not in proc.log_tail(20000):
+        assert time.monotonic() < deadline, f"the cancelled generation ran on\n{proc.log_tail()}"
+        time.sleep(0.1)
+    steps = [p["step"] for p in server.jobs[job_id].progress if p.get("stage") == "denoising"]
+    assert steps and max(steps) < 100
+    next_job = server.submit(body(seed=10, steps=2))  # the device is free for the next job
+    rec = server.wait(next_job, 60, proc=proc)
+    assert rec.status == "COMPLETED", rec.result
+    assert server.status(job_id)["status"] == "CANCELLED" and proc.poll() is None
+
 def test_worker_loop_bad_input_fails_job_not_worker(runpod_worker):
     server, proc, _ = runpod_worker
     bad = server.submit(body(steps=500))
@@ -132,7 +153,7 @@ def test_cuda_error_fails_the_job_and_asks_for_a_fresh_worker(cn_engine, monkeyp
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setattr(StableDiffusionXLControlNetPipeline, "__call__", oom)
-    out = handler_mod.handler({"id": "j-oom", "input": body()})
+    out = asyncio.run(handler_mod.handler({"id": "j-oom", "input": body()}))
     assert out["error_code"] == "engine_failed" and "out of memory" in out["error"]
     assert "refresh_worker" not in out and engine.broken is None
 
@@ -140,7 +161,7 @@ def test_cuda_error_fails_the_job_and_asks_for_a_fresh_worker(cn_engine, monkeyp
         raise RuntimeError("CUDA error: an illegal memory access was encountered\nCompile with TORCH_USE_CUDA_DSA")
 
     monkeypatch.setattr(StableDiffusionXLControlNetPipeline, "__call__", illegal_access)
-    out = handler_mod.handler({"id": "j-cuda", "input": body()})
+    out = asyncio.run(handler_mod.handler({"id": "j-cuda", "input": body()}))
     assert out["error_code"] == "engine_failed" and out["refresh_worker"] is True
     assert "illegal memory access" in out["error"] and "TORCH_USE_CUDA_DSA" not in out["error"]
 

@@ -110,6 +110,19 @@ def test_flood_gets_429_with_retry_after(cn_server):
     assert requests.get(f"{cn_server.url}/checkhealth", timeout=10).json()["queue_depth"] == 0
 
 
+def test_a_client_that_goes_away_stops_its_generation(cn_server):
+    slow = body(seed=11, steps=100, width=512, height=512)  # tens of seconds on CPU
+    with pytest.raises(requests.exceptions.ReadTimeout):  # the caller gives up and closes the connection
+        requests.post(f"{cn_server.url}/generate", json=slow, timeout=2)
+    deadline = time.monotonic() + 30
+    while "code=cancelled" not in cn_server.model_log.read_text():
+        assert time.monotonic() < deadline, f"the generation ran on\n{cn_server.log_tail()}"
+        time.sleep(0.1)
+    assert "generate failed status=499 code=cancelled" in cn_server.model_log.read_text()
+    assert "generation stopped after step" in cn_server.log_tail()
+    assert post(cn_server, body()).status_code == 200  # the queue moved on
+
+
 def test_engine_failure_is_500_and_server_stays_up(cn_server):
     r = post(cn_server, body(model="broken"))
     assert r.status_code == 500, r.text

@@ -317,9 +317,16 @@ class Engine:
         return depth.mock(req.width, req.height), "mock_depth"
 
     # -- generation -------------------------------------------------------------------
-    def generate(self, req: GenerateRequest, *, on_step: Callable[[int, int], None] | None = None) -> Generation:
-        """Run one request (the caller holds an entered `queue.admit()` ticket); engine errors become `engine_failed`."""
+    def generate(self, req: GenerateRequest, *, on_step: Callable[[int, int], None] | None = None,
+                 stop: threading.Event | None = None) -> Generation:
+        """Run one request (the caller holds an entered `queue.admit()` ticket); engine errors become `engine_failed`.
+
+        Setting `stop` (the job was cancelled, the HTTP client went away) ends the denoising loop at the
+        next step through the pipeline's interrupt flag, so the device goes to the next request."""
         import torch
+
+        if stop is not None and stop.is_set():
+            raise JobError("cancelled", "the request was cancelled before it reached the device")
 
         timings: dict[str, float] = {}
         name = req.model or self.manifest.default_variant
@@ -351,9 +358,14 @@ class Engine:
             prompt = (era.prompt_prefix if era else "") + req.prompt
             negative = ", ".join(x for x in (req.negative_prompt, era.negative_prompt if era else "") if x)
 
+            done = [0]
+
             def step_end(p, i, _t, kwargs):
+                done[0] = i + 1
                 if on_step:
                     on_step(i + 1, p.num_timesteps)
+                if stop is not None and stop.is_set():
+                    p._interrupt = True  # diffusers' documented way to end the loop early
                 return kwargs
 
             t = time.perf_counter()
@@ -365,6 +377,10 @@ class Engine:
                            generator=gens if len(gens) > 1 else gens[0], callback_on_step_end=step_end,
                            output_type="pil")
             timings["inference"] = time.perf_counter() - t
+            if stop is not None and stop.is_set() and done[0] < steps:
+                log.info("generation stopped after step %d/%d: cancelled", done[0], steps)
+                raise JobError("cancelled", f"generation stopped after step {done[0]}/{steps}: the request was "
+                                            "cancelled")
         except JobError:
             raise
         except Exception as exc:

@@ -1,4 +1,5 @@
 """RunPod handler: the job input is a /generate body; the engine runs in this process.
+A cancelled job stops its generation at the next denoising step.
 
 Results larger than a RunPod response can carry (RUNPOD_MAX_INLINE_BYTES, 9 MiB of base64 by
 default) are refused with an error asking for an `output` upload spec, which returns a link.
@@ -9,6 +10,7 @@ seconds (1.0). A CUDA error that leaves the device unusable fails the job with
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -33,14 +35,19 @@ def get_engine():
         return _engine
 
 
-def handler(job: dict) -> dict:
+async def handler(job: dict) -> dict:
+    """Async so that a RunPod cancel reaches it: the generation runs on a thread and is told to stop
+    (at its next denoising step), instead of keeping the GPU busy for a result nobody waits for."""
     from handlers.controlnet_pyworker import service
 
     progress = Progress(job, min_interval=float(os.environ.get("PROGRESS_INTERVAL", "1.0")))
     engine = get_engine()
+    stop = threading.Event()
     try:
-        out = service.respond(job, engine, max_inline_bytes=service.RUNPOD_MAX_INLINE_BYTES, progress=progress)
+        out = await asyncio.to_thread(service.respond, job, engine, max_inline_bytes=service.RUNPOD_MAX_INLINE_BYTES,
+                                      progress=progress, stop=stop)
     finally:
+        stop.set()
         progress.close()
     if engine.broken:  # the GPU context is gone: RunPod replaces this worker after the job
         log.error("engine unusable (%s); asking RunPod for a fresh worker", engine.broken)

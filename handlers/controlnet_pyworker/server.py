@@ -20,6 +20,7 @@ fatal line is written when the preload fails or a CUDA error leaves the device u
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -41,6 +42,14 @@ FATAL_MARKER = "MODEL_SERVER_FATAL"
 DEFAULT_MODEL_LOG = "/workspace/logs/model_server.log"
 STATUS_BY_CODE = {"invalid_input": 422, "download_failed": 502, "upload_failed": 502, "timeout": 504,
                   "cancelled": 499, "engine_failed": 500, "internal": 500, "unsafe_archive": 422}
+
+
+async def _stop_when_disconnected(request: Request, stop: threading.Event, poll: float = 0.25) -> None:
+    """Set `stop` when the client goes away (the PyWorker gave up on the request, a caller timed out),
+    so its generation ends at the next step and the queue moves on."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(poll)
+    stop.set()
 
 
 class ModelLog:
@@ -162,9 +171,12 @@ def create_app(state: State | None = None, *, preload: bool = True, host: str = 
                                  "retry_after": exc.retry_after},
                                 status_code=429, headers={"Retry-After": str(exc.retry_after)})
         job = {"id": request.headers.get("x-request-id") or f"http-{time.time_ns()}", "input": raw}
+        stop = threading.Event()
+        watcher = asyncio.create_task(_stop_when_disconnected(request, stop))
         try:
-            out = await run_in_threadpool(service.respond, job, state.engine, ticket=ticket)
+            out = await run_in_threadpool(service.respond, job, state.engine, ticket=ticket, stop=stop)
         finally:
+            watcher.cancel()
             ticket.release()
         if "error" in out:
             status = STATUS_BY_CODE.get(out.get("error_code"), 500)

@@ -13,6 +13,7 @@ import io
 import os
 import re
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -70,12 +71,13 @@ def _upload(pngs: list[bytes], req: schema.GenerateRequest, job_id: str, progres
 
 
 def execute(engine: Engine, raw: dict, *, job: dict, timings: Timings, max_inline_bytes: int | None = None,
-            progress: Progress | None = None, ticket: Ticket | None = None) -> tuple[dict, list[str]]:
+            progress: Progress | None = None, ticket: Ticket | None = None,
+            stop: threading.Event | None = None) -> tuple[dict, list[str]]:
     """Validate, generate, deliver: (response without images, base64 images), or raises.
 
     `ticket` is a place already taken in the engine's queue (the server admits before it
     hands the request to a thread); without one, a place is taken here. `max_inline_bytes`
-    refuses base64 results above it unless an `output` spec is given.
+    refuses base64 results above it unless an `output` spec is given. `stop` cancels the generation.
     """
     try:
         req = schema.validate(raw, engine.manifest)
@@ -90,7 +92,7 @@ def execute(engine: Engine, raw: dict, *, job: dict, timings: Timings, max_inlin
             progress.update("queued", 0.0, "waiting for the device")
         with ticket or engine.queue.admit():
             with timings.stage("generate"):
-                gen = engine.generate(req, on_step=on_step)
+                gen = engine.generate(req, on_step=on_step, stop=stop)
     finally:
         if ticket:
             ticket.release()
