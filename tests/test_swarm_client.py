@@ -155,6 +155,24 @@ def test_invalid_session_is_renewed_once(swarm):
     assert len(gen.outputs) == 1
 
 
+def test_own_session_generation_is_interrupted_when_the_caller_gives_up(swarm):
+    url, _ = swarm
+
+    async def go():
+        async with SwarmUIClient(url) as c:
+            shared = await c.session_id()
+            with pytest.raises(SwarmUIUnavailable) as err:  # 5 s of steps, 0.3 s of patience
+                await c.generate({"prompt": "too slow", "steps": 500}, timeout=0.3, own_session=True)
+            await asyncio.sleep(0.1)
+            live = (await c.global_status())["status"]["live_gens"]
+            return err.value, live, shared, await c.session_id()
+
+    err, live, shared, after = run(go())
+    assert "did not finish within 0.3 s" in str(err)
+    assert live == 0  # interrupted in SwarmUI, not left running to the end
+    assert after == shared  # the client's shared session was neither used nor replaced
+
+
 def test_list_models_status_and_sync_wrapper(swarm):
     url, _ = swarm
     with SyncSwarmUIClient(url) as c:

@@ -142,6 +142,39 @@ def test_generate_text_to_image_inline(worker):
     assert len(list((tmp / "job-outputs" / "gen-t2i").iterdir())) == 2
 
 
+def test_cancelled_generate_job_interrupts_its_generation_alone(worker):
+    from handlers.swarm_worker.handler import handler
+
+    def job(job_id: str, prompt: str, steps: int) -> dict:
+        return {"id": job_id, "input": {"action": "generate", "params": {"prompt": prompt, "model": SDXL,
+                                                                         "steps": steps, "seed": 3}}}
+
+    async def live_gens() -> int:  # asked on the worker's own event loop, where its client lives
+        rt = runtime()
+        return (await rt.call(rt.process.client.global_status()))["status"]["live_gens"]
+
+    async def go():
+        doomed = asyncio.create_task(handler(job("gen-doomed", "cancel me", 500)))  # 5 s of steps
+        kept = asyncio.create_task(handler(job("gen-kept", "keep me", 100)))  # 1 s
+        deadline = time.monotonic() + 20
+        while await live_gens() < 2:
+            assert time.monotonic() < deadline, "both generations should be running"
+            await asyncio.sleep(0.02)
+        doomed.cancel()  # RunPod cancelled the job
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        out = await kept
+        await asyncio.sleep(0.1)
+        return out, await live_gens()
+
+    assert call({"action": "ready"})["ready"] is True
+    out, live = asyncio.run(go())
+    assert out["success"] is True and len(out["outputs"]) == 1  # the other job's generation went on
+    assert live == 0  # the cancelled one stopped in SwarmUI instead of running its 5 s to the end
+    _, tmp = worker
+    assert not list((tmp / "work" / "Output").rglob("*cancel me*"))
+
+
 def test_generate_image_to_video_over_http(worker):
     init = "data:image/png;base64," + base64.b64encode(fake.tiny_png(5)).decode()
     out = call({"action": "generate", "websocket": False, "params": {

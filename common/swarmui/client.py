@@ -20,6 +20,7 @@ import asyncio
 import base64
 import binascii
 import json
+import logging
 import mimetypes
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,6 +32,8 @@ from urllib.parse import quote
 import aiohttp
 
 from common.swarmui.params import T2IParams
+
+log = logging.getLogger("swarmui.client")
 
 DEFAULT_HTTP_TIMEOUT = 60.0
 # Subtypes SwarmUI's ListModels understands.
@@ -199,15 +202,19 @@ class SwarmUIClient:
 
     # -- sessions -----------------------------------------------------------------------------------
 
-    async def new_session(self) -> str:
+    async def _get_new_session(self) -> str:
         status, body = await self._post_raw("GetNewSession", {}, self.http_timeout)
         _raise_for_body("GetNewSession", status, body)
         sid = body.get("session_id") if isinstance(body, dict) else None
         if not sid:
             raise SwarmUIError("GetNewSession returned no session_id", route="GetNewSession")
         self.server_info = {k: v for k, v in body.items() if k != "session_id"}
-        self._session_id = sid
         return sid
+
+    async def new_session(self) -> str:
+        """A new session id, which becomes the one every call uses."""
+        self._session_id = await self._get_new_session()
+        return self._session_id
 
     async def session_id(self, *, renew: bool = False) -> str:
         async with self._session_lock:
@@ -257,11 +264,28 @@ class SwarmUIClient:
     # -- generation -------------------------------------------------------------------------------------
 
     async def generate(self, params: T2IParams | Mapping[str, Any], *, websocket: bool = True,
-                       on_event: EventCallback | None = None, timeout: float | None = None) -> GenerationResult:
-        """Run `GenerateText2Image` (WebSocket route unless `websocket=False`) and collect its outputs."""
+                       on_event: EventCallback | None = None, timeout: float | None = None,
+                       own_session: bool = False) -> GenerationResult:
+        """Run `GenerateText2Image` (WebSocket route unless `websocket=False`) and collect its outputs.
+
+        With `own_session`, the generation runs in a session of its own, which is interrupted when the
+        caller is cancelled or gives up (timeout, lost connection): SwarmUI would otherwise finish a
+        generation nobody waits for, and a shared session's interrupt would stop everyone's."""
         body = params.to_body() if isinstance(params, T2IParams) else dict(params)
         body.setdefault("images", 1)
         timeout = self.generate_timeout if timeout is None else timeout
+        if own_session:
+            sid = await self._get_new_session()
+            try:
+                if websocket:
+                    return await self._generate_ws({**body, "session_id": sid}, on_event, timeout)
+                status, result = await self._post_raw("GenerateText2Image", {**body, "session_id": sid}, timeout)
+                _raise_for_body("GenerateText2Image", status, result)
+                images = list(result.get("images") or [])
+                return GenerationResult(outputs=images, metadata=[None] * len(images))
+            except BaseException:
+                await self._interrupt_session(sid)
+                raise
         if not websocket:
             result = await self.call("GenerateText2Image", body, timeout=timeout)
             images = list(result.get("images") or [])
@@ -275,6 +299,13 @@ class SwarmUIClient:
                     continue
                 raise
         raise AssertionError("unreachable")
+
+    async def _interrupt_session(self, sid: str) -> None:
+        """Best effort: stop what the session `sid` is generating (nothing to stop is fine too)."""
+        try:
+            await asyncio.shield(self._post_raw("InterruptAll", {"session_id": sid, "other_sessions": False}, 10))
+        except (Exception, asyncio.CancelledError) as exc:
+            log.warning("could not interrupt SwarmUI session %s: %s", sid[:8], exc)
 
     async def _generate_ws(self, body: dict[str, Any], on_event: EventCallback | None,
                            timeout: float | None) -> GenerationResult:

@@ -99,8 +99,9 @@ async def run_generate(rt: WorkerRuntime, job: dict, req: GenerateInput, timings
     client = rt.process.client
     with timings.stage("generate"):
         try:
+            # its own SwarmUI session, so that a cancelled or timed-out job interrupts its generation alone
             result = await client.generate(body, websocket=req.websocket, on_event=on_event,
-                                           timeout=req.timeout_seconds)
+                                           timeout=req.timeout_seconds, own_session=True)
         except SwarmUIUnavailable as exc:
             code = await rt.process.wait_exit(3)
             raise _crash_error(rt, code, exc) from None

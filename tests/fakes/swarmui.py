@@ -18,7 +18,9 @@ What it reproduces:
 - Handler errors (unknown model, bad init image, missing `images`) as HTTP 200 `{"error"}`.
 - `ListModels` scanning the `ModelRoot` folders, writing `model_metadata.ldb` into every
   folder it scans (the shared-volume hazard); `ListBackends`, `GetCurrentStatus`,
-  `GetGlobalStatus` with live/waiting counts; `SelectModel`, `InterruptAll`, `TriggerRefresh`.
+  `GetGlobalStatus` with live/waiting counts; `SelectModel`, `TriggerRefresh`, `InterruptAll`
+  (the calling session's generations; with `other_sessions`, everyone's). A generation whose
+  WebSocket closes runs on to the end, as nothing tells SwarmUI to stop it.
 - `Network.RequiredAuthorization` with the `AuthBypassIPs` loopback exemption.
 - `GET /View/...` serving files from the output folder.
 
@@ -136,7 +138,8 @@ class FakeSwarm:
         self.live_gens = 0
         self.waiting_gens = 0
         self.counter = 0
-        self.interrupt_generation = 0
+        self.interrupt_generation = 0  # bumped by InterruptAll with other_sessions
+        self.session_interrupts: dict[str, int] = {}  # bumped per session by InterruptAll without
         self.request_log: list[dict] = []
 
     # -- helpers --------------------------------------------------------------------------------------
@@ -282,7 +285,11 @@ class FakeSwarm:
         return {"success": True}
 
     async def route_interruptall(self, body: dict) -> dict:
-        self.interrupt_generation += 1
+        if str(body.get("other_sessions", "false")).lower() == "true":
+            self.interrupt_generation += 1
+        else:
+            sid = str(body.get("session_id"))
+            self.session_interrupts[sid] = self.session_interrupts.get(sid, 0) + 1
         return {"success": True}
 
     async def route_triggerrefresh(self, body: dict) -> dict:
@@ -320,7 +327,10 @@ class FakeSwarm:
         else:
             async def sink(event: dict) -> None:
                 if not ws.closed:
-                    await ws.send_json(event)
+                    try:
+                        await ws.send_json(event)
+                    except ConnectionError:  # the client went away; the generation runs on
+                        pass
 
             await self.run_generation(body, sink)
         await ws.close()
@@ -355,7 +365,8 @@ class FakeSwarm:
             self.waiting_gens -= 1
         steps = int(body.get("videosteps") or body.get("steps") or 20) if videomodel else int(body.get("steps") or 20)
         prompt = str(body.get("prompt") or "")
-        interrupt_mark = self.interrupt_generation
+        sid = str(body.get("session_id"))
+        interrupt_mark = (self.interrupt_generation, self.session_interrupts.get(sid, 0))
         self.live_gens += 1
         try:
             await emit({"status": self.status_body()["status"], "backend_status": self.status_body()["backend_status"]})
@@ -365,7 +376,7 @@ class FakeSwarm:
                     if self.crash_word and self.crash_word in prompt and step >= steps // 2:
                         log("[Error] Backend crashed: simulated fatal error in sampler (CUDA error: an illegal memory access)")
                         os._exit(134)
-                    if self.interrupt_generation != interrupt_mark:
+                    if (self.interrupt_generation, self.session_interrupts.get(sid, 0)) != interrupt_mark:
                         return
                     overall = (index * steps + step + 1) / (images * steps)
                     await emit({"gen_progress": {"batch_index": str(index), "overall_percent": round(overall, 4),
