@@ -5,6 +5,10 @@ SwarmUI URL directly; clean errors."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 from functools import partial
 
@@ -14,7 +18,7 @@ from handlers.swarm_worker.runtime import get_runtime
 from tests.fakes import swarmui as fake_swarm
 from tests.fakes.http_files import FileServer, Route
 from tests.fakes.runpod_api import FakeRunPodAPI
-from tests.gpuworker_helpers import run_cli, start_swarmui
+from tests.gpuworker_helpers import ROOT, run_cli, start_swarmui
 from tests.swarm_helpers import assert_token_revoked, configured_worker
 
 KEY = "rp-SWARMKEY-a1b2c3d4e5f6"
@@ -199,6 +203,29 @@ def test_i2v_from_an_image_url_with_a_progress_bar(swarm, capsys, tmp_path, monk
     [saved] = list((tmp_path / "out").iterdir())
     assert saved.suffix == ".webm" and f"saved {saved}" in r.out
     assert "video" in r.err and "100.0%" in r.err and "━" in r.err
+
+
+def test_ctrl_c_interrupts_the_generation_in_swarmui(swarm, tmp_path):
+    from common.swarmui import SyncSwarmUIClient
+
+    cli = subprocess.Popen([sys.executable, "-m", "scripts.gpuworker", "swarm", "generate", "--url", swarm,
+                            "--prompt", "stopped by ctrl-c", "--steps", "500", "-o", str(tmp_path)],  # 5 s of steps
+                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    with SyncSwarmUIClient(swarm) as swarmui:
+        def live() -> int:
+            return swarmui.global_status()["status"]["live_gens"]
+
+        deadline = time.monotonic() + 30
+        while live() == 0:
+            assert time.monotonic() < deadline and cli.poll() is None, cli.communicate()
+            time.sleep(0.05)
+        cli.send_signal(signal.SIGINT)
+        _, err = cli.communicate(timeout=30)
+        assert cli.returncode == 130 and "interrupted" in err, err
+        time.sleep(0.1)
+        assert live() == 0  # stopped in SwarmUI, not left running its 5 s
+    assert not list(tmp_path.iterdir())
 
 
 def test_generate_images_into_a_folder(swarm, capsys, tmp_path, monkeypatch):

@@ -28,7 +28,16 @@ class SyncSwarmUIClient:
         self.close()
 
     def _run(self, coro: Any) -> Any:
-        return self._loop.run_until_complete(coro)
+        task = self._loop.create_task(coro)
+        try:
+            return self._loop.run_until_complete(task)
+        except KeyboardInterrupt:  # Ctrl-C: cancel the call and let it clean up (e.g. interrupt its generation)
+            task.cancel()
+            try:
+                self._loop.run_until_complete(task)
+            except BaseException:  # the cancellation, or the call's own error: both expected here
+                pass
+            raise
 
     def close(self) -> None:
         if not self._loop.is_closed():

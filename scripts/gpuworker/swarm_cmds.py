@@ -136,7 +136,7 @@ def run_generation(args: argparse.Namespace, console: Console, body: dict[str, A
                     counts = event["status"] or {}
                     bar.update(task, status="waiting for the backend" if counts.get("waiting_gens") else "started")
 
-            result = client.generate(params, on_event=on_event)
+            result = client.generate(params, on_event=on_event, own_session=True)  # Ctrl-C interrupts it
             if not result.outputs:
                 raise CliError("SwarmUI returned no outputs")
             progress_events = result.progress_events
