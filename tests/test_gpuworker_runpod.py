@@ -99,6 +99,27 @@ def test_async_run_then_status_wait_json(capsys, tmp_path):
     no_key(done)
 
 
+def test_ctrl_c_while_following_says_the_job_keeps_running(api, capsys, monkeypatch):
+    from scripts.gpuworker.runpod_api import Endpoint
+
+    real_status, calls = Endpoint.status, []
+
+    def status_then_ctrl_c(self, job_id):
+        calls.append(job_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_status(self, job_id)
+
+    monkeypatch.setattr(Endpoint, "status", status_then_ctrl_c)
+    r = run_cli(capsys, "runpod", "run", "slow", "--data", '{"seconds": 30}', "--follow", "--poll", "0.05", "--quiet")
+    job_id = calls[0]
+    assert r.code == 130 and "interrupted" in r.err
+    assert f"job {job_id} keeps running on RunPod: cancel it with `gpuworker runpod cancel slow {job_id}`" in r.err
+    assert api.jobs[job_id].status in ("IN_QUEUE", "IN_PROGRESS")  # Ctrl-C stops following, not the job
+    monkeypatch.setattr(Endpoint, "status", real_status)
+    assert run_cli(capsys, "runpod", "cancel", "slow", job_id).code == 0
+
+
 def test_input_from_stdin_is_wrapped_in_input(capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO('{"prompt": "a cat"}'))
     r = run_cli(capsys, "runpod", "runsync", "echo", "--input", "-", "--json")

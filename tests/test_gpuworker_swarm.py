@@ -271,6 +271,23 @@ def test_wake_on_a_busy_worker_says_so(capsys):
 
 
 @pytest.mark.parametrize("protocol, hint", [("lease", "gpuworker runpod cancel cold"),
+                                            ("legacy", "gpuworker swarm shutdown cold --cancel")])
+def test_ctrl_c_while_waking_says_how_to_release_the_worker(api, capsys, monkeypatch, protocol, hint):
+    from scripts.gpuworker.runpod_api import Endpoint
+
+    def ctrl_c(self, job_id):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Endpoint, "status", ctrl_c)
+    before = set(api.jobs)
+    r = run_cli(capsys, "swarm", "wake", "cold", "--protocol", protocol, "--timeout", "20", "--poll", "0.1")
+    assert r.code == 130 and "interrupted" in r.err
+    [job_id] = set(api.jobs) - before
+    assert f"{hint} {job_id}" in r.err and "may still" in r.err
+    assert run_cli(capsys, "runpod", "cancel", "cold", job_id).code == 0
+
+
+@pytest.mark.parametrize("protocol, hint", [("lease", "gpuworker runpod cancel cold"),
                                             ("legacy", "gpuworker swarm shutdown")])
 def test_wake_times_out_with_exit_3(capsys, protocol, hint):
     r = run_cli(capsys, "swarm", "wake", "cold", "--protocol", protocol, "--timeout", "1.5", "--poll", "0.2")

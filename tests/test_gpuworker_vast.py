@@ -98,6 +98,20 @@ def test_create_from_image_with_env_onstart_and_wait(capsys, vast, swarm, tmp_pa
     run_cli(capsys, "vast", "destroy", str(r.json["instance_id"]))
 
 
+def test_ctrl_c_while_waiting_says_the_instance_keeps_billing(capsys, vast, monkeypatch):
+    from scripts.gpuworker import vast_cmds
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vast_cmds, "wait_ready", ctrl_c)
+    r = run_cli(capsys, "vast", "create", "1005", "--template", TEMPLATE, "--wait", "--quiet")
+    assert r.code == 130 and "interrupted" in r.err
+    instance = max(vast.instances)
+    assert f"instance {instance} keeps running (and billing): `gpuworker vast destroy {instance}`" in r.err
+    run_cli(capsys, "vast", "destroy", str(instance))
+
+
 def test_wait_and_guard_with_a_token_gated_swarmui(capsys, vast, tmp_path, monkeypatch):
     token = "gate-TOKEN-0123456789abcdef"
     proc, url, port = start_swarmui(tmp_path / "gated", required_auth=f"Bearer {token}")

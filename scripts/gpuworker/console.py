@@ -68,6 +68,16 @@ class Console:
             print(mask_keys(text), flush=True)
 
     @contextmanager
+    def left_running(self, hint: str):
+        """On Ctrl-C inside the block, say what keeps running (and billing) and how to stop it; even
+        with `--quiet`, since silence here costs money."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            print(mask_keys(hint), file=sys.stderr, flush=True)
+            raise
+
+    @contextmanager
     def progress(self, *, transfer: bool = False):
         """A rich progress display on stderr (disabled with `--json`/`--quiet` or off a terminal)."""
         from rich.console import Console as RichConsole

@@ -137,8 +137,14 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
                             f"follow it: gpuworker runpod stream {args.endpoint} {job_id}")
         return 0
     console.note(f"job {job_id} submitted")
-    return report_final(console, follow(console, endpoint, job_id, poll=args.poll, timeout=args.timeout,
-                                        stream=True))
+    with console.left_running(still_running(args.endpoint, job_id)):
+        final = follow(console, endpoint, job_id, poll=args.poll, timeout=args.timeout, stream=True)
+    return report_final(console, final)
+
+
+def still_running(endpoint_id: str, job_id: str) -> str:
+    return (f"job {job_id} keeps running on RunPod: cancel it with `gpuworker runpod cancel {endpoint_id} {job_id}`, "
+            f"or follow it again with `gpuworker runpod stream {endpoint_id} {job_id}`")
 
 
 def cmd_runsync(args: argparse.Namespace, console: Console) -> int:
@@ -147,7 +153,8 @@ def cmd_runsync(args: argparse.Namespace, console: Console) -> int:
     status = endpoint.runsync(payload, wait_ms=args.wait_ms)
     if status.get("status") not in ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT") and status.get("id"):
         console.note(f"job {status['id']} still {status.get('status')} when /runsync returned; following it")
-        status = follow(console, endpoint, status["id"], poll=args.poll, timeout=args.timeout, stream=False)
+        with console.left_running(still_running(args.endpoint, status["id"])):
+            status = follow(console, endpoint, status["id"], poll=args.poll, timeout=args.timeout, stream=False)
     return report_final(console, status)
 
 
@@ -170,8 +177,9 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_stream(args: argparse.Namespace, console: Console) -> int:
     endpoint = endpoint_from(args)
-    return report_final(console, follow(console, endpoint, args.job_id, poll=args.poll, timeout=args.timeout,
-                                        stream=True))
+    with console.left_running(still_running(args.endpoint, args.job_id)):
+        final = follow(console, endpoint, args.job_id, poll=args.poll, timeout=args.timeout, stream=True)
+    return report_final(console, final)
 
 
 def cmd_cancel(args: argparse.Namespace, console: Console) -> int:

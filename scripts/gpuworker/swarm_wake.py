@@ -54,7 +54,9 @@ def wake_lease(console: Console, endpoint: Endpoint, *, max_seconds: float | Non
     if not job_id:
         raise CliError(f"RunPod /run returned no job id: {job}")
     console.note(f"lease job {job_id} asks for a worker")
-    with console.progress() as bar:
+    release = f"`gpuworker runpod cancel {endpoint.endpoint_id} {job_id}`"
+    hint = f"the lease job {job_id} may still start and hold a worker: {release}"
+    with console.left_running(hint), console.progress() as bar:
         task = bar.add_task("waking", total=None, status="waiting for a worker")
         while True:
             # the worker posts its address to the job's stream and as its progress: take whichever shows first
@@ -81,7 +83,7 @@ def wake_lease(console: Console, endpoint: Endpoint, *, max_seconds: float | Non
             bar.update(task, status="worker starting" if status.get("status") == "IN_PROGRESS" else "queued")
             if time.monotonic() >= deadline:
                 raise CliError(f"no ready worker after {timeout:g} s; the lease job {job_id} may still start one: "
-                               f"`gpuworker runpod cancel {endpoint.endpoint_id} {job_id}`", 3)
+                               f"{release}", 3)
             time.sleep(poll)
 
 
@@ -97,7 +99,9 @@ def wake_legacy(console: Console, endpoint: Endpoint, *, duration: float, interv
         raise CliError(f"RunPod /run returned no job id: {hold}")
     console.note(f"{action} job {hold_id} holds a worker for up to {duration:g} s")
     last = ""
-    with console.progress() as bar:
+    release = f"`gpuworker swarm shutdown {endpoint.endpoint_id} --cancel {hold_id}`"
+    hint = f"the {action} job {hold_id} may still hold a worker: {release}"
+    with console.left_running(hint), console.progress() as bar:
         task = bar.add_task("waking", total=None, status="waiting for a worker")
         while True:
             held = endpoint.status(hold_id)
@@ -125,7 +129,7 @@ def wake_legacy(console: Console, endpoint: Endpoint, *, duration: float, interv
                     console.note(f"not ready yet: {last}")
             if time.monotonic() >= deadline:
                 raise CliError(f"no ready worker after {timeout:g} s (last: {last or 'queued'}); the {action} job "
-                               f"{hold_id} may still hold a worker: `gpuworker swarm shutdown --cancel {hold_id}`", 3)
+                               f"{hold_id} may still hold a worker: {release}", 3)
             time.sleep(poll)
 
 

@@ -123,8 +123,10 @@ def cmd_create(args: argparse.Namespace, console: Console) -> int:
         console.note(f"guard: destroyed after {args.max_hours or '-'} h or {args.max_idle or '-'} min idle"
                      + (f"; log {guard['log']}" if "log" in guard else "; run `gpuworker vast guard` to enforce"))
     if args.wait:
-        result["url"] = wait_ready(console, api, instance_id, port=args.guard_port, timeout=args.timeout,
-                                   poll=args.poll, check_app=True)
+        with console.left_running(f"instance {instance_id} keeps running (and billing): "
+                                  f"`gpuworker vast destroy {instance_id}`, or `gpuworker vast wait {instance_id}`"):
+            result["url"] = wait_ready(console, api, instance_id, port=args.guard_port, timeout=args.timeout,
+                                       poll=args.poll, check_app=True)
     console.result(result, "\n".join([f"instance {instance_id}"] + ([f"url {result['url']}"] if "url" in result
                                                                       else [])))
     return 0
