@@ -40,6 +40,7 @@ ERROR_CODES = (
 PUBLIC_RESULT_FIELDS = frozenset({"download_url", "safetensors_url", "repo_url", "public_url", "url", "urls"})
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 class JobError(Exception):
@@ -254,6 +255,19 @@ def run_job(job: dict, body: Body) -> dict:
         return finish(body(job, timings), timings)
     except Exception as exc:
         return _failure(job, exc)
+
+
+async def to_thread_stoppable(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """`asyncio.to_thread(fn, ..., stop=event)`, with `event` set once the caller stops waiting.
+
+    A thread can't be cancelled: when the job is cancelled or runs out of time, `fn` sees `stop`
+    (between chunks, polls or denoising steps) and ends, instead of working on for nobody.
+    """
+    stop = threading.Event()
+    try:
+        return await asyncio.to_thread(fn, *args, stop=stop, **kwargs)
+    finally:
+        stop.set()
 
 
 async def run_job_async(job: dict, body: Callable[[dict, Timings], Awaitable[dict]]) -> dict:

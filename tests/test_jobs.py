@@ -2,12 +2,22 @@
 
 import asyncio
 import logging
+import threading
 
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
 from common import jobs
-from common.jobs import JobError, Progress, Timings, error_result, parse_input, run_job, run_job_async
+from common.jobs import (
+    JobError,
+    Progress,
+    Timings,
+    error_result,
+    parse_input,
+    run_job,
+    run_job_async,
+    to_thread_stoppable,
+)
 from common.uploads.spec import UploadSpec
 
 
@@ -176,3 +186,26 @@ def test_async_job_error_result():
     out = asyncio.run(run_job_async({"id": "e", "input": {}}, body))
     assert out["error"] == "engine_failed: exit 1"
     assert out["worker_version"] == jobs.worker_version()
+
+
+def test_to_thread_stoppable_tells_the_thread_when_nobody_waits_any_more():
+    started, stopped = threading.Event(), threading.Event()
+
+    def work(n: int, *, stop: threading.Event) -> int:
+        started.set()
+        if stop.wait(10):
+            stopped.set()
+        return n
+
+    async def go():
+        assert await to_thread_stoppable(lambda *, stop: stop.is_set()) is False  # not set while awaited
+        task = asyncio.create_task(to_thread_stoppable(work, 7))
+        await asyncio.to_thread(started.wait, 10)
+        task.cancel()  # the job was cancelled
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        return await asyncio.to_thread(stopped.wait, 5)
+
+    assert asyncio.run(go()) is True

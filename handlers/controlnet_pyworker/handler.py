@@ -10,12 +10,11 @@ seconds (1.0). A CUDA error that leaves the device unusable fails the job with
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
 
-from common.jobs import Progress
+from common.jobs import Progress, to_thread_stoppable
 
 log = logging.getLogger("controlnet.handler")
 
@@ -42,12 +41,10 @@ async def handler(job: dict) -> dict:
 
     progress = Progress(job, min_interval=float(os.environ.get("PROGRESS_INTERVAL", "1.0")))
     engine = get_engine()
-    stop = threading.Event()
     try:
-        out = await asyncio.to_thread(service.respond, job, engine, max_inline_bytes=service.RUNPOD_MAX_INLINE_BYTES,
-                                      progress=progress, stop=stop)
+        out = await to_thread_stoppable(service.respond, job, engine,
+                                        max_inline_bytes=service.RUNPOD_MAX_INLINE_BYTES, progress=progress)
     finally:
-        stop.set()
         progress.close()
     if engine.broken:  # the GPU context is gone: RunPod replaces this worker after the job
         log.error("engine unusable (%s); asking RunPod for a fresh worker", engine.broken)

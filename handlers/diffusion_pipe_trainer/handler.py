@@ -13,13 +13,12 @@ import asyncio
 import json
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.jobs import JobError, Progress, Timings, error_result, run_job_async
+from common.jobs import JobError, Progress, Timings, error_result, run_job_async, to_thread_stoppable
 from common.redaction import redact
 from handlers.diffusion_pipe_trainer import captions, configs, dataset, model_fetch, training
 from handlers.diffusion_pipe_trainer.models import JOYCAPTION_DIR, JOYCAPTION_REPO, REGISTRY, Fetch, ModelSpec
@@ -62,15 +61,12 @@ async def _prepare_dataset(req: TrainRequest, dirs: JobDirs, progress: Progress)
             pct = 100.0 * done / total if total else None
             progress.update("downloading", pct, f"{_kind}: {done / 1e6:.1f} MB")
 
-        stop = threading.Event()
-        try:
-            sets[kind] = await asyncio.to_thread(
-                dataset.prepare, url, kind, dirs.downloads, dirs.images if kind == "images" else dirs.videos,
-                precaptioned=ds.type == "precaptioned", sha256=(ds.sha256 or {}).get(kind), progress=on_bytes,
-                hf_token=_hf_token(req), stop=stop,
-            )
-        finally:  # on a cancel or the time limit, the download ends at its next chunk instead of going on
-            stop.set()
+        # on a cancel or the time limit, the download ends at its next chunk instead of going on
+        sets[kind] = await to_thread_stoppable(
+            dataset.prepare, url, kind, dirs.downloads, dirs.images if kind == "images" else dirs.videos,
+            precaptioned=ds.type == "precaptioned", sha256=(ds.sha256 or {}).get(kind), progress=on_bytes,
+            hf_token=_hf_token(req),
+        )
     return sets
 
 
@@ -110,13 +106,9 @@ async def _caption(req: TrainRequest, sets: dict[str, dataset.MediaSet], dirs: J
         progress.update("captioning", 100.0 * done / total, f"captioning {len(todo['videos'])} videos with Gemini",
                         force=True)
         key = req.api_keys.gemini_api_key or os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
-        stop = threading.Event()
-        try:
-            await asyncio.to_thread(captions.caption_videos, todo["videos"], api_key=key,
-                                    model=req.caption.gemini_model, prompt=req.caption.video_prompt, trigger=trigger,
-                                    on_caption=on_caption, stop=stop)
-        finally:  # on a cancel or the time limit, the thread stops at its next poll instead of captioning on
-            stop.set()
+        # on a cancel or the time limit, the thread stops at its next poll instead of captioning on
+        await to_thread_stoppable(captions.caption_videos, todo["videos"], api_key=key, model=req.caption.gemini_model,
+                                  prompt=req.caption.video_prompt, trigger=trigger, on_caption=on_caption)
         stats["captioned_videos"] = len(todo["videos"])
     return stats
 
