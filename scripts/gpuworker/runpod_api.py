@@ -93,7 +93,11 @@ class Endpoint:
                            service=f"RunPod {endpoint_id}", **api_kwargs)
 
     def run(self, payload: dict) -> dict:
-        return self.api.request("POST", "run", json_body=payload, creates=True)
+        """Submit a job; the body RunPod answered, which always carries the job's `id`."""
+        job = self.api.request("POST", "run", json_body=payload, creates=True)
+        if not job.get("id"):
+            raise CliError(f"RunPod /run returned no job id: {job}")
+        return job
 
     def runsync(self, payload: dict, *, wait_ms: int | None = None) -> dict:
         params = {"wait": wait_ms} if wait_ms else None

@@ -129,9 +129,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     payload = read_input(args)
     endpoint = endpoint_from(args)
     job = endpoint.run(payload)
-    job_id = job.get("id")
-    if not job_id:
-        raise CliError(f"RunPod /run returned no job id: {job}")
+    job_id = job["id"]
     if not args.follow:
         console.result(job, f"job {job_id}: {job.get('status', 'IN_QUEUE')}\n"
                             f"follow it: gpuworker runpod stream {args.endpoint} {job_id}")

@@ -49,10 +49,7 @@ def wake_lease(console: Console, endpoint: Endpoint, *, max_seconds: float | Non
     started = time.monotonic()
     deadline = started + timeout
     limits = {"max_lease_seconds": max_seconds, "idle_seconds": idle}
-    job = endpoint.run({"input": {"action": "lease", **{k: v for k, v in limits.items() if v is not None}}})
-    job_id = job.get("id")
-    if not job_id:
-        raise CliError(f"RunPod /run returned no job id: {job}")
+    job_id = endpoint.run({"input": {"action": "lease", **{k: v for k, v in limits.items() if v is not None}}})["id"]
     console.note(f"lease job {job_id} asks for a worker")
     release = f"`gpuworker runpod cancel {endpoint.endpoint_id} {job_id}`"
     hint = f"the lease job {job_id} may still start and hold a worker: {release}"
@@ -61,7 +58,8 @@ def wake_lease(console: Console, endpoint: Endpoint, *, max_seconds: float | Non
         while True:
             # the worker posts its address to the job's stream and as its progress: take whichever shows first
             status = endpoint.status(job_id)
-            items = [i.get("output") if isinstance(i, dict) else None for i in endpoint.stream(job_id).get("stream") or []]
+            chunk = endpoint.stream(job_id).get("stream") or []
+            items = [i.get("output") if isinstance(i, dict) else None for i in chunk]
             for out in [*items, progress_of(status)]:
                 if isinstance(out, dict) and out.get("token") and out.get("public_url"):
                     bar.update(task, status="ready")
@@ -93,10 +91,7 @@ def wake_legacy(console: Console, endpoint: Endpoint, *, duration: float, interv
     until SwarmUI answers. On an endpoint with several workers `ready` may come from another one."""
     started = time.monotonic()
     deadline = started + timeout
-    hold = endpoint.run({"input": {"action": action, "duration": duration, "interval": interval}})
-    hold_id = hold.get("id")
-    if not hold_id:
-        raise CliError(f"RunPod /run returned no job id: {hold}")
+    hold_id = endpoint.run({"input": {"action": action, "duration": duration, "interval": interval}})["id"]
     console.note(f"{action} job {hold_id} holds a worker for up to {duration:g} s")
     last = ""
     release = f"`gpuworker swarm shutdown {endpoint.endpoint_id} --cancel {hold_id}`"
