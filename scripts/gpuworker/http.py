@@ -5,13 +5,13 @@ service cannot have acted on it: 429, 503, or a connection that was never establ
 or a dropped connection after sending may mean it was accepted, and a blind retry would start
 a second job or rent a second GPU: that failure is a `MaybeCreated` error, so the caller can say so.
 
-Network failures name the host, each retry is announced on stderr (a log warning), and an
+Network failures name the host, each retry is announced on stderr, and an
 unreachable host is given up on within seconds (a 5 s connect timeout, two quick retries).
 """
 
 from __future__ import annotations
 
-import logging
+import sys
 import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
@@ -21,9 +21,12 @@ from urllib.parse import urlsplit
 import requests
 from urllib3.exceptions import NewConnectionError
 
-from scripts.gpuworker.console import CliError
+from scripts.gpuworker.console import CliError, mask_keys
 
-log = logging.getLogger("gpuworker.http")
+
+def announce(message: str) -> None:
+    """A retry, on stderr even with `--quiet` or `--json` (a silent wait looks like a hang)."""
+    print(mask_keys(message), file=sys.stderr, flush=True)
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 RETRY_STATUS_UNSAFE = frozenset({429, 503})  # not processed: safe to resend a creating request
 MAX_BACKOFF = 30.0
@@ -112,8 +115,8 @@ class JsonApi:
                 network_failures += 1
                 if network_failures <= NETWORK_RETRIES and (not creates or never_connected):
                     wait = min(MAX_BACKOFF, self.backoff * 2 ** (network_failures - 1))
-                    log.warning("%s %s: %s; retrying in %g s (%d/%d)", self.service, route, _failure(exc), wait,
-                                network_failures, NETWORK_RETRIES)
+                    announce(f"{self.service} {route}: {_failure(exc)}; retrying in {wait:g} s "
+                             f"({network_failures}/{NETWORK_RETRIES})")
                     self.sleep(wait)
                     continue
                 if creates and not never_connected:
@@ -124,8 +127,8 @@ class JsonApi:
             if resp.status_code in (RETRY_STATUS_UNSAFE if creates else RETRY_STATUS) and attempt < self.retries:
                 wait = _retry_after(resp.headers.get("Retry-After"))
                 wait = min(MAX_BACKOFF, wait if wait is not None else self.backoff * 2 ** attempt)
-                log.warning("%s %s: HTTP %d; retrying in %g s (%d/%d)", self.service, route, resp.status_code,
-                            wait, attempt + 1, self.retries)
+                announce(f"{self.service} {route}: HTTP {resp.status_code}; retrying in {wait:g} s "
+                         f"({attempt + 1}/{self.retries})")
                 self.sleep(wait)
                 continue
             if resp.status_code == 401 or resp.status_code == 403:

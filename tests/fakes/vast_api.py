@@ -9,7 +9,7 @@ c624622622496828c1ae58edec481bba1f5d675d (the sources of https://docs.vast.ai).
   (DOCS api-reference/openapi/yaml/show_instance.yaml, 401 example; CLI vast.py:631-636).
 - Errors: `{"success": false, "error", "msg"}` (https://docs.vast.ai/api-reference/rate-limits-and-errors).
   429 answers are plain text `API requests too frequent endpoint threshold=…` **without** `Retry-After`
-  ("The API does not currently set standard rate-limit headers", same page); `inject(429)`.
+  ("The API does not currently set standard rate-limit headers", same page); `inject(429)`; `inject(500, route=…)` for other failures.
 - `POST /api/v0/bundles/` (CLI vast.py:4341-4410 `search__offers`): `{"field": {"eq"|"neq"|"gt"|"gte"|
   "lt"|"lte"|"in"|"notin": v}}` filters over the offer fields the CLI knows (vast.py:979-1045
   `offers_fields`: the machine score is `reliability`; `reliability2` is commented out there); other
@@ -155,16 +155,17 @@ class FakeVastAPI(LocalService):
         self.requests: list[tuple[str, str, bool]] = []
         self.bodies: list[Any] = []
         self.lock = threading.Lock()
-        self._faults: deque[int] = deque()
+        self._faults: deque[tuple[int, str]] = deque()
         self._refusals: deque[str] = deque()
         self._drop_creates = 0
         self._logs: dict[str, tuple[float, str]] = {}
         self._next_id = 29829389
 
-    def inject(self, status: int, count: int = 1) -> None:
-        """The next `count` API requests answer `status` (429: vast's plain-text body, no Retry-After)."""
+    def inject(self, status: int, count: int = 1, route: str = "") -> None:
+        """The next `count` API requests (whose path contains `route`) answer `status` (429: vast's
+        plain-text body, no Retry-After)."""
         with self.lock:
-            self._faults.extend([status] * count)
+            self._faults.extend([(status, route)] * count)
 
     def inject_create_drop(self, count: int = 1) -> None:
         with self.lock:
@@ -368,7 +369,9 @@ class FakeVastAPI(LocalService):
         if not authorized:
             return reply_json(h, 401, {"success": False, "error": "auth_error", "msg": "Invalid user key"})
         with self.lock:
-            fault = self._faults.popleft() if self._faults else None
+            fault = None
+            if self._faults and self._faults[0][1] in parts.path:
+                fault = self._faults.popleft()[0]
         if fault == 429:
             return reply(h, 429, TOO_FREQUENT)
         if fault is not None:
