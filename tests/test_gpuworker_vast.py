@@ -383,6 +383,7 @@ def test_guard_never_destroys_what_it_cannot_see_into(capsys, vast, swarm, monke
         r = run_cli(capsys, "vast", "guard", "--once", "--json")
         assert r.json[0]["action"] == "destroyed" and "SwarmUI idle" in r.json[0]["reason"]
         assert token not in r.text
+        assert proxy.clear_credentials == 0  # the token never went to the TLS port in clear
 
 
 def test_wait_and_guard_with_a_token_gated_swarmui(capsys, vast, tmp_path, monkeypatch):

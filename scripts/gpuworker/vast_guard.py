@@ -84,15 +84,28 @@ def swarm_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {register_key(token)}"} if token else {}
 
 
+_TLS_PORTS: dict[str, str] = {}  # http://ip:port -> https://ip:port, for ports found speaking TLS
+
+
+def app_url(url: str, *, timeout: float) -> str:
+    """`url`, or its `https://` form when the port speaks TLS (vast's proxy with `ENABLE_HTTPS`: a Go
+    server answers plain HTTP with 400 "Client sent an HTTP request to an HTTPS server"). Found out
+    with one request *without* credentials, so a token never crosses the network in clear to a port
+    that would have taken it over TLS."""
+    if not url.startswith("http://"):
+        return url
+    if url not in _TLS_PORTS:
+        resp = requests.get(f"{url}/", timeout=timeout, allow_redirects=False)
+        speaks_tls = resp.status_code == 400 and "HTTP request to an HTTPS server" in resp.text
+        _TLS_PORTS[url] = "https://" + url.removeprefix("http://") if speaks_tls else url
+    return _TLS_PORTS[url]
+
+
 def swarm_post(url: str, route: str, body: dict, *, timeout: float) -> tuple[requests.Response, str]:
-    """POST to SwarmUI at `url`; an `http://` URL whose port speaks TLS (vast's proxy with
-    `ENABLE_HTTPS`, a Go server answering "HTTP request to an HTTPS server") is retried as `https://`.
-    Returns the answer and the URL that worked. Certificates are verified (`REQUESTS_CA_BUNDLE`)."""
-    resp = requests.post(f"{url}{route}", json=body, headers=swarm_headers(), timeout=timeout)
-    if resp.status_code == 400 and "HTTP request to an HTTPS server" in resp.text and url.startswith("http://"):
-        url = "https://" + url.removeprefix("http://")
-        resp = requests.post(f"{url}{route}", json=body, headers=swarm_headers(), timeout=timeout)
-    return resp, url
+    """POST to SwarmUI at `url` (made `https://` when the port speaks TLS, see `app_url`); the answer
+    and the URL used. Certificates are verified (`REQUESTS_CA_BUNDLE` names extra ones to trust)."""
+    url = app_url(url, timeout=timeout)
+    return requests.post(f"{url}{route}", json=body, headers=swarm_headers(), timeout=timeout), url
 
 
 def gate_hint(status: int) -> str:

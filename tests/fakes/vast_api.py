@@ -2,7 +2,11 @@
 
 What it mimics, and where that behaviour is written down. `CLI` is `vast-ai/vast-cli` `vast.py` at
 55679830a2c2adcf5c7fad08bf08717a9591062a; `DOCS` is `vast-ai/docs` at
-c624622622496828c1ae58edec481bba1f5d675d (the sources of https://docs.vast.ai).
+c624622622496828c1ae58edec481bba1f5d675d, the sources of https://docs.vast.ai (a page `x/y.mdx` is
+https://docs.vast.ai/x/y; the endpoint YAMLs make https://docs.vast.ai/api-reference). Pages used:
+https://docs.vast.ai/api-reference/creating-instances-with-api,
+https://docs.vast.ai/api-reference/creating-and-using-templates-with-api,
+https://docs.vast.ai/api-reference/rate-limits-and-errors, https://docs.vast.ai/cli/reference/show-instances.
 
 - Auth: `Authorization: Bearer <key>` on every `/api/...` route, else 401
   `{"success": false, "error": "auth_error", "msg": "Invalid user key"}`

@@ -62,6 +62,7 @@ class OpenButtonProxy:
         self.cookie = f"{label}_auth_token"
         self.https = https
         self.refused = 0
+        self.clear_credentials = 0  # plain-HTTP requests to the TLS port that carried credentials
         self._tmp = tempfile.TemporaryDirectory()
         self._ctx = None
         if https:
@@ -81,6 +82,7 @@ class OpenButtonProxy:
 
     def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
         if getattr(h.request, "plain_on_tls", False):
+            self.clear_credentials += bool(h.headers.get("Authorization") or "token=" in h.path)
             h.wfile.write(HTTPS_REFUSAL)
             h.close_connection = True
             return
