@@ -535,3 +535,11 @@ def test_console_script_offers(vast):
     assert proc.returncode == 0, proc.stderr
     assert [o["id"] for o in json.loads(proc.stdout)] == [1003]
     assert KEY not in proc.stdout + proc.stderr
+
+
+def test_durations_and_sizes_as_people_read_them():
+    from scripts.gpuworker import units
+
+    assert [units.duration(s) for s in (0.25, 45, 120, 5400, 3 * 86400)] == \
+        ["0.2 s", "45 s", "2 min", "1 h 30 min", "3.0 days"]
+    assert [units.size_gb(g) for g in (24.564, 8, 1.5, 1500)] == ["25 GB", "8 GB", "1.5 GB", "1.5 TB"]

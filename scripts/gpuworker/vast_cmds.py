@@ -447,7 +447,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                                      "default for --template: the template's")
     p.add_argument("--label", help="instance label (default gpuworker-<date>-<time>)")
     p.add_argument("--max-hours", type=positive_hours, help="destroy it after this many hours")
-    p.add_argument("--max-idle", type=duration_minutes, help="destroy it after SwarmUI is idle this long (30m, 1h)")
+    p.add_argument("--max-idle", type=duration_minutes, help="destroy it after SwarmUI has said it is idle this long (30m, 1h); "
+                                                                 "one it cannot see into is kept")
     p.add_argument("--guard-port", type=int, default=env_port, help="SwarmUI's port for --wait/--max-idle (7801)")
     p.add_argument("--guard-interval", type=float, default=60.0, help="seconds between guard checks (60)")
     p.add_argument("--no-guard-process", dest="guard_process", action="store_false",
