@@ -380,6 +380,7 @@ def test_guard_never_destroys_what_it_cannot_see_into(capsys, vast, swarm, monke
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(Path(proxy._tmp.name) / "instance.crt"))
         r = run_cli(capsys, "vast", "wait", str(instance), "--poll", "0.1", "--json")
         assert r.code == 0 and r.json["url"] == f"https://127.0.0.1:{proxy.port}"
+        assert run_cli(capsys, "vast", "url", str(instance)).out.strip() == f"https://127.0.0.1:{proxy.port}"
         r = run_cli(capsys, "vast", "guard", "--once", "--json")
         assert r.json[0]["action"] == "destroyed" and "SwarmUI idle" in r.json[0]["reason"]
         assert token not in r.text
@@ -449,14 +450,14 @@ def test_list_logs_stop_label(capsys, vast):
         assert r.code == 1 and "HTTP 404" in r.err, command
 
 
-def test_list_pages_through_many_instances(capsys):
+def test_list_pages_through_many_instances(capsys, monkeypatch):
     offers = [{"id": 5000 + i, "machine_id": i, "gpu_name": "RTX 3090", "num_gpus": 1, "gpu_ram": 24576,
                "dph_base": 0.1, "storage_cost": 0.1, "reliability": 0.99, "disk_space": 100.0, "geolocation": "SE",
                "verified": True, "external": False, "rentable": True, "rented": False} for i in range(30)]
     with FakeVastAPI(api_key=KEY, offers=offers) as fake:
         for o in offers:
             fake.create(o["id"], {"image": "x", "label": f"n{o['id']}"})
-        os.environ["VAST_URL"] = fake.url
+        monkeypatch.setenv("VAST_URL", fake.url)
         r = run_cli(capsys, "vast", "list", "--json")
     assert len(r.json) == 30 and len({row["id"] for row in r.json}) == 30
 

@@ -87,6 +87,7 @@ def instance_url(info: dict, port: int, scheme: str = "http") -> str | None:
 class VastApi:
     def __init__(self, *, api_key: str, base: str | None = None, **api_kwargs: Any):
         self.base = base_url(base)
+        api_kwargs.setdefault("timeout", 20.0)  # vast.ai answers in seconds; a hung call is retried, visibly
         auth = {"Authorization": f"Bearer {api_key}"}
         self.api = JsonApi(self.base, auth_header=auth, service="vast.ai", **api_kwargs)
         self.api_v1 = JsonApi(self.base.removesuffix("/api/v0") + "/api/v1", auth_header=auth, service="vast.ai",

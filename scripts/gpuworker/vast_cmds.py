@@ -23,7 +23,7 @@ from scripts.gpuworker.vast_api import (
     instance_url,
     offer_query,
 )
-from scripts.gpuworker.vast_guard import GuardState, gate_hint, guard_round, swarm_post
+from scripts.gpuworker.vast_guard import GuardState, app_url, gate_hint, guard_round, swarm_post
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SWARM_PORT = 7801
@@ -289,6 +289,10 @@ def cmd_url(args: argparse.Namespace, console: Console) -> int:
     if url is None:
         raise CliError(f"instance {args.instance_id} has no mapping for port {args.port} yet "
                        f"(status: {info.get('actual_status') or 'creating'})", instance_id=args.instance_id)
+    try:
+        url = app_url(url, timeout=10)  # https:// when the port speaks TLS
+    except requests.RequestException:
+        pass  # nothing answers there yet: the mapping is all there is to say
     console.result({"instance_id": args.instance_id, "url": url, "status": info.get("actual_status")}, url)
     return 0
 
