@@ -238,6 +238,18 @@ def test_ctrl_c_while_waiting_says_the_instance_keeps_billing(capsys, vast, monk
     assert "keeps running (and billing)" in r.json["hint"]
 
 
+def test_ctrl_c_while_renting_says_how_to_find_the_instance(capsys, vast, monkeypatch):
+    from scripts.gpuworker.vast_api import VastApi
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(VastApi, "create_instance", ctrl_c)
+    r = run_cli(capsys, "vast", "create", "1005", "--image", IMAGE, "--label", "abandoned", "--json")
+    assert r.code == 130 and "look for the label abandoned in `gpuworker vast list`" in r.err
+    assert r.json["label"] == "abandoned" and r.json["offer_id"] == 1005
+
+
 def test_api_errors_while_waiting_keep_the_billing_hint(capsys, vast):
     instance = create(capsys, "1005", "--image", IMAGE)
     vast.inject(500, 6)

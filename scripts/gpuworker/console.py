@@ -70,10 +70,10 @@ class Console:
             print(mask_keys(text), flush=True)
 
     @contextmanager
-    def left_running(self, hint: str, **details: Any):
-        """On Ctrl-C or an error inside the block, say what keeps running (and billing) and how to stop
-        it; even with `--quiet`, since silence here costs money. `details` (e.g. `instance_id`) go into
-        the `--json` document of the error or interruption."""
+    def left_running(self, hint: str, *, errors: bool = True, **details: Any):
+        """On Ctrl-C (and, with `errors`, an error) inside the block, say what keeps running (and billing)
+        and how to stop it; even with `--quiet`, since silence here costs money. `details` (e.g.
+        `instance_id`) go into the `--json` document of the error or interruption."""
         try:
             yield
         except KeyboardInterrupt:
@@ -81,6 +81,8 @@ class Console:
             self.interrupted = {**details, "hint": hint}
             raise
         except CliError as exc:
+            if not errors:
+                raise
             if hint not in exc.message:
                 exc.message = f"{exc.message}\n{hint}"
             exc.details = {**details, "hint": hint, **exc.details}

@@ -199,7 +199,9 @@ def cmd_create(args: argparse.Namespace, console: Console) -> int:
     elif body.get("runtype") == "ssh":
         console.note("launch mode ssh (an on-start script was given): vast's entrypoint starts SSH, then runs your "
                      "script; the image's own ENTRYPOINT does not run, so start it from the script")
-    instance_id = rent(console, api, args.offer_id, body)
+    with console.left_running(f"the rental may have gone through (and be billing): look for the label {body['label']} "
+                              "in `gpuworker vast list`", errors=False, label=body["label"], offer_id=args.offer_id):
+        instance_id = rent(console, api, args.offer_id, body)
     result: dict = {"instance_id": instance_id, "offer_id": args.offer_id, "label": body["label"]}
     console.note(f"instance {instance_id} created from offer {args.offer_id} (label {body['label']})")
     with console.left_running(billing_hint(instance_id), instance_id=instance_id):
