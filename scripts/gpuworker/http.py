@@ -27,6 +27,8 @@ from scripts.gpuworker.console import CliError, mask_keys
 def announce(message: str) -> None:
     """A retry, on stderr even with `--quiet` or `--json` (a silent wait looks like a hang)."""
     print(mask_keys(message), file=sys.stderr, flush=True)
+
+
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 RETRY_STATUS_UNSAFE = frozenset({429, 503})  # not processed: safe to resend a creating request
 MAX_BACKOFF = 30.0
@@ -122,7 +124,8 @@ class JsonApi:
                 if creates and not never_connected:
                     raise MaybeCreated(f"{self.service} {route}: the request was sent but no answer came back "
                                        f"({_failure(exc)})") from None
-                raise CliError(f"{self.service} {route}: cannot connect ({_failure(exc)}); "
+                what = "cannot connect" if never_connected else "no answer"
+                raise CliError(f"{self.service} {route}: {what} ({_failure(exc)}); "
                                f"gave up after {network_failures} attempt(s)") from None
             if resp.status_code in (RETRY_STATUS_UNSAFE if creates else RETRY_STATUS) and attempt < self.retries:
                 wait = _retry_after(resp.headers.get("Retry-After"))
