@@ -8,8 +8,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# queue_full: the controlnet model server's 429 only.
 ErrorCode = Literal["invalid_input", "download_failed", "unsafe_archive", "engine_failed", "upload_failed",
-                    "timeout", "cancelled", "internal"]
+                    "timeout", "cancelled", "internal", "queue_full"]
 
 
 class Strict(BaseModel):
@@ -27,6 +28,7 @@ class ErrorResult(Strict):
                                                           "this job (an unusable GPU or a crashed engine)")
     timings: dict[str, float] | None = Field(None, description="seconds per stage, when the job got that far")
     worker_version: str | None = Field(None, description="version of the worker image")
+    retry_after: int | None = Field(None, description="queue_full (HTTP 429): seconds to wait, also in Retry-After")
 
 
 class UploadAttempt(Strict):

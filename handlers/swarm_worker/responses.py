@@ -24,11 +24,17 @@ class LeaseGranted(Strict):
 
 
 class LeaseReleased(Strict):
+    """The lease's final output; also its only output when SwarmUI could not start (reason swarmui_failed)."""
+
     released: Literal[True] = Field(..., description="the lease ended; its token is revoked")
-    reason: str = Field(..., description="idle, startup_grace_expired, max_lifetime, swarmui_exited, cancelled, ...")
-    lease: int = Field(..., description="lease number on this worker")
-    held_seconds: float = Field(..., description="how long the lease was held")
-    worker_id: str = Field(..., description="the worker (RunPod pod id)")
+    reason: str = Field(..., description="idle, startup_grace_expired, max_lifetime, swarmui_exited, cancelled, "
+                                         "swarmui_failed, ...")
+    lease: int | None = Field(None, description="lease number on this worker")
+    held_seconds: float | None = Field(None, description="how long the lease was held")
+    worker_id: str | None = Field(None, description="the worker (RunPod pod id)")
+    success: Literal[False] | None = Field(None, description="false when SwarmUI never started (the only output)")
+    error: str | None = Field(None, description="swarmui_failed: why SwarmUI did not start")
+    log_tail: list[str] | None = Field(None, description="swarmui_failed: SwarmUI's last log lines")
     timings: dict[str, float] | None = Field(None, description="seconds per stage")
     worker_version: str | None = Field(None, description="version of the worker image")
 
