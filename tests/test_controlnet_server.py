@@ -386,14 +386,14 @@ def test_redaction_never_runs_on_the_event_loop(app_state, monkeypatch):
     calls: list[int] = []
 
     def watched(original):
-        def redact_text(text):
+        def redact_text(text, *args, **kwargs):
             calls.append(len(text))
             try:
                 asyncio.get_running_loop()
                 on_loop.append(len(text))
             except RuntimeError:
                 pass
-            return original(text)
+            return original(text, *args, **kwargs)
         return redact_text
 
     monkeypatch.setattr(jobs, "redact_text", watched(jobs.redact_text))
