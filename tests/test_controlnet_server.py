@@ -269,6 +269,7 @@ def app_state(cn_engine, monkeypatch, tmp_path):
 def test_with_a_token_every_route_but_ping_needs_it(app_state):
     from fastapi.testclient import TestClient
 
+    from common.result_models import ErrorResult
     from handlers.controlnet_pyworker.server import create_app
 
     token = "model-server-token-0123"
@@ -281,6 +282,7 @@ def test_with_a_token_every_route_but_ping_needs_it(app_state):
                 r = getattr(client, method)(path, headers=headers, **({"json": body()} if method == "post" else {}))
                 assert r.status_code == 401, (path, headers, r.status_code)
                 assert r.headers["WWW-Authenticate"] == "Bearer" and token not in r.text
+                ErrorResult.model_validate(r.json())
         assert client.get("/models", headers=good).status_code == 200
         r = client.post("/generate", json=body(steps=1), headers=good)
         assert r.status_code == 200 and png_size(r.json()["images"][0]) == (256, 256)
