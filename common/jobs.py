@@ -95,12 +95,13 @@ def invalid_input(exc: ValidationError) -> JobError:
     return JobError("invalid_input", "; ".join(details), details)
 
 
-def parse_input(model: type[M], raw: Any) -> M:
-    """Validate job input against a pydantic model, raising `JobError("invalid_input")`."""
+def parse_input(model: type[M], raw: Any, context: dict | None = None) -> M:
+    """Validate job input against a pydantic model (`context`: pydantic's validation context),
+    raising `JobError("invalid_input")`."""
     if not isinstance(raw, dict):
         raise JobError("invalid_input", f"input: expected a JSON object, got {type(raw).__name__}")
     try:
-        return model.model_validate(raw)
+        return model.model_validate(raw, context=context)
     except ValidationError as exc:
         raise invalid_input(exc) from None
 

@@ -17,6 +17,7 @@ from common.jobs import JobError
 from handlers.controlnet_pyworker import manifest as manifest_mod
 from handlers.controlnet_pyworker import schema, workload
 from handlers.controlnet_pyworker.engine import Engine, QueueFull, SerialQueue
+from handlers.controlnet_pyworker.settings import Settings
 from tests.controlnet_fixtures import body
 
 
@@ -308,11 +309,11 @@ def test_packaged_manifest_and_lookup_order(monkeypatch, cn_models, tmp_path):
     assert (m.variants["base"].steps, m.variants["base"].cfg) == (25, 7.5)
     monkeypatch.delenv("MODEL_MANIFEST", raising=False)
     monkeypatch.setenv("MODELS_DIR", str(tmp_path))
-    assert manifest_mod.manifest_path() == manifest_mod.PACKAGED
+    assert manifest_mod.manifest_path(Settings.from_env()) == manifest_mod.PACKAGED
     monkeypatch.setenv("MODELS_DIR", str(cn_models))
-    assert manifest_mod.manifest_path() == cn_models / "manifest.json"
+    assert manifest_mod.manifest_path(Settings.from_env()) == cn_models / "manifest.json"
     monkeypatch.setenv("MODEL_MANIFEST", str(tmp_path / "mine.json"))
-    assert manifest_mod.manifest_path() == Path(tmp_path / "mine.json")
+    assert manifest_mod.manifest_path(Settings.from_env()) == Path(tmp_path / "mine.json")
     tiny = manifest_mod.load(cn_models / "manifest.json")
     assert all(f.sha256 for c in tiny.components.values() for f in c.files), "tiny manifest pins every hash"
     assert {c.path for c in tiny.components.values()} == {c.path for c in m.components.values()}

@@ -197,7 +197,7 @@ def test_cuda_error_marks_the_instance_fatal(cn_engine, monkeypatch, tmp_path):
     monkeypatch.setenv("MODEL_LOG", str(tmp_path / "model_server.log"))
     monkeypatch.delenv("MODEL_MANIFEST", raising=False)
     state = State()
-    state._engine = Engine(cn_engine.manifest, cn_engine.models_dir, device="cpu", fetch_missing=False)
+    state.engines._engine = Engine(cn_engine.manifest, cn_engine.models_dir, device="cpu", fetch_missing=False)
 
     def illegal_access(self, *a, **k):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
@@ -214,15 +214,16 @@ def test_cuda_error_marks_the_instance_fatal(cn_engine, monkeypatch, tmp_path):
 
 def test_model_server_listens_on_loopback_unless_told_otherwise(monkeypatch):
     from handlers.controlnet_pyworker.server import bind_settings
+    from handlers.controlnet_pyworker.settings import Settings
 
     for name in ("MODEL_SERVER_HOST", "MODEL_SERVER_PORT", "MODEL_SERVER_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    assert bind_settings() == ("127.0.0.1", 5001, None)
+    assert bind_settings(Settings.from_env()) == ("127.0.0.1", 5001, None)
     monkeypatch.setenv("MODEL_SERVER_HOST", "0.0.0.0")
     with pytest.raises(ValueError, match="MODEL_SERVER_TOKEN"):
-        bind_settings()
+        bind_settings(Settings.from_env())
     monkeypatch.setenv("MODEL_SERVER_TOKEN", "tok-123456789")
-    assert bind_settings() == ("0.0.0.0", 5001, "tok-123456789")
+    assert bind_settings(Settings.from_env()) == ("0.0.0.0", 5001, "tok-123456789")
 
 
 def test_beyond_loopback_without_a_token_the_server_refuses_to_start(cn_models, tmp_path):
@@ -262,7 +263,7 @@ def app_state(cn_engine, monkeypatch, tmp_path):
     monkeypatch.setenv("MODEL_LOG", str(tmp_path / "model_server.log"))
     monkeypatch.delenv("MODEL_MANIFEST", raising=False)
     state = State()
-    state._engine = Engine(cn_engine.manifest, cn_engine.models_dir, device="cpu", fetch_missing=False)
+    state.engines._engine = Engine(cn_engine.manifest, cn_engine.models_dir, device="cpu", fetch_missing=False)
     return state
 
 
@@ -326,10 +327,10 @@ def test_declared_oversize_body_is_413_before_any_byte_is_read(cn_server):
 
 
 def test_streamed_oversize_body_is_cut_at_the_limit(cn_server):
-    from handlers.controlnet_pyworker import schema
+    from handlers.controlnet_pyworker.settings import Settings
 
     limit = 300_000 + 1024 * 1024  # MAX_IMAGE_B64_BYTES of the fixture + 1 MiB
-    assert schema.MAX_BODY_BYTES >= limit  # this process's own default is larger; the server's is `limit`
+    assert Settings(max_image_b64_bytes=300_000).body_limit == limit  # the server's; the default is larger
     piece = b"A" * 65536
     chunk = b"%x\r\n%s\r\n" % (len(piece), piece)
     head = (b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -1,6 +1,6 @@
 """The model manifest: which files make up each variant, era LoRA and the depth estimator.
 
-A JSON data file, found in this order: env `MODEL_MANIFEST`, `$MODELS_DIR/manifest.json`
+A JSON data file, found in this order: `MODEL_MANIFEST`, `$MODELS_DIR/manifest.json`
 (how tiny models ship their own), then the packaged `manifest.json`. Every file has a
 `source` (`hf://owner/repo/path`, `https://...`, `s3://bucket/key`, `gs://bucket/key`) and a
 `sha256`; `null` means "not pinned yet" (the file is then accepted unchecked and its hash is
@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from handlers.controlnet_pyworker.settings import Settings
+
 PACKAGED = Path(__file__).with_name("manifest.json")
-DEFAULT_MODELS_DIR = "/workspace/models"
 SOURCE_SCHEMES = ("hf://", "https://", "http://", "s3://", "gs://")
 SCHEDULERS = ("euler", "euler_trailing", "ddim_trailing", "dpm_sde")
 COMPONENT_KINDS = ("sdxl", "sdxl_single_file", "controlnet", "vae", "lora", "depth_estimator")
@@ -190,15 +191,10 @@ def parse(data: dict, source: str = "<dict>") -> Manifest:
                     depth_estimator=depth, notes=list(data.get("notes", [])))
 
 
-def models_dir() -> Path:
-    return Path(os.environ.get("MODELS_DIR", DEFAULT_MODELS_DIR))
-
-
-def manifest_path() -> Path:
-    env = os.environ.get("MODEL_MANIFEST")
-    if env:
-        return Path(env)
-    local = models_dir() / "manifest.json"
+def manifest_path(settings: Settings) -> Path:
+    if settings.model_manifest:
+        return settings.model_manifest
+    local = settings.models_dir / "manifest.json"
     return local if local.is_file() else PACKAGED
 
 
@@ -211,8 +207,9 @@ def _load_cached(path: str, mtime: float) -> Manifest:
     return parse(data, source=path)
 
 
-def load(path: str | os.PathLike | None = None) -> Manifest:
-    p = Path(path) if path else manifest_path()
+def load(path: str | os.PathLike | None = None, settings: Settings | None = None) -> Manifest:
+    """The manifest at `path`, else the one `settings` (default: the environment's) names."""
+    p = Path(path) if path else manifest_path(settings or Settings.from_env())
     try:
         mtime = p.stat().st_mtime
     except OSError as exc:

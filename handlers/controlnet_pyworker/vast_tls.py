@@ -9,7 +9,7 @@ them (vast-ai/pyworker `start_server.sh:68-102` at 910f6f2): a new RSA-2048 key 
 certificate. This module does the same, and checks the answer: a PEM certificate for this key.
 Nothing is written unless signing succeeded, so a failure never leaves a mismatched pair.
 
-Environment: CONTAINER_ID (required), VAST_SIGN_CERT_URL (vast's endpoint), VAST_TLS_DIR (/etc).
+Settings: CONTAINER_ID (required), VAST_SIGN_CERT_URL (vast's endpoint), VAST_TLS_DIR (/etc).
 Exit status 0 when the pair is in place, 1 with one `TLS: ...` line on stderr saying why not.
 Runs in the front's venv: the standard library plus `cryptography` (a vastai dependency).
 """
@@ -25,7 +25,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-SIGN_CERT_URL = "https://console.vast.ai/api/v0/sign_cert/"
+from handlers.controlnet_pyworker.settings import Settings
+
 ATTEMPTS = 3
 
 
@@ -96,7 +97,8 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def make_instance_certificate(container_id: str, *, url: str = SIGN_CERT_URL, tls_dir: Path = Path("/etc")) -> Path:
+def make_instance_certificate(container_id: str, *, url: str = Settings.vast_sign_cert_url,
+                              tls_dir: Path = Settings.vast_tls_dir) -> Path:
     """Write `instance.key` and a vast-signed `instance.crt` into `tls_dir`; the certificate's path."""
     from cryptography.hazmat.primitives import serialization
 
@@ -113,10 +115,10 @@ def make_instance_certificate(container_id: str, *, url: str = SIGN_CERT_URL, tl
 
 
 def main() -> int:
-    url = os.environ.get("VAST_SIGN_CERT_URL") or SIGN_CERT_URL
+    settings = Settings.from_env()
+    url = settings.vast_sign_cert_url
     try:
-        path = make_instance_certificate(os.environ.get("CONTAINER_ID", ""), url=url,
-                                         tls_dir=Path(os.environ.get("VAST_TLS_DIR") or "/etc"))
+        path = make_instance_certificate(settings.container_id, url=url, tls_dir=settings.vast_tls_dir)
     except (SigningFailed, OSError) as exc:
         print(f"TLS: signing the instance certificate at {url} failed: {exc}. The PyWorker front cannot serve "
               "HTTPS (it reports 'Failed to get SSL Certificate' and never becomes ready). Set USE_SSL=false to "
