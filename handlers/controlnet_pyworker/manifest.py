@@ -6,7 +6,8 @@ A JSON data file, found in this order: `MODEL_MANIFEST`, `$MODELS_DIR/manifest.j
 `sha256`; `null` means "not pinned yet" (the file is then accepted unchecked and its hash is
 logged so it can be pinned). Paths are relative to `MODELS_DIR`.
 
-Standard library only: the vast.ai front (no pydantic, no torch) reads variant defaults here.
+Standard library only (and `common.model_files`, which is too): the vast.ai front (no pydantic,
+no torch) reads variant defaults here.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from common.model_files import SOURCE_SCHEMES as MODEL_SOURCE_SCHEMES
+from common.model_files import ModelFile
 from handlers.controlnet_pyworker.settings import Settings
 
 PACKAGED = Path(__file__).with_name("manifest.json")
-SOURCE_SCHEMES = ("hf://", "https://", "http://", "s3://", "gs://")
+SOURCE_SCHEMES = tuple(f"{s}://" for s in MODEL_SOURCE_SCHEMES)
 SCHEDULERS = ("euler", "euler_trailing", "ddim_trailing", "dpm_sde")
 COMPONENT_KINDS = ("sdxl", "sdxl_single_file", "controlnet", "vae", "lora", "depth_estimator")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -54,6 +57,11 @@ class Component:
     def file_paths(self, models_dir: Path) -> list[tuple[FileEntry, Path]]:
         base = self.local_path(models_dir)
         return [(f, base / f.name if f.name else base) for f in self.files]
+
+    def model_files(self) -> list[ModelFile]:
+        """Its files as `common.model_files.ModelFile`s, paths relative to MODELS_DIR."""
+        return [ModelFile(source=f.source, path=f"{self.path}/{f.name}" if f.name else self.path,
+                          sha256=f.sha256, size=f.size) for f in self.files]
 
 
 @dataclass(frozen=True)
