@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import json
+import re
 import time
 
 import pytest
@@ -287,6 +289,39 @@ def test_with_a_token_every_route_but_ping_needs_it(app_state):
         assert client.get("/models", headers=good).status_code == 200
         r = client.post("/generate", json=body(steps=1), headers=good)
         assert r.status_code == 200 and png_size(r.json()["images"][0]) == (256, 256)
+
+
+def test_openapi_documents_the_generate_body_and_responses(app_state):
+    """/docs shows the /generate body and its answers, though the route reads the body itself."""
+    from fastapi.testclient import TestClient
+
+    from handlers.controlnet_pyworker.server import create_app
+
+    with TestClient(create_app(app_state, preload=False)) as client:
+        doc = client.get("/openapi.json").json()
+    op = doc["paths"]["/generate"]["post"]
+    ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    components = doc["components"]["schemas"]
+    request = components[ref.rsplit("/", 1)[1]]
+    assert request["required"] == ["prompt"] and {"mock_depth", "output", "num_images"} <= set(request["properties"])
+    assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/GenerateResponse")
+    assert op["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResult")
+    refs = set(re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(doc)))
+    assert refs <= set(components), refs - set(components)
+
+
+def test_a_request_is_validated_once(app_state, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from handlers.controlnet_pyworker import schema
+    from handlers.controlnet_pyworker.server import create_app
+
+    calls = []
+    real = schema.validate
+    monkeypatch.setattr(schema, "validate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with TestClient(create_app(app_state, preload=False)) as client:
+        r = client.post("/generate", json=body(steps=1))
+    assert r.status_code == 200 and len(calls) == 1
 
 
 # --- request size and shape ----------------------------------------------------------------------

@@ -47,3 +47,21 @@ def test_undescribed_names_every_bare_field():
     schema = {"properties": {"a": {"type": "string", "description": "x"}, "b": {"type": "integer"}},
               "$defs": {"Inner": {"properties": {"c": {"type": "string"}}}}}
     assert gen_docs.undescribed(schema) == ["Inner.c", "b"]
+
+
+def test_a_changed_setting_makes_the_environment_table_stale(tmp_path, monkeypatch):
+    from dataclasses import fields
+
+    from handlers.controlnet_pyworker.settings import Settings
+
+    docs = tmp_path / "docs"
+    shutil.copytree(gen_docs.DOCS, docs)
+    monkeypatch.setattr(gen_docs, "ROOT", tmp_path)
+    monkeypatch.setattr(gen_docs, "DOCS", docs)
+    monkeypatch.setattr(gen_docs, "SCHEMAS", docs / "schemas")
+    field = next(f for f in fields(Settings) if f.name == "max_queue")
+    monkeypatch.setattr(field, "metadata", {**field.metadata, "doc": "a CHANGED meaning"})
+    assert gen_docs.stale() == ["docs/controlnet-pyworker.md"]
+    assert gen_docs.main([]) == 0 and gen_docs.stale() == []
+    assert "| `MAX_QUEUE` | `8` | model server and RunPod handler | a CHANGED meaning |" in \
+        (docs / "controlnet-pyworker.md").read_text()

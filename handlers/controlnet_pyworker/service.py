@@ -22,8 +22,8 @@ from handlers.controlnet_pyworker import schema, workload
 from handlers.controlnet_pyworker.engine import Engine, Generation, Ticket
 
 
-def volume_dir() -> Path | None:
-    for candidate in (os.environ.get("VOLUME_DIR"), "/runpod-volume", "/workspace"):
+def volume_dir(configured: Path | None) -> Path | None:
+    for candidate in (configured, "/runpod-volume", "/workspace"):
         if candidate and Path(candidate).is_dir() and os.access(candidate, os.W_OK):
             return Path(candidate)
     return None
@@ -55,10 +55,10 @@ def _describe(gen: Generation, variant_cost: float) -> dict:
     }
 
 
-def _upload(pngs: list[bytes], req: schema.GenerateRequest, job_id: str, progress: Progress | None) -> dict:
+def _upload(pngs: list[bytes], req: schema.GenerateRequest, job_id: str, progress: Progress | None,
+            vol: Path | None) -> dict:
     from common.uploads import upload
 
-    vol = volume_dir()
     root = (vol / "controlnet-outputs" / job_id) if vol else Path(tempfile.mkdtemp(prefix=f"cn-{job_id}-"))
     root.mkdir(parents=True, exist_ok=True)
     files = []
@@ -106,7 +106,7 @@ def execute(engine: Engine, raw: dict, *, job: dict, timings: Timings, max_inlin
         if progress:
             progress.update("uploading", 100.0, f"uploading {len(pngs)} image(s)", force=True)
         with timings.stage("upload"):
-            result["upload"] = _upload(pngs, req, job_id, progress)
+            result["upload"] = _upload(pngs, req, job_id, progress, volume_dir(engine.settings.volume_dir))
         return result, []
     images = [base64.b64encode(p).decode("ascii") for p in pngs]
     size = sum(len(s) for s in images)

@@ -57,14 +57,16 @@ class Settings:
         "MODEL_MANIFEST", None, "manifest override", parse=lambda r: Path(r) if r else None,
         shown="`$MODELS_DIR/manifest.json`, else the packaged one")
     model_log: Path = setting("MODEL_LOG", Path("/workspace/logs/model_server.log"),
-                              "readiness log for the PyWorker (truncated at start)", parse=Path)
+                              "readiness log for the PyWorker (truncated at start)", parse=Path, group="both")
     host: str = setting("MODEL_SERVER_HOST", "127.0.0.1", "model server bind address; beyond loopback the server "
-                        "refuses to start without `MODEL_SERVER_TOKEN`", parse=lambda r: r or "127.0.0.1")
-    port: int = setting("MODEL_SERVER_PORT", 5001, "model server port (the vast.ai front forwards to it)", parse=_int)
+                        "refuses to start without `MODEL_SERVER_TOKEN`", parse=lambda r: r or "127.0.0.1",
+                        group="model server")
+    port: int = setting("MODEL_SERVER_PORT", 5001, "model server port (the vast.ai front forwards to it)", parse=_int,
+                        group="both")
     token: str | None = setting(
         "MODEL_SERVER_TOKEN", None, "when set, every route but `/ping` needs `Authorization: Bearer <token>` "
         "(direct rentals; the vast.ai front cannot send it, so vast mode stays on loopback)", parse=_optional,
-        shown="unset")
+        shown="unset", group="model server")
     preload: str | None = setting(
         "PRELOAD_MODEL", None, "variant loaded (and, by `start.sh`, fetched) before the worker takes requests "
         "(`none`: skip)", parse=_optional, shown="the manifest's `default_variant` (`lightning`)", group="all")
@@ -75,34 +77,37 @@ class Settings:
         "REQUIRE_CUDA", False, "refuse to run without a usable CUDA device (fatal line, jobs fail with "
         "`refresh_worker`)", parse=_flag, shown="`1` in the GPU image, unset in CPU builds")
     enable_xformers: bool = setting("ENABLE_XFORMERS", True, "use xformers when installed (CUDA only; SDPA "
-                                    "otherwise)", parse=_flag)
+                                    "otherwise)", parse=_flag, shown="`1`")
     max_image_b64_bytes: int = setting("MAX_IMAGE_B64_BYTES", 16 * MIB, "largest base64 depth map or source image",
                                        parse=_int, shown="16 MiB")
     max_body_bytes: int | None = setting("MAX_BODY_BYTES", None, "request body limit (413)",
                                          parse=lambda r: _int(r) if r else None,
-                                         shown="`MAX_IMAGE_B64_BYTES` + 1 MiB")
+                                         shown="`MAX_IMAGE_B64_BYTES` + 1 MiB", group="model server")
     runpod_max_inline_bytes: int = setting("RUNPOD_MAX_INLINE_BYTES", 9 * MIB, "base64 results larger than this "
-                                           "need an `output` spec", parse=_int, shown="9 MiB")
+                                           "need an `output` spec", parse=_int, shown="9 MiB", group="runpod")
     progress_interval: float = setting("PROGRESS_INTERVAL", 1.0, "seconds between per-step RunPod progress "
-                                       "updates", parse=float)
+                                       "updates", parse=float, group="runpod")
     png_compress_level: int = setting("PNG_COMPRESS_LEVEL", 1, "zlib level of the PNGs returned (0-9; 1 is about "
                                       "40 ms faster than 6 at 1024² for ~8% more bytes)", parse=_int)
+    volume_dir: Path | None = setting("VOLUME_DIR", None, "where uploads are staged (then `/runpod-volume`, "
+                                      "`/workspace`, a temporary folder)", parse=lambda r: Path(r) if r else None,
+                                      shown="unset")
     log_level: str = setting("LOG_LEVEL", "info", "log level of the model server, the RunPod handler and the "
                              "vast.ai front", parse=lambda r: r or "info", group="all")
     max_queue_time: float = setting("MAX_QUEUE_TIME", 60.0, "seconds of estimated wait before the front answers "
-                                    "429", parse=float, group="vast")
+                                    "429", parse=float, shown="`60`", group="vast")
     benchmark_size: int = setting("BENCHMARK_SIZE", 1024, "width and height of the front's start-up benchmark",
                                   parse=_int, group="vast")
     benchmark_runs: int = setting("BENCHMARK_RUNS", 3, "runs of the front's start-up benchmark", parse=_int,
                                   group="vast")
     container_id: str = setting("CONTAINER_ID", "", "the instance id vast.ai signs the TLS certificate for "
-                                "(vast.ai sets it)", shown="set by vast.ai", group="vast")
+                                "(vast.ai sets it)", shown="set by vast.ai", group="tls")
     vast_tls_dir: Path = setting("VAST_TLS_DIR", Path("/etc"), "where `start.sh` writes the TLS key and "
-                                 "certificate", parse=lambda r: Path(r or "/etc"), group="vast")
+                                 "certificate", parse=lambda r: Path(r or "/etc"), group="tls")
     vast_sign_cert_url: str = setting("VAST_SIGN_CERT_URL", "https://console.vast.ai/api/v0/sign_cert/",
                                       "who signs the instance certificate",
                                       parse=lambda r: r or "https://console.vast.ai/api/v0/sign_cert/",
-                                      shown="vast's `sign_cert`", group="vast")
+                                      shown="vast's `sign_cert`", group="tls")
     runpod_worker_loop: bool = setting("RUNPOD_WEBHOOK_GET_JOB", False, "set by RunPod serverless: the handler "
                                        "preloads `PRELOAD_MODEL` before taking jobs", parse=bool,
                                        shown="set by RunPod", group="runpod")
@@ -144,8 +149,9 @@ START_VARIABLES: tuple[tuple[str, str, str], ...] = (
      "made (`/etc/instance.crt` / `.key`); `false`: plain HTTP, requests and images unencrypted"),
 )
 
-GROUPS = {"all": "all", "server": "model server and RunPod handler", "runpod": "RunPod handler",
-          "vast": "vast.ai front"}
+GROUPS = {"all": "all", "server": "model server and RunPod handler", "model server": "model server",
+          "runpod": "RunPod handler", "vast": "vast.ai front", "both": "model server and vast.ai front",
+          "tls": "`start.sh` (vast.ai TLS)"}
 
 
 def env_table() -> str:
