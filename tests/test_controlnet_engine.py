@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from handlers.controlnet_pyworker import schema, workload
 from handlers.controlnet_pyworker.engine import Engine, QueueFull, SerialQueue
 from handlers.controlnet_pyworker.settings import Settings
 from tests.controlnet_fixtures import body
+from tests.fakes.http_files import FileServer, Route
 
 
 def run(engine, **kw):
@@ -100,7 +100,7 @@ def test_eras_switch_by_adapter_weight_without_reloading(cn_engine):
     other = run(cn_engine, era="future")
     assert cn_engine.stats["lora_loads"] == loads["lora_loads"] + 1
     assert not np.array_equal(pixels(other), pixels(era))
-    assert run(cn_engine, era="drone").lora_strength == 0.8  # the seed's recommended drone weight
+    assert run(cn_engine, era="drone").lora_strength == 0.8  # the manifest's drone weight
 
 
 def test_speed_lora_is_fused_not_an_adapter(cn_engine):
@@ -222,28 +222,16 @@ def test_serial_queue_bounds_waiting():
 
 def test_missing_files_are_fetched_on_first_use_with_checksum(cn_manifest, cn_models, tmp_path):
     """An era LoRA not on disk is downloaded from its manifest source (here a local server) and verified."""
-    served = tmp_path / "served"
-    served.mkdir()
     lora = cn_models / "loras" / "experimance_future.safetensors"
-    (served / "future.safetensors").write_bytes(lora.read_bytes())
-
-    class Quiet(SimpleHTTPRequestHandler):
-        def __init__(self, *a, **k):
-            super().__init__(*a, directory=str(served), **k)
-
-        def log_message(self, *a):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
+    with FileServer() as httpd:
+        httpd.add("/future.safetensors", Route(lora.read_bytes()))
         models = tmp_path / "models"
         models.mkdir()
         for entry in cn_models.iterdir():
             if entry.name not in ("loras", "manifest.json"):
                 (models / entry.name).symlink_to(entry)
         data = json.loads((cn_models / "manifest.json").read_text())
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/future.safetensors"
+        url = httpd.url("/future.safetensors")
         comp = data["components"]["lora-era-future"]
         comp["path"] = "loras/fetched_future.safetensors"
         comp["files"][0]["source"] = url
@@ -268,8 +256,6 @@ def test_missing_files_are_fetched_on_first_use_with_checksum(cn_manifest, cn_mo
             run(eng, era="future")
         assert err.value.code == "download_failed" and "sha256" in err.value.message.lower()
         assert not (models / "loras" / "bad_future.safetensors").exists()
-    finally:
-        httpd.shutdown()
 
 
 def test_workload_units():

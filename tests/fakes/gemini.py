@@ -20,7 +20,9 @@ import re
 import threading
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.fakes.threaded_http import BackgroundServer
 
 FAIL_MARKER = b"GEMINI_FAIL"
 
@@ -181,20 +183,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(404, "NOT_FOUND", f"no route {path}")
 
 
-class FakeGemini:
+class FakeGemini(BackgroundServer):
     """`with FakeGemini() as g:` -> a running server; `g.base_url`, `g.state`."""
 
     def __init__(self, state: GeminiState | None = None) -> None:
         self.state = state or GeminiState()
-        handler = type("Handler", (_Handler,), {"state": self.state})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeGemini:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(_Handler, self.state)
+        self.base_url = self.url
