@@ -1,4 +1,6 @@
-"""The job contract shared by every RunPod handler (DESIGN.md section 3).
+"""The job contract shared by every RunPod handler (the result and failure shapes are in each
+image's docs page, "Request and response reference"; RunPod's side:
+https://docs.runpod.io/serverless/workers/handler-functions).
 
 - `JobError(code, message, details)` is the one way a job fails on purpose.
 - `parse_input()` turns pydantic validation errors into one line per bad field.

@@ -6,14 +6,11 @@ and on vast.ai every EXPOSEd or published port is public. Binding beyond loopbac
 MODEL_SERVER_TOKEN (the server refuses to start without it); then every route but /ping needs
 `Authorization: Bearer <token>`. The body limit (MAX_BODY_BYTES) is enforced while reading (413).
 
-Routes: POST /generate, GET /ping, GET /models, GET /checkhealth.
+Routes: POST /generate (its body and answers in /docs), GET /ping, GET /models, GET /checkhealth.
 
-MODEL_LOG only ever receives lines this module writes (start, ready, fatal, one line per
-request without user text), so no prompt can forge the PyWorker's ready/error markers. Marker
-lines start with the marker (vast.ai documents its log actions as prefix matches) and the fatal
-ones name their cause: `MODEL_SERVER_FATAL <cause>: <detail>`, written when the preload fails
-(a download, CUDA unusable under REQUIRE_CUDA=1, ...), the server cannot start, or a CUDA error
-leaves the device unusable.
+MODEL_LOG (`model_log.ModelLog`) gets the ready line after the preload and a fatal line
+(`MODEL_SERVER_FATAL <cause>: <detail>`) when the preload fails (a download, CUDA unusable under
+REQUIRE_CUDA=1, ...), the server cannot start, or a CUDA error leaves the device unusable.
 
 Everything sized by the client (parsing, validation, error texts and their redaction, the
 response's JSON) runs on a worker thread, never on the event loop.

@@ -125,7 +125,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     cmds = group.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = cmds.add_parser("fetch", parents=[common], help="download what a manifest lists into --dest")
-    p.add_argument("manifest", help="manifest JSON (see `gpuworker models fetch --help` / README)")
+    p.add_argument("manifest", help="manifest JSON (formats: docs/gpuworker.md#model-volumes)")
     p.add_argument("--dest", required=True, help="volume folder the manifest's paths are relative to")
     p.add_argument("-j", "--jobs", type=int, default=4, help="parallel downloads (default 4)")
     p.add_argument("--variant", help="controlnet-pyworker manifest: only what this variant needs (e.g. lightning)")

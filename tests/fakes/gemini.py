@@ -1,6 +1,8 @@
 """Local stand-in for the Gemini API (Files API + generateContent), for tests only.
 
-Follows the routes google-genai 3.x uses (reference/uploads.md section 5):
+Follows the routes google-genai 3.6.1 uses (googleapis/python-genai: `google/genai/files.py:273`
+upload start, `:632-638` the upload URL header, `:366` / `:446` get / delete, `models.py:4545`
+generateContent; `_api_client.py:1337` the `x-goog-api-key` header; https://ai.google.dev/api/files):
 - `POST /upload/{ver}/files` with `X-Goog-Upload-Command: start` -> `X-Goog-Upload-URL` header
 - `POST <that URL>` with `X-Goog-Upload-Command: upload, finalize` + the bytes -> `{"file": {... "PROCESSING"}}`
 - `GET /{ver}/files/{id}` -> the file; PROCESSING for `processing_polls` polls, then ACTIVE

@@ -1,4 +1,4 @@
-"""A litterbox.catbox.moe stand-in following its documented behaviour (reference/uploads.md section 3).
+"""A litterbox.catbox.moe stand-in following its documented behaviour (https://litterbox.catbox.moe/tools.php).
 
 `POST /resources/internals/api.php` multipart (`reqtype=fileupload`, `time`, `fileToUpload`)
 -> 200 with the plain-text link `{base}/files/<key>.<ext>`, which `GET` serves. Like the real
