@@ -21,13 +21,20 @@ def test_every_field_has_a_description(path):
     assert gen_docs.undescribed(schema) == [], "give these fields Field(..., description=...)"
 
 
-def test_a_changed_model_makes_its_page_and_schema_stale(tmp_path, monkeypatch):
+@pytest.fixture
+def docs_copy(tmp_path, monkeypatch):
+    """gen_docs working on a copy of docs/ (fresh to begin with)."""
     docs = tmp_path / "docs"
     shutil.copytree(gen_docs.DOCS, docs)
     monkeypatch.setattr(gen_docs, "ROOT", tmp_path)
     monkeypatch.setattr(gen_docs, "DOCS", docs)
     monkeypatch.setattr(gen_docs, "SCHEMAS", docs / "schemas")
     assert gen_docs.stale() == []
+    return docs
+
+
+def test_a_changed_model_makes_its_page_and_schema_stale(docs_copy, monkeypatch):
+    docs = docs_copy
 
     from handlers.controlnet_pyworker.schema import GenerateRequest
 
@@ -49,16 +56,12 @@ def test_undescribed_names_every_bare_field():
     assert gen_docs.undescribed(schema) == ["Inner.c", "b"]
 
 
-def test_a_changed_setting_makes_the_environment_table_stale(tmp_path, monkeypatch):
+def test_a_changed_setting_makes_the_environment_table_stale(docs_copy, monkeypatch):
     from dataclasses import fields
 
     from handlers.controlnet_pyworker.settings import Settings
 
-    docs = tmp_path / "docs"
-    shutil.copytree(gen_docs.DOCS, docs)
-    monkeypatch.setattr(gen_docs, "ROOT", tmp_path)
-    monkeypatch.setattr(gen_docs, "DOCS", docs)
-    monkeypatch.setattr(gen_docs, "SCHEMAS", docs / "schemas")
+    docs = docs_copy
     field = next(f for f in fields(Settings) if f.name == "max_queue")
     monkeypatch.setattr(field, "metadata", {**field.metadata, "doc": "a CHANGED meaning"})
     assert gen_docs.stale() == ["docs/controlnet-pyworker.md"]
