@@ -16,6 +16,10 @@ entries (`{url, folder, sha256?, filename?}`) are this format's subset. Per entr
 Face repo file; the target, relative to the destination, is `path`, or `folder` + `filename`
 (default: the source's file name). `sha256` and `size` are optional and checked when present.
 Keys not listed here (a variant name, a note) are ignored. Sources: see `common.model_files`.
+
+Adapter point for the swarm worker: `handlers/swarm_worker/manifest.py` still has its own entry
+model and fetch loop; `parse_entries(entries_of(data))` + `common.model_files.fetch_file` can
+replace them (what differs: it refuses unknown keys, and caps a file at 200 GiB).
 """
 
 from __future__ import annotations

@@ -332,7 +332,7 @@ def _health(state: State) -> dict[str, Any]:
                    else "ok" if state.ready and not state.last_error
                    else "loading" if not state.ready else "degraded"),
         "ready": state.ready,
-        "preload": state.preload,
+        "preload": state.preload or "none",
         "uptime_s": round(time.monotonic() - state.started, 1),
         "ram": {"total_mb": vm.total // 2**20, "available_mb": vm.available // 2**20,
                 "process_rss_mb": psutil.Process().memory_info().rss // 2**20},
