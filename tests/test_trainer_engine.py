@@ -292,3 +292,13 @@ def test_a_save_interrupted_by_a_kill_is_cleared_before_resuming(engine, tmp_pat
     assert clear_interrupted_saves(tmp_path / "out") == [f"{run_dir.name}/epoch2"]
     tp, _ = run(cfg, TrainProgress(2, 6), tmp_path, resume=True)
     assert tp.completed and latest_lora(tmp_path / "out", spec.lora_file).name == "epoch2"
+
+
+def test_wan_fails_in_the_engine_without_flash_attn(engine, tmp_path, monkeypatch):
+    """What the worker's preflight spares a Wan job: the engine's assert, after caching (models/wan/attention.py)."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parents[1]))  # no flash_attn stand-in on the path
+    cfg, tp, _, _ = make_job(tmp_path, "wan13", {"epochs": 1, "gradient_accumulation_steps": 1})
+    with pytest.raises(JobError) as ei:
+        run(cfg, tp, tmp_path)
+    assert "flash-attn is not installed" in ei.value.message
+    assert any("assert FLASH_ATTN_2_AVAILABLE" in line for line in ei.value.details)

@@ -32,6 +32,8 @@ train.py:
   enough images` (377-396); nothing left: `RuntimeError: Processed dataset was empty` (1304-1309);
 - the [optimizer] table minus type/gradient_release goes to the constructor as keyword arguments
   (train.py:666, 815): keys the class does not take are a TypeError, after caching;
+- Wan without flash-attn: `assert FLASH_ATTN_2_AVAILABLE` fails (models/wan/attention.py:107) before the
+  first step;
 - lokr: sdxl raises NotImplementedError when it adds the adapter, after caching (models/sdxl.py:449-458),
   flux at the first save (models/flux.py:231-236);
 - log lines: `caching latents: <dir>` (utils/dataset.py:900), `Global batch size = N` (train.py:633),
@@ -211,6 +213,15 @@ def _media_size(path: Path) -> tuple[int, int, int] | None:
         return None
 
 
+def _flash_attn() -> bool:
+    """models/wan/attention.py:10-14: flash-attn 2 is imported if present."""
+    try:
+        import flash_attn  # noqa: F401
+    except ModuleNotFoundError:
+        return False
+    return True
+
+
 def _ars(ds: dict) -> list[float]:
     """utils/dataset.py:495-506."""
     import numpy as np
@@ -344,6 +355,13 @@ def train(argv: list[str]) -> int:
     if steps_per_epoch == 0:
         print("Traceback (most recent call last):\nRuntimeError: Processed dataset was empty. Probably caused by "
               "rounding down for each size bucket.", flush=True)
+        return 1
+
+    if config["model"]["type"] == "wan" and not _flash_attn():
+        # models/wan/attention.py:107, reached from clip.py:79 while caching i2v latents, from model.py:146 at the
+        # first training step otherwise
+        print("Traceback (most recent call last):\n  File \"/diffusion-pipe/models/wan/attention.py\", line 107, "
+              "in flash_attention\n    assert FLASH_ATTN_2_AVAILABLE\nAssertionError", flush=True)
         return 1
 
     output_dir = Path(config["output_dir"])
