@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -469,6 +470,7 @@ def test_dry_run_shows_the_exact_command_and_the_images_that_never_train(trainer
     assert res["estimated_steps_per_epoch"] == 1 and res["estimated_total_steps"] == 2
     assert len(res["warnings"]) == 2 and all("never trained" in w for w in res["warnings"])
     assert any(w.endswith("drops it whole: tall.png") for w in res["warnings"])
+    assert any(re.search(r"keeps 4 .* left out: wide_[0-4]\.png$", w) for w in res["warnings"]), res["warnings"]
 
 
 def test_wan_without_flash_attn_is_refused_before_any_download(trainer_env, dataset_server, monkeypatch):

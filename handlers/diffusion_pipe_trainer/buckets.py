@@ -4,7 +4,8 @@ The engine groups every media file into a size bucket, and cuts each bucket ONCE
 of the global batch (micro batch x gradient accumulation x data-parallel GPUs): the same files are
 left out every epoch, and a bucket smaller than the global batch is dropped whole, logging only a
 warning (tdrussell/diffusion-pipe@8f83dbf utils/dataset.py:377-396). This module redoes that
-arithmetic so that the job can say which files never train, and how many steps an epoch has.
+arithmetic, and the engine's seeded shuffles, so that a job can say which files never train and
+how many steps an epoch has (tests/test_trainer_engine_contract.py checks it against the engine).
 
 Bucketing as the engine does it (utils/dataset.py):
 - aspect ratios: `size_buckets` (460, 496), else 1.0 without `enable_ar_bucket` (497), else `ar_buckets`
@@ -18,16 +19,25 @@ Bucketing as the engine does it (utils/dataset.py):
   `image_micro_batch_size_per_gpu` when set (363, train.py:408);
 - an epoch is the sum over buckets of entries // global batch steps (973, train.py:847), times
   `subsample_ratio` when set (985-987).
+
+Which files a cut leaves out (one directory per bucket, as this worker writes them): the folder's
+files, sorted (628-629), are shuffled with a seed from the folder's path (704-708), grouped by bucket
+in that order (593-602), and shuffled again with a seed from the size bucket (209-212); the bucket
+keeps the first `kept` entries of that order (354-359, 392-394), one caption per file before the
+next caption of any file (264-278), so the files from position `kept` on never train. Each shuffle
+is `datasets.Dataset.shuffle(seed)`: numpy's default_rng(seed).permutation.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROUND_TO_MULTIPLE = 16  # models/base.py:218; none of this worker's models overrides it
+IGNORED_SUFFIXES = (".txt", ".npz", ".json", ".parquet", ".bak", ".db")  # utils/dataset.py:650
 _NAMES_SHOWN = 20
 
 
@@ -43,14 +53,17 @@ class Media:
 class Directory:
     media: list[Media]
     repeats: int
+    folder: Path | None = None  # the [[directory]] path: with it, files come in the engine's order
 
 
 @dataclass
 class Bucket:
     key: tuple  # (ar, w, h, frames) with AR buckets, (w, h, frames) with size_buckets
-    files: list[Path] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)  # in the engine's iteration order when `ordered`
     entries: int = 0
     global_batch: int = 1
+    sources: set[int] = field(default_factory=set)  # indices of the directories it pools
+    ordered: bool = False
 
     @property
     def kept(self) -> int:
@@ -59,6 +72,12 @@ class Bucket:
     @property
     def steps(self) -> int:
         return self.entries // self.global_batch
+
+    def left_out(self) -> list[Path] | None:
+        """The files that never train, when the engine's order is known; None when only their count is."""
+        if self.kept == 0:
+            return list(self.files)
+        return self.files[self.kept:] if self.ordered else None
 
     def label(self) -> str:
         *_, w, h, frames = self.key
@@ -79,33 +98,47 @@ class Plan:
     def warnings(self) -> list[str]:
         out = []
         for b, n in self.never_trained():
-            names = sorted(p.name for p in b.files)
+            left_out = b.left_out()
+            names = [p.name for p in (left_out if left_out is not None else sorted(b.files))]
             shown = ", ".join(names[:_NAMES_SHOWN]) + (f" and {len(names) - _NAMES_SHOWN} more"
                                                        if len(names) > _NAMES_SHOWN else "")
             if b.kept == 0:
                 out.append(f"{n} file(s) never trained: the {b.label()} has {b.entries} sample(s) per epoch, fewer "
                            f"than the global batch of {b.global_batch}, and the engine drops it whole: {shown}")
             else:
+                which = "" if left_out is not None else f"{n} of these: "
                 out.append(f"{n} file(s) never trained: the {b.label()} has {b.entries} sample(s) per epoch and the "
                            f"engine keeps {b.kept} (a multiple of the global batch of {b.global_batch}), the same "
-                           f"ones every epoch; {n} of these are left out: {shown}")
+                           f"ones every epoch; left out: {which}{shown}")
         return out
 
 
-def _dedup(values: list[float]) -> list[float]:
-    return sorted({round(v, 3) for v in values})
+def seed_from_hash(item: Any) -> int:
+    """utils/dataset.py:81-82."""
+    return int(hashlib.md5(str(item).encode()).hexdigest(), 16) % int(1e9)
 
 
-def _ratios(ds: dict[str, Any]) -> list[float]:
-    if ds.get("size_buckets"):
-        return [w / h for w, h, _ in ds["size_buckets"]]
-    if not ds.get("enable_ar_bucket", False):
-        return [1.0]
-    if ars := ds.get("ar_buckets"):
-        return [a[0] / a[1] if isinstance(a, (list, tuple)) else a for a in ars]
+def _shuffled(items: list, seed: int) -> list:
     import numpy as np
 
-    return [float(a) for a in np.geomspace(ds["min_ar"], ds["max_ar"], num=ds["num_ar_buckets"])]
+    return [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
+
+
+def _dedup(values: list) -> list[float]:
+    """utils/dataset.py:74-78: round to 3 decimals (numpy's rounding for numpy values, as the engine's)."""
+    return sorted({float(round(v, 3)) for v in values})
+
+
+def _ratios(ds: dict[str, Any]) -> list:
+    import numpy as np
+
+    if ds.get("size_buckets"):
+        return list(np.array([w / h for w, h, _ in ds["size_buckets"]]))
+    if not ds.get("enable_ar_bucket", False):
+        return list(np.array([1.0]))
+    if ars := ds.get("ar_buckets"):
+        return [a[0] / a[1] if isinstance(a, (list, tuple)) else a for a in ars]
+    return list(np.geomspace(ds["min_ar"], ds["max_ar"], num=ds["num_ar_buckets"]))
 
 
 def _round(x: float) -> int:
@@ -117,6 +150,17 @@ def _frame_bucket(frames: int, frame_buckets: list[int]) -> int | None:
     if not fitting or (frames > 1 and fitting[-1] == 1):
         return None
     return fitting[-1]
+
+
+def _engine_order(directory: Directory, ds: dict[str, Any]) -> list[Media]:
+    """The directory's media in the order the engine lists them (sorted, then shuffled by the folder path)."""
+    if directory.folder is None:
+        return list(directory.media)
+    listed = sorted(p for p in directory.folder.glob("*") if p.is_file() and p.suffix not in IGNORED_SUFFIXES)
+    if ds.get("shuffle_metadata", True):
+        listed = _shuffled(listed, seed_from_hash(Path(directory.folder)))
+    by_path = {m.path: m for m in directory.media}
+    return [by_path[p] for p in listed if p in by_path]
 
 
 def plan(ds: dict[str, Any], directories: list[Directory], *, micro_batch: int, grad_accum: int, world_size: int,
@@ -134,8 +178,8 @@ def plan(ds: dict[str, Any], directories: list[Directory], *, micro_batch: int, 
 
     buckets: dict[tuple, Bucket] = {}
     skipped: list[Path] = []
-    for directory in directories:
-        for m in directory.media:
+    for index, directory in enumerate(directories):
+        for m in _engine_order(directory, ds):
             log_ar = math.log(m.width / m.height)
             keys: list[tuple]
             if size_buckets:
@@ -159,6 +203,11 @@ def plan(ds: dict[str, Any], directories: list[Directory], *, micro_batch: int, 
                 b = buckets.setdefault(key, Bucket(key, global_batch=batch.get(key[-1], video_batch)))
                 b.files.append(m.path)
                 b.entries += copies * directory.repeats
+                b.sources.add(index)
+    for b in buckets.values():
+        if len(b.sources) == 1 and directories[next(iter(b.sources))].folder is not None:
+            b.files = _shuffled(b.files, seed_from_hash(b.key))
+            b.ordered = True
     ordered = sorted(buckets.values(), key=lambda b: b.key)
     steps = sum(b.steps for b in ordered)
     if ratio := ds.get("subsample_ratio"):

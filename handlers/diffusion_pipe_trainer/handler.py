@@ -267,7 +267,7 @@ def _media_dirs(ds_cfg: dict[str, Any]) -> list[buckets.Directory]:
         kind = "videos" if folder.name == "videos" else "images"
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in dataset.KIND_EXTS[kind]
                        and p.with_suffix(".txt").is_file())
-        out.append(buckets.Directory(buckets.media_of(files, kind), d["num_repeats"]))
+        out.append(buckets.Directory(buckets.media_of(files, kind), d["num_repeats"], folder))
     return out
 
 
