@@ -213,6 +213,12 @@ def test_buckets_match_the_engines(engine_dataset, tmp_path, training, world, ca
             engine_order[tuple(sb.size_bucket)] = [Path(spec[1]) for spec in sb.metadata_dataset["image_spec"]]
     # the same buckets, the files in the same order (so the same ones left out by the cut)
     assert {b.key: b.files for b in ours.buckets} == engine_order
+    # and the stand-in (tests/fakes/diffusion_pipe_train.py) buckets as the engine does
+    from tests.fakes import diffusion_pipe_train as stand_in
+
+    for key, members in engine_order.items():
+        for f in members:
+            assert key in stand_in._bucket_of(dataset_config, *stand_in._media_size(f)), (f, key)
     # the same cut to the global batch (utils/dataset.py:347-396): steps per bucket and whole-bucket drops
     engine_steps = 0
     engine_dataset.logger.addHandler(caplog.handler)  # DeepSpeed's logger does not propagate
