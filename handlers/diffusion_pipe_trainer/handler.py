@@ -366,9 +366,9 @@ async def _train(req: TrainRequest, spec: ModelSpec, gpu: _Gpus, dirs: JobDirs, 
     try:
         async with before_training:
             plan = await _plan(req, spec, gpu, dirs, progress, timings)
-            command = training.command(plan.cfg_path, resume=bool(req.resume), gpu_ids=gpu.ids,
-                                       master_port=training.free_port())
             if req.dry_run:
+                command = training.command(plan.cfg_path, resume=bool(req.resume), gpu_ids=gpu.ids,
+                                           master_port=training.free_port())
                 return {"status": "dry_run", **base, **_dry_run_result(req, spec, gpu, dirs, plan, command)}
             await _fetch_models(req, spec, dirs, progress, timings)
     except TimeoutError:
@@ -389,6 +389,9 @@ async def _train(req: TrainRequest, spec: ModelSpec, gpu: _Gpus, dirs: JobDirs, 
                         force=p.completed, **p.report())
 
     progress.update("training", 0, "starting diffusion-pipe", force=True)
+    # the port is picked now, not before the (possibly long) model download, so that it is still free
+    command = training.command(plan.cfg_path, resume=bool(req.resume), gpu_ids=gpu.ids,
+                               master_port=training.free_port())
     with timings.stage("training"):
         await training.run(command, gpu_ids=gpu.ids, progress=tp, log_file=dirs.logs / "train.log",
                            on_update=on_update, timeout_s=remaining)
