@@ -12,7 +12,9 @@ Launcher (`deepspeed [--num_gpus=N | --include=localhost:i,j] [--master_port=P] 
   ignored with DeepSpeed's message and GPUs 0..N-1 are used (runner.py:448-460, 529-532);
 - the data-parallel world is the GPU list; the rank-0 child `python -u train.py --local_rank=0 ...`
   gets WORLD_SIZE and CUDA_VISIBLE_DEVICES=<ids> (launch.py:182); only rank 0 prints, so only it runs;
-- a failing child: `[...] [ERROR] [launch.py:341:sigkill_handler] [...] exits with return code = N`, exit N.
+- log lines: `[...] [INFO] [runner.py:630:main] cmd = ...`, `[launch.py:272:main] process N spawned with
+  command: [...]`, `[launch.py:367:main] Process N exits successfully.`; a failing child:
+  `[...] [ERROR] [launch.py:341:sigkill_handler] [...] exits with return code = N`, exit N.
 
 train.py:
 - argparse: `--config`, `--local_rank`, `--resume_from_checkpoint` (optional value), `--master_port`
@@ -139,11 +141,11 @@ def launcher(argv: list[str]) -> int:
               flush=True)
         return 2
     _log("INFO", "real_accelerator.py:260:get_accelerator", "Setting ds_accelerator to cuda (auto detect)")
-    _log("INFO", "runner.py:607:main", f"cmd = {sys.executable} -u -m deepspeed.launcher.launch --world_info=... "
+    _log("INFO", "runner.py:630:main", f"cmd = {sys.executable} -u -m deepspeed.launcher.launch --world_info=... "
                                        f"--master_addr=127.0.0.1 --enable_each_rank_log=None {script} "
                                        f"{' '.join(script_args)}")
     cmd = [sys.executable, "-u", script, "--local_rank=0", *script_args]
-    _log("INFO", "launch.py:256:main", f"process {os.getpid()} spawned with command: {cmd}")
+    _log("INFO", "launch.py:272:main", f"process {os.getpid()} spawned with command: {cmd}")
     env = dict(os.environ, WORLD_SIZE=str(len(ids)), RANK="0", LOCAL_RANK="0",
                CUDA_VISIBLE_DEVICES=",".join(map(str, ids)))
     child = subprocess.Popen([sys.executable, "-u", __file__, "--train", "--local_rank=0", *script_args], env=env)
@@ -151,7 +153,7 @@ def launcher(argv: list[str]) -> int:
     if rc != 0:
         _log("ERROR", "launch.py:341:sigkill_handler", f"{cmd} exits with return code = {rc}")
         return rc if rc > 0 else 1
-    _log("INFO", "launch.py:351:main", f"Process {child.pid} exits successfully.")
+    _log("INFO", "launch.py:367:main", f"Process {child.pid} exits successfully.")
     return 0
 
 
