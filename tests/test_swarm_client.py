@@ -59,7 +59,8 @@ def start_fake(tmp: Path, *, required_auth: str = "", bypass_ips: str | None = N
     port = free_port()
     cmd = fake.launch_command().format(port=port, data_dir=tmp / "Data", settings_file=tmp / "Data/Settings.fds",
                                        backends_file=tmp / "Data/Backends.fds").split()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+    env = {"FAKE_SWARMUI_WS_CLOSE_WAIT": "0.05", **(env or {})}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     wait_port(port)
     return proc, f"http://127.0.0.1:{port}"

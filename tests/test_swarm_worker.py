@@ -240,10 +240,13 @@ def test_status_reports_swarmui_and_lease(worker):
 
 def test_swarmui_settings_close_the_loopback_bypass(worker):
     env, tmp = worker
-    settings = fake.parse_fds((tmp / "work" / "Data" / "Settings.fds").read_text())
-    assert settings["Network"]["AuthBypassIPs"] == "" and settings["Network"]["RequiredAuthorization"].startswith(
+    text = (tmp / "work" / "Data" / "Settings.fds").read_text()
+    settings = fake.parse_fds(text)
+    assert settings["Network"]["AuthBypassIPs"] == "none" and settings["Network"]["RequiredAuthorization"].startswith(
         "Bearer ")
+    assert settings["Network"]["PortCanChange"] == "false"
     assert settings["Paths"]["ModelRoot"] == str(tmp / "work" / "model_tree")
+    assert '""' not in text
 
     async def direct():
         async with SwarmUIClient(f"http://127.0.0.1:{env['SWARMUI_INTERNAL_PORT']}") as c:

@@ -34,13 +34,26 @@ def _model_key(name: str) -> str:
 
 
 async def check_models(rt: WorkerRuntime, body: dict[str, Any]) -> None:
-    """Name a missing model before SwarmUI spends time on the request (SwarmUI's own error is vaguer)."""
+    """Name a missing model before SwarmUI spends time on the request (SwarmUI's own error is vaguer).
+
+    SwarmUI lists models from memory, filled at its start and by a refresh: a model missing there
+    may have been put on the volume since, so the model tree and SwarmUI are refreshed once first."""
     wanted = {f: str(body[f]) for f in MODEL_FIELDS if body.get(f)}
     if not wanted:
         return
-    names = (await rt.process.client.list_models("Stable-Diffusion")).names
-    known = {_model_key(n) for n in names}
-    missing = [f"params.{f}: model {v!r} is not on this worker" for f, v in wanted.items() if _model_key(v) not in known]
+
+    async def missing_models() -> tuple[list[str], list[str]]:
+        names = (await rt.process.client.list_models("Stable-Diffusion")).names
+        known = {_model_key(n) for n in names}
+        return names, [f"params.{f}: model {v!r} is not on this worker" for f, v in wanted.items()
+                       if _model_key(v) not in known]
+
+    names, missing = await missing_models()
+    if missing:
+        log.info("model(s) not listed by SwarmUI, refreshing: %s", missing)
+        await rt.refresh_model_tree()
+        await rt.process.refresh_models()
+        names, missing = await missing_models()
     if missing:
         sample = ", ".join(sorted(names)[:10]) or "none"
         raise JobError("invalid_input", "; ".join(missing) + f" (available: {sample})", missing)

@@ -164,17 +164,18 @@ class WorkerRuntime:
 
     async def swarm_busy(self) -> bool:
         """Busy = SwarmUI has generations live or queued, models or backends loading, or a generation
-        request is passing through the gateway. Plain HTTP polling does not count."""
+        request is passing through the gateway. Plain HTTP polling does not count. A status check that
+        fails counts as busy: a SwarmUI too loaded to answer must not be released as idle."""
         if self.gateway.generations_in_flight > 0:
             return True
         if not self.process.ready:
             return False
         try:
             status = (await self.process.client.global_status()).get("status") or {}
-        except SwarmUIError as exc:
-            log.debug("GetGlobalStatus failed: %s", exc)
-            return False
-        return any(int(status.get(k) or 0) > 0 for k in BUSY_KEYS)
+            return any(int(status.get(k) or 0) > 0 for k in BUSY_KEYS)
+        except (SwarmUIError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("GetGlobalStatus failed, counted as busy: %s", exc)
+            return True
 
     async def _activity_since(self, since: float) -> bool:
         last_gen = self.gateway.last_generation_at
@@ -358,7 +359,7 @@ class WorkerRuntime:
         await self.ensure_ready()
         tree = await self.refresh_model_tree()
         client = self.process.client
-        await client.trigger_refresh()
+        await self.process.refresh_models()
         found = {}
         for subtype in subtypes:
             found[subtype] = (await client.list_models(subtype)).names
