@@ -521,3 +521,86 @@ def test_default_launch_command_uses_the_image_install(tmp_path, monkeypatch):
     monkeypatch.setenv("SWARM_ACCESS_TOKEN", "short")
     with pytest.raises(ValueError, match="SWARM_ACCESS_TOKEN"):
         WorkerConfig.from_env()
+
+
+# -- SwarmUI as it really behaves (issue 15) ----------------------------------------------------------------
+
+
+def test_backends_fds_leaves_empty_values_out_and_comfyui_starts(worker):
+    env, tmp = worker
+    assert call({"action": "ready"})["ready"] is True
+    text = (tmp / "work" / "Data" / "Backends.fds").read_text()
+    settings = fake.parse_fds(text)["0"]["settings"]
+    assert "ExtraArgs" not in settings and '""' not in text  # FDS has no quoting: "" would reach ComfyUI
+    assert settings["StartScript"] == "dlbackend/ComfyUI/main.py"
+    assert fake.comfy_launch_error(settings, 7820, tmp) is None
+    backends = asyncio.run(runtime().call(runtime().process.client.list_backends()))
+    assert backends["0"]["status"] == "running"
+
+
+def test_fds_values_survive_the_round_trip():
+    from handlers.swarm_worker.swarm_files import backends_fds, fds
+
+    data = {"A": "C:\\models\\x", "B": " padded ", "C": "tab\there", "D": "", "E": None, "F": True,
+            "S": {"Inner": 3, "Empty": {}}}
+    assert fake.parse_fds(fds(data)) == {"A": "C:\\models\\x", "B": " padded ", "C": "tab\there", "F": "true",
+                                         "S": {"Inner": "3"}}
+    with pytest.raises(ValueError, match="plain name"):
+        fds({"a:b": 1})
+    assert fake.parse_fds(backends_fds("--cpu"))["0"]["settings"]["ExtraArgs"] == "--cpu"
+
+
+def test_worker_refuses_to_start_on_a_taken_port(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with configured_worker(tmp_path, SWARMUI_INTERNAL_PORT=str(port), SWARMUI_STARTUP_TIMEOUT="8",
+                               SWARMUI_MAX_RESTARTS="0"):
+            ready = call({"action": "ready"})
+    # with PortCanChange SwarmUI would have moved to the next port and the worker waited on the wrong one
+    assert ready["ready"] is False and "exited with code 1 while starting" in ready["error"]
+
+
+def test_a_very_long_log_line_does_not_stall_swarmui(tmp_path):
+    with configured_worker(tmp_path, FAKE_SWARMUI_LONG_LOG_LINE=str(400_000), SWARMUI_STARTUP_TIMEOUT="10"):
+        assert call({"action": "ready"})["ready"] is True
+        tail = runtime().process.tail(50)
+        assert any(line.endswith("…(line cut)") and len(line) < 5000 for line in tail)
+        assert (tmp_path / "work" / "swarmui.log").stat().st_size > 400_000  # the log file keeps it all
+
+
+def test_a_failed_status_check_counts_as_busy(worker):
+    assert call({"action": "ready"})["ready"] is True
+    rt = runtime()
+
+    async def failing():
+        raise SwarmUIError("HTTP 500", status=500, route="GetGlobalStatus")
+
+    async def check():
+        original = rt.process.client.global_status
+        rt.process.client.global_status = failing
+        try:
+            return await rt.swarm_busy()
+        finally:
+            rt.process.client.global_status = original
+
+    assert asyncio.run(rt.call(check())) is True
+
+
+def test_refresh_waits_out_swarmuis_debounce_and_may_take_long(tmp_path):
+    # SwarmUI skips TriggerRefresh within its debounce of its start or of the last refresh, and a real
+    # refresh outlasts the ordinary API timeout (here 1 s against a 2 s rescan).
+    with configured_worker(tmp_path, FAKE_SWARMUI_REFRESH_DEBOUNCE="3", SWARMUI_REFRESH_DEBOUNCE_SECONDS="3",
+                           FAKE_SWARMUI_REFRESH_SECONDS="2", SWARMUI_HTTP_TIMEOUT="1"):
+        assert call({"action": "ready"})["ready"] is True
+        models = tmp_path / "volume" / "SwarmUI" / "Models"
+        (models / "Lora" / "fresh.safetensors").write_bytes(b"w")
+        out = call({"action": "models", "subtypes": ["LoRA"]})
+        assert out["success"] is True and "fresh.safetensors" in out["models"]["LoRA"]
+        # a generation naming a model put on the volume since is refreshed for, not refused
+        (models / "Stable-Diffusion" / "late_model.safetensors").write_bytes(b"w")
+        gen = call({"action": "generate", "params": {"prompt": "x", "model": "late_model", "steps": 1}})
+        assert gen["success"] is True, gen

@@ -81,8 +81,8 @@ VIDEO_EXT = {"webp": ".webp", "gif": ".gif", "gif-hd": ".gif", "webm": ".webm", 
              "h265-mp4": ".mp4", "prores": ".mov"}
 
 
-def log(msg: str) -> None:
-    print(f"{datetime.now():%H:%M:%S.%f} [Info] {msg}", flush=True)
+def log(msg: str, level: str = "Info") -> None:
+    print(f"{datetime.now():%H:%M:%S.%f} [{level}] {msg}", flush=True)
 
 
 # -- FDS, as FreneticUtilities parses it ------------------------------------------------------------------
@@ -444,13 +444,13 @@ class FakeSwarm:
         try:
             sections = parse_fds(path.read_text())
         except FDSError as exc:
-            log(f"[Error] Could not read Backends save file: {exc}")
+            log(f"Could not read Backends save file: {exc}", "Error")
             return []
         backends = []
         for idstr, section in sections.items():
             if not isinstance(section, dict) or section.get("type") not in BACKEND_TYPES:
-                log(f"[Error] Unknown backend type '{section.get('type') if isinstance(section, dict) else None}' "
-                    f"in save file, skipping backend #{idstr}.")
+                log(f"Unknown backend type '{section.get('type') if isinstance(section, dict) else None}' "
+                    f"in save file, skipping backend #{idstr}.", "Error")
                 continue
             settings = section.get("settings") if isinstance(section.get("settings"), dict) else {}
             backend = {"id": int(idstr), "type": section["type"], "title": section.get("title", ""),
@@ -462,9 +462,9 @@ class FakeSwarm:
                 failure = comfy_launch_error(settings, port, self.data_dir)
                 if failure:
                     backend["error"] = "errored"
-                    log(f"[Error] [ComfyUI-{idstr}] {failure}")
-                    log(f"[Error] Self-Start ComfyUI-{idstr} on port {port} failed. AutoRestart ignored as this "
-                        "was an initial launch failure.")
+                    log(f"[ComfyUI-{idstr}] {failure}", "Error")
+                    log(f"Self-Start ComfyUI-{idstr} on port {port} failed. AutoRestart ignored as this "
+                        "was an initial launch failure.", "Error")
             backends.append(backend)
         return backends
 
@@ -751,7 +751,7 @@ class FakeSwarm:
                 for step in range(steps):
                     await asyncio.sleep(self.step_seconds)
                     if self.crash_word and self.crash_word in prompt and step >= steps // 2:
-                        log("[Error] Backend crashed: simulated fatal error in sampler (CUDA error: an illegal memory access)")
+                        log("Backend crashed: simulated fatal error in sampler (CUDA error: an illegal memory access)", "Error")
                         os._exit(134)
                     if (self.interrupt_generation, self.session_interrupts.get(sid, 0)) != interrupt_mark:
                         break
@@ -857,8 +857,8 @@ def main(argv: list[str] | None = None) -> None:
         log(f"Loading settings, extensions and models (simulated {delay}s)...")
         time.sleep(delay)
     if os.environ.get("FAKE_SWARMUI_FAIL_START"):
-        log("[Error] Failed to load settings: simulated startup failure")
-        log("[Error] SwarmUI cannot start")
+        log("Failed to load settings: simulated startup failure", "Error")
+        log("SwarmUI cannot start", "Error")
         sys.exit(1)
     fake = FakeSwarm(args)
     log(f"Model roots: {';'.join(str(r) for r in fake.model_roots)}; output: {fake.output_dir}")
@@ -874,7 +874,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         web.run_app(fake.app(), host=args.host, port=port, print=None, access_log=None)
     except OSError as exc:
-        log(f"[Error] Failed to start the web server on port {port}: {exc}")
+        log(f"Failed to start the web server on port {port}: {exc}", "Error")
         sys.exit(1)
 
 
