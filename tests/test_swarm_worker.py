@@ -604,3 +604,40 @@ def test_refresh_waits_out_swarmuis_debounce_and_may_take_long(tmp_path):
         (models / "Stable-Diffusion" / "late_model.safetensors").write_bytes(b"w")
         gen = call({"action": "generate", "params": {"prompt": "x", "model": "late_model", "steps": 1}})
         assert gen["success"] is True, gen
+
+
+def test_lease_end_interrupts_the_leases_generations_only(worker):
+    from handlers.swarm_worker.handler import handler
+
+    async def live_gens() -> int:
+        rt = runtime()
+        return (await rt.call(rt.process.client.global_status()))["status"]["live_gens"]
+
+    async def go():
+        rt = runtime()
+        job = asyncio.create_task(handler({"id": "gen-beside-lease", "input": {"action": "generate", "params": {
+            "prompt": "beside the lease", "model": SDXL, "steps": 150}}}))  # 1.5 s
+        lease_task = asyncio.create_task(handler({"id": "lease-x", "input": {
+            "action": "lease", "idle_seconds": 60, "startup_grace_seconds": 60}}))
+        deadline = time.monotonic() + 10
+        while (rt.lease is None or rt.lease.published is None) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        client = SwarmUIClient(rt.cfg.public_base_url(), token=rt.lease.token)
+        leased = asyncio.create_task(client.generate({"prompt": "the lease's", "steps": 2000}))  # 20 s
+        while await live_gens() < 2:
+            assert time.monotonic() < deadline, "both generations should be running"
+            await asyncio.sleep(0.02)
+        lease_task.cancel()  # the client released its lease
+        with pytest.raises(asyncio.CancelledError):
+            await lease_task
+        with pytest.raises(SwarmUIError):
+            await leased  # its socket was closed with the lease
+        await client.close()
+        out = await job
+        await asyncio.sleep(0.1)
+        return out, await live_gens()
+
+    assert call({"action": "ready"})["ready"] is True
+    out, live = asyncio.run(go())
+    assert out["success"] is True  # the generate job beside the lease was not interrupted
+    assert live == 0  # the lease's generation stopped instead of running its 20 s

@@ -295,7 +295,7 @@ class SwarmUIClient:
                 images = list(result.get("images") or [])
                 return GenerationResult(outputs=images, metadata=[None] * len(images))
             except BaseException:
-                await self._interrupt_session(sid)
+                await self.interrupt_session(sid)
                 raise
         if not websocket:
             result = await self.call("GenerateText2Image", body, timeout=timeout)
@@ -311,7 +311,7 @@ class SwarmUIClient:
                 raise
         raise AssertionError("unreachable")
 
-    async def _interrupt_session(self, sid: str) -> None:
+    async def interrupt_session(self, sid: str) -> None:
         """Best effort: stop what the session `sid` is generating (nothing to stop is fine too)."""
         try:
             await asyncio.shield(self._post_raw("InterruptAll", {"session_id": sid, "other_sessions": False}, 10))

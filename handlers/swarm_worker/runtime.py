@@ -266,19 +266,22 @@ class WorkerRuntime:
                 pass
 
     async def end_lease(self, lease: Lease, reason: str) -> None:
-        """Revoke the token, close its WebSockets, wipe SwarmUI's outputs."""
+        """Revoke the token, close its WebSockets, stop its generations, wipe SwarmUI's outputs.
+
+        Only the sessions the lease generated with are interrupted: a `generate` job running beside
+        the lease is left alone."""
         if self.lease is not lease:
             return
         closed = await self.gateway.revoke(lease.token)
+        sessions = self.gateway.sessions.pop(lease.token)
         if reason in ("cancelled", "worker_exit") and self.process.ready:
-            try:
-                await self.process.client.interrupt_all()
-            except SwarmUIError as exc:
-                log.warning("InterruptAll at lease end failed: %s", exc)
+            for sid in sessions:
+                await self.process.client.interrupt_session(sid)
         wiped = wipe_dir(self.cfg.swarm_output_dir)
         self.lease = None
-        log.info("lease %d released (%s): token revoked, %d WebSocket(s) closed, %d output entries wiped",
-                 lease.number, reason, closed, wiped)
+        log.info("lease %d released (%s): token revoked, %d WebSocket(s) closed, %d session(s) interrupted, "
+                 "%d output entries wiped", lease.number, reason, closed,
+                 len(sessions) if reason in ("cancelled", "worker_exit") else 0, wiped)
 
     # -- legacy holds ---------------------------------------------------------------------------------------
 
