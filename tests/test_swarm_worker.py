@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -641,3 +643,55 @@ def test_lease_end_interrupts_the_leases_generations_only(worker):
     out, live = asyncio.run(go())
     assert out["success"] is True  # the generate job beside the lease was not interrupted
     assert live == 0  # the lease's generation stopped instead of running its 20 s
+
+
+# -- the image build's pre-warm (against the stand-in: no GPU, SwarmUI's first-start installs) -----------
+
+
+def _prewarm(tmp: Path, **extra: str) -> subprocess.CompletedProcess:
+    from tests.swarm_helpers import ROOT, worker_env
+
+    (tmp / "t").mkdir(exist_ok=True)
+    env = {**os.environ, **worker_env(tmp), "FAKE_SWARMUI_NO_GPU": "1", "FAKE_SWARMUI_LIB_DIR": str(tmp / "lib"),
+           "TMPDIR": str(tmp / "t"), **extra}
+    return subprocess.run([sys.executable, "-m", "handlers.swarm_worker.prewarm", "--timeout", "20"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_prewarm_boots_on_the_cpu_and_leaves_nothing_to_install(tmp_path):
+    proc = _prewarm(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "first boot installed 3 package(s): Installing 'rembg'" in proc.stderr
+    assert "ComfyUI arguments for this boot: --cpu" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "lib").iterdir()) == ["onnxruntime", "rembg", "ultralytics"]
+    assert not list((tmp_path / "t").iterdir())  # its data folder and logs are gone
+
+
+def test_prewarm_fails_the_build_when_swarmui_would_still_install_at_start(tmp_path):
+    proc = _prewarm(tmp_path, FAKE_SWARMUI_PIP_OFFLINE="1")
+    assert proc.returncode == 1
+    assert "SwarmUI still installs at start after the pre-warm boot" in proc.stderr
+    assert "Installing 'rembg'" in proc.stderr
+
+
+def test_prewarm_fails_the_build_when_swarmui_does_not_come_up(tmp_path):
+    proc = _prewarm(tmp_path, FAKE_SWARMUI_FAIL_START="1")
+    assert proc.returncode == 1 and "pre-warm failed: SwarmUI exited with code 1 while starting" in proc.stderr
+    assert "simulated startup failure" in proc.stderr  # SwarmUI's own last lines, for the build log
+
+
+def test_prewarm_cpu_flag_is_for_that_boot_only(tmp_path, monkeypatch):
+    from handlers.swarm_worker.config import WorkerConfig
+    from handlers.swarm_worker.prewarm import installs_in, prewarm_config
+
+    monkeypatch.setenv("SWARMUI_COMFY_EXTRA_ARGS", "--lowvram")
+    monkeypatch.setenv("SWARMUI_DIR", "/opt/SwarmUI")
+    monkeypatch.delenv("SWARMUI_LAUNCH_CMD", raising=False)
+    runtime_cfg = WorkerConfig.from_env()
+    cfg = prewarm_config(runtime_cfg, tmp_path, 900)
+    assert cfg.comfy_extra_args == "--lowvram --cpu" and runtime_cfg.comfy_extra_args == "--lowvram"
+    assert cfg.launch_cmd.endswith("--loglevel Debug") and cfg.model_roots == [Path("/opt/SwarmUI/Models")]
+    assert installs_in(["12:00:00.000 [Debug] [Load ComfyUI Self-Starting #0] Updating 'av' for ComfyUI...",
+                        "12:00:01.000 [Debug] [Load ComfyUI Self-Starting #0] Done Updating 'av' for ComfyUI.",
+                        "12:00:01.000 [Debug] [Load ComfyUI Self-Starting #0] Will validate required libs..."]) == [
+        "Updating 'av'"]

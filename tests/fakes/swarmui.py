@@ -39,7 +39,9 @@ FAKE_SWARMUI_BACKEND_DELAY (seconds the backend reports `loading`), FAKE_SWARMUI
 FAKE_SWARMUI_CRASH_WORD (a prompt containing it kills the process mid-generation),
 FAKE_SWARMUI_VIDEO_BYTES (size of a video output), FAKE_SWARMUI_WS_CLOSE_WAIT (the 2 s wait),
 FAKE_SWARMUI_REFRESH_DEBOUNCE (the 10 s), FAKE_SWARMUI_REFRESH_SECONDS (how long a refresh takes),
-FAKE_SWARMUI_LONG_LOG_LINE (print one log line of that many bytes at start). Prompt words:
+FAKE_SWARMUI_LONG_LOG_LINE (print one log line of that many bytes at start), FAKE_SWARMUI_LIB_DIR
+and FAKE_SWARMUI_PIP_OFFLINE (SwarmUI's first-start pip installs), FAKE_SWARMUI_NO_GPU (ComfyUI fails
+without `--cpu`). Prompt words:
 FAKE_OUT_OF_ORDER (images finish last first), FAKE_DISCARD_FIRST (image 0 is discarded).
 
 `GET /__fake__/requests` and `GET /__fake__/env` (not part of SwarmUI) list the headers of the
@@ -458,8 +460,13 @@ class FakeSwarm:
             if backend["enabled"] and not str(settings.get("StartScript", "")).strip(" \"'\n\r\t"):
                 backend["error"] = "disabled"  # empty start script (ComfyUISelfStartBackend.cs:387-392)
             elif backend["enabled"]:
+                self.lib_fixes(backend["id"])
                 port = 7820 + backend["id"]  # Network.BackendStartingPort (Settings.cs:269)
                 failure = comfy_launch_error(settings, port, self.data_dir)
+                if not failure and os.environ.get("FAKE_SWARMUI_NO_GPU") and "--cpu" not in dotnet_split_args(
+                        str(settings.get("ExtraArgs", ""))):
+                    # comfyanonymous/ComfyUI comfy/model_management.py get_torch_device: torch.cuda without a GPU
+                    failure = "AssertionError: Torch not compiled with CUDA enabled / no NVIDIA driver found"
                 if failure:
                     backend["error"] = "errored"
                     log(f"[ComfyUI-{idstr}] {failure}", "Error")
@@ -467,6 +474,32 @@ class FakeSwarm:
                         "was an initial launch failure.", "Error")
             backends.append(backend)
         return backends
+
+    def debug(self, message: str) -> None:
+        """Logs.Debug: printed only at `--loglevel Debug` or Verbose (mcmonkeyprojects/SwarmUI
+        src/Utils/Logs.cs:116-119, 221-229)."""
+        if self.args.loglevel.lower() in ("debug", "verbose"):
+            log(message, "Debug")
+
+    def lib_fixes(self, backend_id: int) -> None:
+        """ComfyUISelfStartBackend.DoLibFixes (ComfyUISelfStartBackend.cs:95-133, 480-540): before each
+        start, pip-install what the ComfyUI environment lacks, each reported as a load status
+        (AbstractBackend.cs:61-63). FAKE_SWARMUI_LIB_DIR stands for the environment's site-packages;
+        with FAKE_SWARMUI_PIP_OFFLINE the installs fail (no internet), and SwarmUI starts anyway."""
+        lib = os.environ.get("FAKE_SWARMUI_LIB_DIR")
+        if not lib:
+            return
+        for package in ("rembg", "onnxruntime", "ultralytics"):
+            if (Path(lib) / package).is_dir():
+                continue
+            status = f"[Load ComfyUI Self-Starting #{backend_id}] "
+            self.debug(f"{status}Installing '{package}' for ComfyUI...")
+            if os.environ.get("FAKE_SWARMUI_PIP_OFFLINE"):
+                log(f"ComfyUI (Installing '{package}'): ERROR: Could not find a version that satisfies the "
+                    f"requirement {package} (from versions: none)")
+            else:
+                (Path(lib) / package).mkdir(parents=True, exist_ok=True)
+            self.debug(f"{status}Done Installing '{package}' for ComfyUI.")
 
     def status_of(self, backend: dict) -> str:
         if not backend["enabled"]:
