@@ -142,6 +142,11 @@ def test_generate_text_to_image_inline(worker):
     _, tmp = worker
     assert not list((tmp / "work" / "Output").rglob("*a red fox*"))
     assert len(list((tmp / "job-outputs" / "gen-t2i").iterdir())) == 2
+    # outputs in batch order with their metadata, whatever order SwarmUI finished them in
+    assert [o["metadata"]["sui_image_params"]["seed"] for o in out["outputs"]] == [7, 8]
+    shuffled = call({"action": "generate", "params": {"prompt": "FAKE_OUT_OF_ORDER", "steps": 1, "images": 3,
+                                                      "seed": 1}}, "gen-order")
+    assert [o["metadata"]["sui_image_params"]["seed"] for o in shuffled["outputs"]] == [1, 2, 3]
 
 
 def test_cancelled_generate_job_interrupts_its_generation_alone(worker):

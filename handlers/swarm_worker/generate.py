@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import mimetypes
 import re
@@ -26,6 +27,16 @@ def _describe(path: Path) -> dict[str, Any]:
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return {"filename": path.name, "mime": mime, "kind": mime.split("/")[0],
             "size_bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def _parse_metadata(text: str | None) -> Any:
+    """SwarmUI's per-output metadata: usually a JSON object as a string (seed, model, parameters used)."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _model_key(name: str) -> str:
@@ -130,6 +141,8 @@ async def run_generate(rt: WorkerRuntime, job: dict, req: GenerateInput, timings
             if not is_data_url(ref):  # SwarmUI's copy is not needed any more
                 (rt.cfg.swarm_output_dir / ref.lstrip("/")[len("View/"):]).unlink(missing_ok=True)
         outputs = [await asyncio.to_thread(_describe, f) for f in files]
+        for out, metadata in zip(outputs, result.metadata, strict=True):
+            out["metadata"] = _parse_metadata(metadata)
 
     total = sum(o["size_bytes"] for o in outputs)
     inline_max = rt.cfg.inline_max_bytes if req.inline_max_bytes is None else req.inline_max_bytes

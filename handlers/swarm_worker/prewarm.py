@@ -5,7 +5,7 @@
 SwarmUI's first start of its ComfyUI backend pip-installs what ComfyUI and SwarmUI's own nodes need
 and the image lacks (rembg, onnxruntime, ultralytics, newer diffusers/transformers/av, ...:
 `DoLibFixes` in mcmonkeyprojects/SwarmUI src/BuiltinExtensions/ComfyUIBackend/
-ComfyUISelfStartBackend.cs:95-133, 480-600). On a worker that costs minutes of every cold start,
+ComfyUISelfStartBackend.cs:95-133, 475, 480-600). On a worker that costs minutes of every cold start,
 needs the internet and can outlast the legacy extension's wakeup polling. So the build:
 
 1. boots SwarmUI with its ComfyUI backend on the CPU (`--cpu` for this boot only: build hosts
@@ -38,7 +38,7 @@ from handlers.swarm_worker.swarm_process import SwarmProcess, SwarmStartError
 log = logging.getLogger("swarm.prewarm")
 
 # `pipCall` reports "<reason> for ComfyUI..." before each pip run ("Installing 'x'", "Updating 'x'",
-# "Remove old 'x'") and "Done <reason> for ComfyUI." after it (ComfyUISelfStartBackend.cs pipCall).
+# "Remove old 'x'") and "Done <reason> for ComfyUI." after it (ComfyUISelfStartBackend.cs:497-504, pipCall).
 _INSTALL_LINE = re.compile(r"\[Load [^\]]*\] (?P<what>.+) for ComfyUI\.\.\.\s*$")
 
 

@@ -308,7 +308,7 @@ def comfy_launch_error(settings: dict, port: int, data_dir: Path) -> str | None:
     SwarmUI reads `ExtraArgs` raw from Backends.fds (an AutoConfiguration string, default empty),
     launches `<python> -s main.py ` + `ExtraArgs.Trim() + " --port {PORT}" + addedArgs`
     (mcmonkeyprojects/SwarmUI src/BuiltinExtensions/ComfyUIBackend/ComfyUISelfStartBackend.cs:24,
-    351-385, 477; src/Backends/NetworkBackendUtils.cs:375-391), and ComfyUI's argparse exits 2 on
+    347-385, 477; src/Backends/NetworkBackendUtils.cs:380-391), and ComfyUI's argparse exits 2 on
     anything it does not know."""
     added = f" --extra-model-paths-config {data_dir}/comfy-auto-model.yaml"
     previews = str(settings.get("EnablePreviews", "true"))
@@ -418,7 +418,7 @@ class FakeSwarm:
         self.step_seconds = float(os.environ.get("FAKE_SWARMUI_STEP_SECONDS", "0.01"))
         self.crash_word = os.environ.get("FAKE_SWARMUI_CRASH_WORD", "CRASH_SWARMUI")
         self.video_bytes = int(os.environ.get("FAKE_SWARMUI_VIDEO_BYTES", "4096"))
-        # GenerateText2ImageWS waits 2 s after `socket_intention: close` (T2IAPI.cs:141-142).
+        # GenerateText2ImageWS waits 2 s after `socket_intention: close` (src/WebAPI/T2IAPI.cs:141-142).
         self.close_wait = float(os.environ.get("FAKE_SWARMUI_WS_CLOSE_WAIT", "2"))
         # TriggerRefresh skips a refresh within 10 s of the last one, or of the start (T2IAPI.cs:991, 1008).
         self.refresh_debounce = float(os.environ.get("FAKE_SWARMUI_REFRESH_DEBOUNCE", "10"))
@@ -436,7 +436,7 @@ class FakeSwarm:
         self.last_refreshed = time.monotonic()
         self.models = {subtype: self.scan_models(subtype) for subtype in SUBTYPE_FOLDERS}
 
-    # -- backends (BackendHandler.cs:508-553, BackendAPI.cs:53-80) -------------------------------------------
+    # -- backends (src/Backends/BackendHandler.cs:508-553, src/WebAPI/BackendAPI.cs:53-79) -------------------------------------------
 
     def load_backends(self, path: Path) -> list[dict]:
         """Backends.fds: no file, no backends; an unreadable file is logged and gives none either;
@@ -458,7 +458,7 @@ class FakeSwarm:
             backend = {"id": int(idstr), "type": section["type"], "title": section.get("title", ""),
                        "enabled": fds_bool(section.get("enabled"), True), "settings": settings, "error": None}
             if backend["enabled"] and not str(settings.get("StartScript", "")).strip(" \"'\n\r\t"):
-                backend["error"] = "disabled"  # empty start script (ComfyUISelfStartBackend.cs:387-392)
+                backend["error"] = "disabled"  # empty start script (ComfyUISelfStartBackend.cs:386-392)
             elif backend["enabled"]:
                 self.lib_fixes(backend["id"])
                 port = 7820 + backend["id"]  # Network.BackendStartingPort (Settings.cs:269)
@@ -525,7 +525,7 @@ class FakeSwarm:
             "supported_features": ["comfyui", "video"],
         }
 
-    # -- models: scanned at start and by TriggerRefresh, listed from memory (ModelsAPI.cs:174-225) -----------
+    # -- models: scanned at start and by TriggerRefresh, listed from memory (src/WebAPI/ModelsAPI.cs:174-240) -----------
 
     def scan_models(self, subtype: str) -> dict[str, dict]:
         files: dict[str, dict] = {}
@@ -584,7 +584,7 @@ class FakeSwarm:
 
     @web.middleware
     async def gate(self, request: web.Request, handler):
-        """Network.RequiredAuthorization (mcmonkeyprojects/SwarmUI src/Core/WebServer.cs:180-206)."""
+        """Network.RequiredAuthorization (mcmonkeyprojects/SwarmUI src/Core/WebServer.cs:180-208)."""
         self.request_log.append({"path": request.path, "method": request.method, "headers": dict(request.headers),
                                  "remote": request.remote})
         del self.request_log[:-200]
@@ -613,17 +613,17 @@ class FakeSwarm:
             body = _json_object(msg.data) if msg.type == WSMsgType.TEXT else None
         elif request.method == "POST":
             if request.content_type != "application/json" and not request.content_type.endswith("+json"):
-                return _api_error("basic_api", "Wrong content type")  # API.cs:72-76
+                return _api_error("basic_api", "Wrong content type")  # API.cs:74-78
             length = request.content_length
             if length is None or length <= 0:
-                return _api_error("basic_api", "bad content length")  # API.cs:78-82
+                return _api_error("basic_api", "bad content length")  # API.cs:80-84
             body = _json_object(await request.read())
         else:
-            raise web.HTTPFound("/Error/NoGetAPI")  # API.cs:86-91
+            raise web.HTTPFound("/Error/NoGetAPI")  # API.cs:89-93
         if body is None:
             return await _reply(ws, 400, {"error_id": "internal_error", "error": "An internal error occurred"})
         sid = None
-        if route not in SESSIONLESS_ROUTES:  # API.cs:97-118
+        if route not in SESSIONLESS_ROUTES:  # API.cs:101-121
             sid = body.get("session_id") or request.headers.get("X-Session-ID")
             if not sid:
                 return await _reply(ws, 400, {"error_id": "basic_api", "error": "missing session id"})
@@ -631,10 +631,10 @@ class FakeSwarm:
                 return await _reply(ws, 401, {"error": "Invalid session ID. You may need to refresh the page.",
                                               "error_id": "invalid_session_id"})
         handler = getattr(self, f"route_{route}", None)
-        if handler is None and route not in WS_ROUTES:  # API.cs:119-131
+        if handler is None and route not in WS_ROUTES:  # API.cs:122-133
             return await _reply(ws, 404 if ws else 400, {"error": "Unknown API route" + ("." if ws else ""),
                                                          "error_id": "bad_route"})
-        if (route in WS_ROUTES) != (ws is not None):  # API.cs:132-142
+        if (route in WS_ROUTES) != (ws is not None):  # API.cs:134-145
             return await _reply(ws, 400, {"error": "Invalid request method for this route.",
                                           "error_id": "bad_request_method"})
         if ws is not None:
@@ -687,7 +687,7 @@ class FakeSwarm:
         return {"success": True}
 
     async def route_triggerrefresh(self, body: dict) -> dict:
-        """T2IAPI.TriggerRefresh (T2IAPI.cs:1002-1045): skipped within the debounce window, else the
+        """T2IAPI.TriggerRefresh (T2IAPI.cs:1002-1044): skipped within the debounce window, else the
         models are rescanned under the refresh write lock; answers with the parameter listing."""
         strong = str(body.get("strong", "true")).lower() != "false"
         if strong and not self.refresh_lock.locked() and time.monotonic() - self.last_refreshed >= self.refresh_debounce:
@@ -698,7 +698,7 @@ class FakeSwarm:
         return {"list": [], "groups": [], "models": {k: sorted(v) for k, v in self.models.items()}, "wildcards": []}
 
     async def route_generatetext2image(self, body: dict) -> dict:
-        """T2IAPI.GenerateText2Image (T2IAPI.cs:159-189): the first error, or the images by batch index
+        """T2IAPI.GenerateText2Image (T2IAPI.cs:160-189): the first error, or the images by batch index
         less the discarded ones."""
         outputs: dict[int, str] = {}
         discards: list[int] = []
@@ -720,7 +720,7 @@ class FakeSwarm:
 
     async def generate_ws(self, ws: web.WebSocketResponse, body: dict) -> None:
         """T2IAPI.GenerateText2ImageWS (T2IAPI.cs:80-150): the generation's messages, then
-        `socket_intention: close`, a 2 s wait for another request, a final status; API.cs closes normally."""
+        `socket_intention: close`, a 2 s wait for another request, a final status; API.cs:179 closes normally."""
         async def sink(event: dict) -> None:
             if not ws.closed:
                 try:
@@ -734,9 +734,9 @@ class FakeSwarm:
         await sink(self.status_body())
 
     async def run_generation(self, body: dict, emit) -> None:
-        """T2IAPI.GenT2I_Internal (T2IAPI.cs:268-470): a status, per image `gen_progress` then a flat
-        `{"image", "batch_index", "request_id", "metadata"}` (T2IAPI.cs:371), `keep_alive` while
-        waiting on tasks (T2IAPI.cs:437-443), always `discard_indices` at the end (T2IAPI.cs:468)."""
+        """T2IAPI.GenT2I_Internal (T2IAPI.cs:254-470): a status, per image `gen_progress` then a flat
+        `{"image", "batch_index", "request_id", "metadata"}` (T2IAPI.cs:373), `keep_alive` while
+        waiting on tasks (T2IAPI.cs:425-430), always `discard_indices` at the end (T2IAPI.cs:468)."""
         try:
             images = int(body["images"])
         except (KeyError, TypeError, ValueError):
@@ -776,7 +776,7 @@ class FakeSwarm:
         interrupt_mark = (self.interrupt_generation, self.session_interrupts.get(sid, 0))
         discard: list[int] = []
         # A prompt word stands in for extensions that run images in parallel (out of order) or refuse
-        # them afterwards (e.g. a scoring extension: T2IAPI.cs:351-362).
+        # them afterwards (e.g. a scoring extension: T2IAPI.cs:352-362).
         order = list(range(images))[::-1] if "FAKE_OUT_OF_ORDER" in prompt else list(range(images))
         self.live_gens += 1
         try:
@@ -897,7 +897,7 @@ def main(argv: list[str] | None = None) -> None:
     log(f"Model roots: {';'.join(str(r) for r in fake.model_roots)}; output: {fake.output_dir}")
     port = args.port
     # Network.PortCanChange, true by default (mcmonkeyprojects/SwarmUI src/Core/Settings.cs:266):
-    # a taken port silently moves SwarmUI to the next one (src/Core/Program.cs:775-785).
+    # a taken port silently moves SwarmUI to the next one (src/Core/Program.cs:775-786).
     if fds_bool(fake.settings.get("Network", {}).get("PortCanChange"), True):
         while port_taken(args.host, port):
             port += 1
