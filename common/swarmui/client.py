@@ -334,7 +334,8 @@ class SwarmUIClient:
     async def _run_ws(self, route: str, body: dict[str, Any], on_event: EventCallback | None) -> GenerationResult:
         """Read SwarmUI's messages until it closes the socket (mcmonkeyprojects/SwarmUI src/WebAPI/T2IAPI.cs
         GenerateText2ImageWS and GenT2I_Internal): outputs are flat `{"image", "batch_index", "request_id",
-        "metadata"}` messages; a negative batch index is not an output of the request (a grid, an
+        "metadata"}` messages (T2IAPI.cs:373; SwarmUI's own remote backend reads them so,
+        src/Backends/SwarmSwarmBackend.cs:613-617); a negative batch index is not an output of the request (a grid, an
         intermediate image); `discard_indices` names outputs refused afterwards; `keep_alive`,
         `socket_intention` and the final status carry nothing to collect."""
         outputs: dict[int, tuple[str, str | None]] = {}

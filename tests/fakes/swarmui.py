@@ -658,6 +658,8 @@ class FakeSwarm:
         return {"folders": folders, "files": files}
 
     async def route_listbackends(self, body: dict) -> dict:
+        """BackendAPI.BackendToNet (src/WebAPI/BackendAPI.cs:53-79): the fields a remote Swarm reads
+        (`can_load_models`, `max_usages`, `current_model`: src/Backends/SwarmSwarmBackend.cs:270, 278-279)."""
         now = time.monotonic()
         return {str(b["id"]): {
             "type": b["type"], "status": self.status_of(b), "id": b["id"], "settings": b["settings"],
