@@ -143,9 +143,10 @@ class Gateway:
         if is_generation:
             self.generations_in_flight += 1
         try:
+            lease = self._tokens.get(known) == "lease"  # its generations' sessions end with it
             if request.headers.get("Upgrade", "").lower() == "websocket":
-                return await self._proxy_ws(request, target, known, note_session=is_generation)
-            if is_generation:
+                return await self._proxy_ws(request, target, known, note_session=is_generation and lease)
+            if is_generation and lease:
                 self.sessions.note(known, session_of(await request.read(), request.headers))
             return await self._proxy_http(request, target, rewrite_images=legacy and route == "/api/generatetext2image")
         finally:

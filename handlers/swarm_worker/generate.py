@@ -48,7 +48,7 @@ async def check_models(rt: WorkerRuntime, body: dict[str, Any]) -> None:
     """Name a missing model before SwarmUI spends time on the request (SwarmUI's own error is vaguer).
 
     SwarmUI lists models from memory, filled at its start and by a refresh: a model missing there
-    may have been put on the volume since, so the model tree and SwarmUI are refreshed once first."""
+    may have been put on the volume since, so when the volume changed SwarmUI is refreshed once first."""
     wanted = {f: str(body[f]) for f in MODEL_FIELDS if body.get(f)}
     if not wanted:
         return
@@ -61,10 +61,11 @@ async def check_models(rt: WorkerRuntime, body: dict[str, Any]) -> None:
 
     names, missing = await missing_models()
     if missing:
-        log.info("model(s) not listed by SwarmUI, refreshing: %s", missing)
         await rt.refresh_model_tree()
-        await rt.process.refresh_models()
-        names, missing = await missing_models()
+        if rt.process.models_stale:
+            log.info("model(s) not listed by SwarmUI and the volume changed, refreshing: %s", missing)
+            await rt.process.refresh_models()
+            names, missing = await missing_models()
     if missing:
         sample = ", ".join(sorted(names)[:10]) or "none"
         raise JobError("invalid_input", "; ".join(missing) + f" (available: {sample})", missing)

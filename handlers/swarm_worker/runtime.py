@@ -356,13 +356,19 @@ class WorkerRuntime:
                                                       "websockets": self.gateway.open_websockets()}}
 
     async def refresh_model_tree(self) -> dict[str, int]:
-        return await asyncio.to_thread(build_model_tree, self.cfg.model_roots, self.cfg.model_tree)
+        """Bring the per-worker model tree up to date with the volume; a change makes SwarmUI's model
+        list (held in memory since its last scan) stale."""
+        stats = await asyncio.to_thread(build_model_tree, self.cfg.model_roots, self.cfg.model_tree)
+        if stats["linked"] or stats["removed"]:
+            self.process.models_stale = True
+        return stats
 
     async def models(self, subtypes: list[str]) -> dict:
         await self.ensure_ready()
         tree = await self.refresh_model_tree()
         client = self.process.client
-        await self.process.refresh_models()
+        if self.process.models_stale:
+            await self.process.refresh_models()
         found = {}
         for subtype in subtypes:
             found[subtype] = (await client.list_models(subtype)).names

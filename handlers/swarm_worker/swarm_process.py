@@ -70,6 +70,8 @@ class SwarmProcess:
         self._stopping = False
         self._last_refresh: float | None = None
         self._refresh_lock = asyncio.Lock()
+        # the model tree changed since SwarmUI last scanned it (its start or a refresh)
+        self.models_stale = False
         atexit.register(self._kill_group_now)
 
     # -- public ---------------------------------------------------------------------------------------
@@ -141,8 +143,12 @@ class SwarmProcess:
             if wait > 0:
                 log.info("waiting %.1f s for SwarmUI's refresh debounce", wait)
                 await asyncio.sleep(wait)
+            self.models_stale = False
             try:
                 return await self.client.trigger_refresh(timeout=self.cfg.refresh_timeout)
+            except BaseException:
+                self.models_stale = True
+                raise
             finally:
                 self._last_refresh = time.monotonic()
 
@@ -182,6 +188,7 @@ class SwarmProcess:
         self.state = "starting"
         self.error = None
         await asyncio.to_thread(build_model_tree, cfg.model_roots, cfg.model_tree)
+        self.models_stale = False  # SwarmUI scans the tree as it starts
         cfg.swarm_output_dir.mkdir(parents=True, exist_ok=True)
         settings, backends = write_swarm_config(
             cfg.data_dir, model_root=cfg.model_tree, output_dir=cfg.swarm_output_dir, port=cfg.internal_port,
