@@ -3,7 +3,7 @@
 SwarmUI's `InterruptAll` stops either the calling session or every session of the user, and every
 caller of this SwarmUI is the same user (`local`): `other_sessions: true` at a lease's end would
 also stop the worker's concurrent `generate` jobs (mcmonkeyprojects/SwarmUI
-src/WebAPI/BasicAPIFeatures.cs InterruptAll). The gateway notes the session id of each generation
+src/WebAPI/BasicAPIFeatures.cs:597-614). The gateway notes the session id of each generation
 request per token; the lease's end interrupts those sessions one by one.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 def session_of(body: bytes | str, headers: Mapping[str, str] | None = None) -> str | None:
     """The session id a SwarmUI API request names: `session_id` in its JSON body, else `X-Session-ID`
-    (mcmonkeyprojects/SwarmUI src/WebAPI/API.cs:97-109)."""
+    (mcmonkeyprojects/SwarmUI src/WebAPI/API.cs:101-113)."""
     try:
         data = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError):

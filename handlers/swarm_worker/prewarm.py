@@ -1,4 +1,4 @@
-"""The image build's pre-warm: boot SwarmUI once so that nothing is installed when a worker starts.
+"""The image build's pre-warm: boot SwarmUI at build so that nothing is installed when a worker starts.
 
     python -m handlers.swarm_worker.prewarm        (images/swarm-worker/Dockerfile, PREWARM=1)
 

@@ -217,26 +217,30 @@ class SwarmProcess:
     async def _read_output(self, proc: asyncio.subprocess.Process) -> None:
         """Copy SwarmUI's output to the log file and keep the last lines, reading chunks: a line reader
         dies on a line longer than its limit, and then the pipe fills and SwarmUI blocks on its next log
-        line. A line is kept up to LINE_KEEP_CHARS."""
+        line. Of each line the first LINE_KEEP_CHARS bytes are kept."""
         assert proc.stdout is not None
         self.cfg.log_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = bytearray()
+        line = bytearray()
+        cut = False
         with self.cfg.log_file.open("ab") as fh:
             while chunk := await proc.stdout.read(READ_CHUNK):
                 fh.write(chunk)
                 fh.flush()
-                *lines, rest = chunk.split(b"\n")
-                for line in lines:
-                    partial += line[:max(0, LINE_KEEP_CHARS - len(partial))]
-                    self._keep_line(bytes(partial))
-                    partial.clear()
-                partial += rest[:max(0, LINE_KEEP_CHARS - len(partial))]
-            if partial:
-                self._keep_line(bytes(partial))
+                pieces = chunk.split(b"\n")
+                for n, piece in enumerate(pieces, 1):
+                    room = LINE_KEEP_CHARS - len(line)
+                    line += piece[:room]
+                    cut = cut or len(piece) > room
+                    if n < len(pieces):  # a newline ended this piece
+                        self._keep_line(bytes(line), cut)
+                        line.clear()
+                        cut = False
+            if line:
+                self._keep_line(bytes(line), cut)
 
-    def _keep_line(self, raw: bytes) -> None:
+    def _keep_line(self, raw: bytes, cut: bool) -> None:
         text = raw.decode("utf-8", "replace").rstrip()
-        self._tail.append(text if len(text) < LINE_KEEP_CHARS else text + " …(line cut)")
+        self._tail.append(text + " …(line cut)" if cut else text)
 
     async def _wait_ready(self, proc: asyncio.subprocess.Process, deadline: float) -> None:
         """Ready = the API answers and a backend reports `running`."""
