@@ -425,6 +425,7 @@ class FakeSwarm:
         self.refresh_seconds = float(os.environ.get("FAKE_SWARMUI_REFRESH_SECONDS", "0"))
         self.live_gens = 0
         self.waiting_gens = 0
+        self.last_used: float | None = None  # when a generation last ended (BackendData.TimeLastRelease)
         self.counter = 0
         self.request_ids = 0
         self.interrupt_generation = 0  # bumped by InterruptAll with other_sessions
@@ -664,8 +665,9 @@ class FakeSwarm:
         return {str(b["id"]): {
             "type": b["type"], "status": self.status_of(b), "id": b["id"], "settings": b["settings"],
             "modcount": 0, "features": ["comfyui", "video"], "enabled": b["enabled"], "title": b["title"],
-            "max_usages": 0, "seconds_since_used": int(now - self.started) if self.counter else 0,
-            "time_since_used": "Never" if not self.counter else "recently", "can_load_models": True,
+            "max_usages": 0, "seconds_since_used": int(now - self.last_used) if self.last_used else 0,
+            "time_since_used": f"{int(now - self.last_used)} seconds ago" if self.last_used else "Never",
+            "can_load_models": True,
             **({"current_model": None} if body.get("full_data") else {}),
         } for b in self.backends}
 
@@ -818,6 +820,7 @@ class FakeSwarm:
             await emit({"discard_indices": discard})
         finally:
             self.live_gens -= 1
+            self.last_used = time.monotonic()
 
     async def view(self, request: web.Request) -> web.StreamResponse:
         rel = request.match_info["path"]
