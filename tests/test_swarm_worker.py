@@ -600,8 +600,10 @@ def test_a_failed_status_check_counts_as_busy(worker):
 def test_refresh_waits_out_swarmuis_debounce_and_may_take_long(tmp_path):
     # SwarmUI skips TriggerRefresh within its debounce of its start or of the last refresh, and a real
     # refresh outlasts the ordinary API timeout (here 1 s against a 2 s rescan).
+    token = "refresh-test-token-0123456789"
     with configured_worker(tmp_path, FAKE_SWARMUI_REFRESH_DEBOUNCE="3", SWARMUI_REFRESH_DEBOUNCE_SECONDS="3",
-                           FAKE_SWARMUI_REFRESH_SECONDS="2", SWARMUI_HTTP_TIMEOUT="1"):
+                           FAKE_SWARMUI_REFRESH_SECONDS="2", SWARMUI_HTTP_TIMEOUT="1",
+                           SWARM_ACCESS_TOKEN=token) as env:
         assert call({"action": "ready"})["ready"] is True
         models = tmp_path / "volume" / "SwarmUI" / "Models"
         (models / "Lora" / "fresh.safetensors").write_bytes(b"w")
@@ -611,6 +613,16 @@ def test_refresh_waits_out_swarmuis_debounce_and_may_take_long(tmp_path):
         (models / "Stable-Diffusion" / "late_model.safetensors").write_bytes(b"w")
         gen = call({"action": "generate", "params": {"prompt": "x", "model": "late_model", "steps": 1}})
         assert gen["success"] is True, gen
+
+        # a client's own TriggerRefresh through the gateway, right after the worker's refresh
+        (models / "Lora" / "for_the_client.safetensors").write_bytes(b"w")
+
+        async def client_refresh():
+            async with SwarmUIClient(f"http://127.0.0.1:{env['SWARM_PUBLIC_PORT']}", token=token) as c:
+                await c.trigger_refresh(timeout=30)
+                return (await c.list_models("LoRA")).names
+
+        assert "for_the_client.safetensors" in asyncio.run(client_refresh())
 
 
 def test_lease_end_interrupts_the_leases_generations_only(worker):

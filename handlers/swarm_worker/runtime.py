@@ -55,7 +55,7 @@ class WorkerRuntime:
         self.gateway = Gateway(host=cfg.public_host, port=cfg.public_port,
                                upstream=f"http://127.0.0.1:{cfg.internal_port}",
                                upstream_secret=lambda: self.process.internal_secret,
-                               is_ready=lambda: self.process.ready, before_refresh=self.refresh_model_tree)
+                               is_ready=lambda: self.process.ready, before_refresh=self.before_client_refresh)
         self.legacy_token: str | None = None
         self.lease: Lease | None = None
         self.lease_count = 0
@@ -362,6 +362,12 @@ class WorkerRuntime:
         if stats["linked"] or stats["removed"]:
             self.process.models_stale = True
         return stats
+
+    async def before_client_refresh(self) -> None:
+        """A `TriggerRefresh` passing the gateway: new volume files join the model tree first, and the
+        request waits out SwarmUI's refresh debounce when there is something new to see."""
+        await self.refresh_model_tree()
+        await self.process.before_forwarded_refresh()
 
     async def models(self, subtypes: list[str]) -> dict:
         await self.ensure_ready()

@@ -132,17 +132,21 @@ class SwarmProcess:
         await self.client.close()
         self.state = "stopped"
 
+    async def _refresh_window(self) -> None:
+        """Wait until SwarmUI would really rescan: it skips a `TriggerRefresh` within 10 s of its start
+        or of the last refresh (mcmonkeyprojects/SwarmUI src/WebAPI/T2IAPI.cs:991, 1008); counted from
+        when SwarmUI was found ready, which is after its start."""
+        since = max((t for t in (self.ready_at, self._last_refresh) if t is not None), default=time.monotonic())
+        wait = since + self.cfg.refresh_debounce_seconds + 0.25 - time.monotonic()
+        if wait > 0:
+            log.info("waiting %.1f s for SwarmUI's refresh debounce", wait)
+            await asyncio.sleep(wait)
+
     async def refresh_models(self) -> dict:
-        """`TriggerRefresh` that really rescans: SwarmUI skips one within 10 s of its start or of the last
-        refresh (mcmonkeyprojects/SwarmUI src/WebAPI/T2IAPI.cs:991, 1008), so wait that window out
-        first (counted from when SwarmUI was found ready, which is after its start); the rescan holds
-        SwarmUI's refresh lock and may take minutes on a big volume."""
+        """`TriggerRefresh` that really rescans (after the debounce window); the rescan holds SwarmUI's
+        refresh lock and may take minutes on a big volume."""
         async with self._refresh_lock:
-            since = max((t for t in (self.ready_at, self._last_refresh) if t is not None), default=time.monotonic())
-            wait = since + self.cfg.refresh_debounce_seconds + 0.25 - time.monotonic()
-            if wait > 0:
-                log.info("waiting %.1f s for SwarmUI's refresh debounce", wait)
-                await asyncio.sleep(wait)
+            await self._refresh_window()
             self.models_stale = False
             try:
                 return await self.client.trigger_refresh(timeout=self.cfg.refresh_timeout)
@@ -151,6 +155,16 @@ class SwarmProcess:
                 raise
             finally:
                 self._last_refresh = time.monotonic()
+
+    async def before_forwarded_refresh(self) -> None:
+        """A client's `TriggerRefresh` is about to reach SwarmUI: when the model tree changed, hold it
+        until SwarmUI would not skip it."""
+        if not self.models_stale:
+            return
+        async with self._refresh_lock:
+            await self._refresh_window()
+            self.models_stale = False
+            self._last_refresh = time.monotonic()
 
     def describe(self) -> dict:
         return {
