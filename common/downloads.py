@@ -143,7 +143,7 @@ def address_refusal(address: str, allow_private: bool) -> str | None:
     return None
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """Raised inside a connection attempt to an address the guard refuses."""
 
 
@@ -245,7 +245,7 @@ def _guarded_pools(allow_private: bool) -> dict[str, type]:
             reason = address_refusal(peer, allow_private)
             if reason:
                 sock.close()
-                raise _Refused(f"connected to {peer}, {reason}")
+                raise Refused(f"connected to {peer}, {reason}")
             watch = _WATCH.get()
             if watch is not None:
                 watch.add(sock)
@@ -272,7 +272,10 @@ class _GuardedAdapter(requests.adapters.HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = self._pools
 
 
-def _session(allow_private: bool) -> requests.Session:
+def guarded_session(allow_private: bool) -> requests.Session:
+    """A requests session whose every connection is checked against the SSRF guard once connected
+    (raises `Refused`); no proxies or .netrc from the environment. Callers pass allow_redirects=False
+    and check each hop themselves."""
     session = requests.Session()
     session.trust_env = False  # no proxies or .netrc from the environment: the guard checks the real peer
     adapter = _GuardedAdapter(allow_private)
@@ -320,6 +323,34 @@ def _check_host(host: str | None, port: int, allow_private: bool, shown: str) ->
             raise _fail(shown, f"refused: {host} resolves to {address}, {reason}{hint}")
 
 
+def destination_refusal(url: str, allow_private: bool | None = None) -> str | None:
+    """Why a request to `url`, a destination a job named, must not be made (the SSRF guard of
+    downloads), or None. `allow_private` defaults to the operator's switch. A host that does not
+    resolve now is not refused here: the request itself fails."""
+    allow = private_allowed() if allow_private is None else allow_private
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return "malformed URL"
+    if parts.scheme not in ("http", "https"):
+        return f"unsupported scheme {parts.scheme!r}"
+    if not host:
+        return "the URL has no host"
+    if host.rstrip(".").lower() in METADATA_HOSTS:
+        return f"{host} is a cloud metadata host"
+    try:
+        infos = socket.getaddrinfo(host.rstrip(".").lower(), port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return None
+    for info in infos:
+        reason = address_refusal(info[4][0], allow)
+        if reason:
+            hint = "" if "metadata" in reason else PRIVATE_HINT
+            return f"{host} resolves to {info[4][0]}, {reason}{hint}"
+    return None
+
+
 @dataclass
 class _Body:
     start: int  # byte offset of the first body byte in the file
@@ -356,7 +387,7 @@ _PROTOCOL_HEADERS = frozenset({"Accept-Encoding", "Range", "If-Range"})
 
 
 def _http_opener(url: str, headers: dict[str, str], allow_private: bool, shown: str):
-    session = _session(allow_private)
+    session = guarded_session(allow_private)
     query = urlsplit(url).query
 
     def stream(resp: requests.Response) -> Iterator[bytes]:
@@ -385,7 +416,7 @@ def _http_opener(url: str, headers: dict[str, str], allow_private: bool, shown: 
                 connect = CONNECT_TIMEOUT if watch is None else max(0.1, min(CONNECT_TIMEOUT, watch.remaining()))
                 resp = session.get(current, headers=hdrs, stream=True, allow_redirects=False,
                                    timeout=(connect, READ_TIMEOUT))
-            except _Refused as exc:
+            except Refused as exc:
                 raise _fail(shown, f"refused: {exc}") from None
             except requests.RequestException as exc:
                 raise _Transient(_describe(exc, query)) from None
