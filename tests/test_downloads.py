@@ -421,6 +421,20 @@ def test_hf_paths_cannot_climb_to_other_hub_routes(server, tmp_path, monkeypatch
     assert len(server.requests) == before  # refused before anything was sent
 
 
+def test_debug_logs_never_print_a_dataset_urls_signature(server, tmp_path, caplog):
+    import logging
+
+    from common.redaction import RedactingFormatter
+
+    url, _ = _route(server, "dataset.zip", b"zip bytes")
+    signed = url + "?X-Amz-Credential=AKIDEXAMPLE%2F20261202&X-Amz-Signature=0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+    with caplog.at_level(logging.DEBUG):
+        download(signed, tmp_path / "dataset.zip", max_bytes=MB)
+    lines = "\n".join(RedactingFormatter("%(name)s %(message)s").format(r) for r in caplog.records)
+    assert "urllib3" in lines and "/dataset.zip?" in lines  # urllib3 logs the request line at DEBUG
+    assert "0f1e2d3c4b5a" not in lines and "AKIDEXAMPLE" not in lines
+
+
 # --- hf:// and s3:// -----------------------------------------------------------------------------
 
 def test_hf_url_resolves_on_the_endpoint_with_token_dropped_on_cdn_redirect(server, tmp_path, monkeypatch):
