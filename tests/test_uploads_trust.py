@@ -38,9 +38,17 @@ class _Recorder(BaseHTTPRequestHandler):
     def _any(self):
         read_body(self)
         self.state["requests"].append({"method": self.command, "path": self.path, "headers": dict(self.headers)})
-        body = (f"<Error><Code>SignatureDoesNotMatch</Code><SignatureProvided>{SIGNATURE}</SignatureProvided>"
-                "</Error>") + "x" * self.state["pad"]
-        reply(self, 403, body, "application/xml")
+        head = (f"<Error><Code>SignatureDoesNotMatch</Code><SignatureProvided>{SIGNATURE}</SignatureProvided>"
+                "</Error>").encode()
+        pad = self.state["pad"]
+        self.send_response(403)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(head) + pad))
+        self.end_headers()
+        self.wfile.write(head)
+        block = b"x" * (64 << 10)
+        for _ in range(pad // len(block)):  # streamed: the server itself holds only a block
+            self.wfile.write(block)
 
     do_PUT = do_POST = do_GET = do_HEAD = _any
 
@@ -106,10 +114,18 @@ def test_address_is_checked_again_when_connecting(guard_on, monkeypatch, recorde
 
 
 def test_answers_in_errors_are_bounded_and_masked(recorder, lora_file):
-    recorder.state["pad"] = 5 << 20
+    import tracemalloc
+
+    recorder.state["pad"] = 32 << 20
     url = (f"{recorder.url}/bucket/o.bin?X-Amz-Algorithm=AWS4-HMAC-SHA256"
            f"&X-Amz-Credential=AKIDEXAMPLE0%2F20261202%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Signature={SIGNATURE}")
-    err = _fails([lora_file], {"upload_url": url}, "upload_failed")
+    tracemalloc.start()
+    try:
+        err = _fails([lora_file], {"upload_url": url}, "upload_failed")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20  # a 32 MiB answer is not read whole (hashing the artifact takes 8 MiB)
     text = err.message + " ".join(err.details)
     assert "HTTP 403" in err.details[0] and "SignatureDoesNotMatch" in err.details[0]
     assert SIGNATURE not in text and len(err.details[0]) < 400
