@@ -12,8 +12,8 @@
   compression ratio, and, because headers can lie, the bytes actually written are counted
   against the same caps while extracting;
 - tar long-name and pax headers (`L`, `K`, `x`, `g`, `X`) over `MAX_TAR_HEADER_BYTES`, and GNU sparse
-  members (whose maps `tarfile` reads without a bound), are refused
-  before `tarfile` reads them whole into memory (a 0.4 MB .tar.gz can hold a 400 MB header);
+  maps, are refused before `tarfile` reads them into memory (a 0.4 MB .tar.gz can hold a 400 MB
+  header; a sparse map has no bound at all);
 - names longer than the filesystem allows are refused with a shortened name in the message;
 - `__MACOSX/` and dotfiles (`.DS_Store`, `._foo`, dot-folders) are skipped, but the bytes of a
   skipped tar member are still read, so they count against the byte, ratio and time caps.
