@@ -133,6 +133,21 @@ def secret_scope() -> Iterator[None]:
         _job.reset(token)
 
 
+def current_scope() -> object | None:
+    """The secret scope of the running job (opaque), to hand to `use_scope` in another thread."""
+    return _job.get()
+
+
+@contextmanager
+def use_scope(scope: object | None) -> Iterator[None]:
+    """Redact (and register) with `scope`, from a thread that did not inherit the job's context."""
+    token = _job.set(scope)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        _job.reset(token)
+
+
 def _literals(value: str) -> list[str]:
     out = [value]
     if "?" in value and value.startswith(("http://", "https://")):
