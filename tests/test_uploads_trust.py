@@ -87,9 +87,14 @@ def test_job_named_s3_endpoint_and_transfer_sh_base_are_guarded(guard_on, record
     assert recorder.state["requests"] == []
 
 
-def test_operator_destinations_are_trusted(guard_on, transfer_sh_server, litterbox_server, lora_file):
+def test_operator_destinations_are_trusted(guard_on, monkeypatch, transfer_sh_server, litterbox_server, lora_file):
     rec = upload([lora_file], {"method": "transfer_sh"}, job_id="j")  # TRANSFER_SH_URL, on 127.0.0.1
     assert rec["download_method"] == "transfer_sh"
+    # the same address named by the job, spelled differently, is still the operator's
+    monkeypatch.setenv("TRANSFER_SH_URL", transfer_sh_server.url.replace("127.0.0.1", "LOCALHOST"))
+    spec = {"method": "transfer_sh", "transfer_sh": {"base_url": transfer_sh_server.url.replace("127.0.0.1",
+                                                                                                "localhost")}}
+    assert upload([lora_file], spec, job_id="j")["download_method"] == "transfer_sh"
     rec = upload([lora_file], {"method": "litterbox"}, job_id="j")  # LITTERBOX_API_URL
     assert rec["download_method"] == "litterbox"
 

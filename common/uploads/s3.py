@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from common.uploads.base import Artifact, TransientUploadError, UploadError, byte_reporter, env_float
-from common.uploads.spec import S3Spec
+from common.uploads.spec import S3Spec, same_url
 
 # Tuned with scripts/bench_uploads.py: 64 MiB parts x 4 threads instead of boto3's 8 MiB x 10
 # (8x fewer requests, less thread contention on small machines). Checksums are computed only
@@ -35,7 +35,7 @@ def job_endpoint(spec: S3Spec | None) -> str | None:
     """The endpoint the job named when it is not the operator's, else None."""
     if spec is None or spec.endpoint_url is None:
         return None
-    if str(spec.endpoint_url).rstrip("/") == (env_endpoint() or "").rstrip("/"):
+    if same_url(spec.endpoint_url, env_endpoint()):
         return None
     return str(spec.endpoint_url)
 

@@ -15,7 +15,7 @@ from common.uploads.base import (
     raise_for_http,
     send,
 )
-from common.uploads.spec import TransferShSpec
+from common.uploads.spec import TransferShSpec, same_url
 
 
 def resolve(spec: TransferShSpec | None) -> TransferShSpec | None:
@@ -30,7 +30,7 @@ def resolve(spec: TransferShSpec | None) -> TransferShSpec | None:
 
 def job_named(spec: TransferShSpec) -> bool:
     """Whether the base URL is the job's own choice rather than the operator's `TRANSFER_SH_URL`."""
-    return str(spec.base_url).rstrip("/") != (os.environ.get("TRANSFER_SH_URL") or "").rstrip("/")
+    return not same_url(spec.base_url, os.environ.get("TRANSFER_SH_URL"))
 
 
 def upload(artifact: Artifact, spec: TransferShSpec, *, progress=None) -> dict:
