@@ -214,6 +214,9 @@ class WorkerRuntime:
             return None, {"released": True, "reason": "swarmui_failed", "success": False,
                           "error": f"engine_failed: SwarmUI did not start: {exc}", "log_tail": tail}
         self.gateway.allow(lease.token, "lease")
+        # The per-worker legacy token belongs to no lease: it is refused (and its WebSockets closed)
+        # until the lease ends. A fixed token from the environment stays valid (documented).
+        await self.gateway.suspend("legacy")
         lease.published = time.monotonic()
         log.info("lease %d started (idle %.0fs, grace %.0fs, max %.0fs)", lease.number, lease.idle_seconds,
                  lease.startup_grace_seconds, lease.max_lease_seconds)
@@ -269,6 +272,7 @@ class WorkerRuntime:
         if self.lease is not lease:
             return
         closed = await self.gateway.revoke(lease.token)
+        self.gateway.resume("legacy")
         if reason in ("cancelled", "worker_exit") and self.process.ready:
             try:
                 await self.process.client.interrupt_all()
