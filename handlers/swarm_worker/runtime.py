@@ -58,6 +58,7 @@ class WorkerRuntime:
                                is_ready=lambda: self.process.ready, before_refresh=self.refresh_model_tree)
         self.legacy_token: str | None = None
         self.lease: Lease | None = None
+        self._lease_ended: asyncio.Event | None = None  # set when the current lease ends (waiting lease jobs)
         self.lease_count = 0
         self.holds: set[asyncio.Event] = set()
         self._gateway_started = False
@@ -195,10 +196,18 @@ class WorkerRuntime:
 
     async def begin_lease(self, idle: float | None, grace: float | None,
                           max_lease: float | None) -> tuple[Lease | None, dict]:
-        """Claim the worker for one lease and wait for SwarmUI; returns (lease, first output)."""
+        """Claim the worker for one lease and wait for SwarmUI; returns (lease, first output).
+
+        A lease job that finds the worker leased waits for that lease to end instead of failing: it
+        can only get here when the SDK took two leases in one batch, before the concurrency modifier
+        dropped to 1 (see __main__.concurrency_modifier)."""
         if self.lease is not None:
-            return None, {"success": False, "error": f"this worker already holds lease {self.lease.number}",
-                          "error_id": "lease_busy", "worker_id": self.worker_id}
+            log.warning("a lease job arrived while lease %d holds this worker: it waits for that lease to end",
+                        self.lease.number)
+        while self.lease is not None:
+            if self._lease_ended is None:
+                self._lease_ended = asyncio.Event()
+            await self._lease_ended.wait()
         limits = self.lease_limits(idle, grace, max_lease)
         self.lease_count += 1
         lease = Lease(number=self.lease_count, token=secrets.token_urlsafe(48), **limits)
@@ -280,6 +289,9 @@ class WorkerRuntime:
                 log.warning("InterruptAll at lease end failed: %s", exc)
         wiped = wipe_dir(self.cfg.swarm_output_dir)
         self.lease = None
+        if self._lease_ended is not None:
+            self._lease_ended.set()
+            self._lease_ended = None
         log.info("lease %d released (%s): token revoked, %d WebSocket(s) closed, %d output entries wiped",
                  lease.number, reason, closed, wiped)
 
