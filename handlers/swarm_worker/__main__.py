@@ -17,7 +17,7 @@ from handlers.swarm_worker.runtime import WorkerRuntime, get_runtime
 
 def main() -> None:
     runtime = get_runtime()
-    runpod_entry.start(handler, env_secrets=["SWARM_ACCESS_TOKEN"],
+    runpod_entry.start(handler, env_secrets=["SWARM_ACCESS_TOKEN", "SWARMUI_WORKER_TOKEN"],
                        concurrency_modifier=concurrency_modifier(runtime))
 
 

@@ -55,7 +55,8 @@ class WorkerRuntime:
         self.gateway = Gateway(host=cfg.public_host, port=cfg.public_port,
                                upstream=f"http://127.0.0.1:{cfg.internal_port}",
                                upstream_secret=lambda: self.process.internal_secret,
-                               is_ready=lambda: self.process.ready, before_refresh=self.refresh_model_tree)
+                               is_ready=lambda: self.process.ready, before_refresh=self.refresh_model_tree,
+                               ssl_context=cfg.server_ssl_context())
         self.legacy_token: str | None = None
         self.lease: Lease | None = None
         self._lease_ended: asyncio.Event | None = None  # set when the current lease ends (waiting lease jobs)
