@@ -2,6 +2,9 @@
 # Entrypoint of the swarm-worker image.
 #  - RunPod serverless (the platform sets RUNPOD_WEBHOOK_GET_JOB), or SWARM_MODE=serverless:
 #    the RunPod handler; it starts SwarmUI and the gateway at boot.
+#  - vast.ai serverless (a workergroup sets REPORT_ADDR), or SWARM_MODE=vast: SwarmUI + gateway +
+#    lease control in the background, vast's PyWorker (its own venv, VAST_PYTHON) in front; the
+#    leases HartsyAI CloudBackends' "Vast.ai Serverless" section asks for. If either exits, both stop.
 #  - anything else (vast.ai template, RunPod pod, plain `docker run`), or SWARM_MODE=standalone:
 #    SwarmUI + gateway (+ Cloudflare quick tunnel), models from SWARM_MODEL_MANIFEST, URL printed.
 # Extra arguments go to the Python entry point (e.g. --test_input '{"input": {...}}').
@@ -9,12 +12,15 @@ set -euo pipefail
 
 APP_DIR="${APP_DIR:-/app}"
 PYTHON="${PYTHON:-python3}"
+VAST_PYTHON="${VAST_PYTHON:-$APP_DIR/.venv-vast/bin/python}"
 cd "$APP_DIR"
 
 mode="${SWARM_MODE:-auto}"
 if [[ "$mode" == auto ]]; then
     if [[ -n "${RUNPOD_WEBHOOK_GET_JOB:-}" || "$*" == *--test_input* || "$*" == *--rp_serve_api* ]]; then
         mode=serverless
+    elif [[ -n "${REPORT_ADDR:-}" ]]; then
+        mode=vast
     else
         mode=standalone
     fi
@@ -23,5 +29,19 @@ fi
 case "$mode" in
     serverless) exec "$PYTHON" -u -m handlers.swarm_worker "$@" ;;
     standalone) exec "$PYTHON" -u -m handlers.swarm_worker.standalone "$@" ;;
-    *) echo "SWARM_MODE must be auto, serverless or standalone (got '$mode')" >&2; exit 2 ;;
+    vast)
+        export PYTHONPATH="$APP_DIR${PYTHONPATH:+:$PYTHONPATH}"
+        "$PYTHON" -u -m handlers.swarm_worker.lease_control &
+        control_pid=$!
+        # The PyWorker keeps .has_benchmark in its working directory: /workspace when there is one.
+        (cd "${PYWORKER_DIR:-/workspace}" 2>/dev/null || cd /tmp; exec "$VAST_PYTHON" -u -m handlers.swarm_worker.vast) &
+        front_pid=$!
+        trap 'kill -TERM "$control_pid" "$front_pid" 2>/dev/null || true' TERM INT
+        status=0
+        wait -n "$control_pid" "$front_pid" || status=$?
+        kill -TERM "$control_pid" "$front_pid" 2>/dev/null || true
+        wait || true
+        exit "$status"
+        ;;
+    *) echo "SWARM_MODE must be auto, serverless, vast or standalone (got '$mode')" >&2; exit 2 ;;
 esac
