@@ -9,6 +9,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from handlers.swarm_worker.run_as import RunAs, parse_run_as, prepare_run_as
+
 DEFAULT_SWARMUI_DIR = "/opt/SwarmUI"
 DEFAULT_LAUNCH_ARGS = ("--launch_mode none --host 127.0.0.1 --port {port} --data_dir {data_dir} "
                        "--settings_file {settings_file} --backends_file {backends_file}")
@@ -128,6 +130,7 @@ class WorkerConfig:
     stop_timeout: float = 15
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    run_as: RunAs | None = None
 
     @classmethod
     def from_env(cls) -> WorkerConfig:
@@ -166,6 +169,7 @@ class WorkerConfig:
             stop_timeout=_float("SWARMUI_STOP_TIMEOUT", 15),
             tls_cert=tls[0] if tls else None,
             tls_key=tls[1] if tls else None,
+            run_as=parse_run_as(os.environ.get("SWARMUI_RUN_AS")),
         )
         cfg.server_ssl_context()  # a certificate that does not load fails here, naming the variables
         return cfg
@@ -182,6 +186,13 @@ class WorkerConfig:
             raise ValueError(f"TLS certificate {self.tls_cert} / key {self.tls_key} (SWARMUI_TLS_CERT, "
                              f"SWARMUI_TLS_KEY) do not load: {exc}") from None
         return ctx
+
+    def prepare_run_as(self) -> dict[str, str]:
+        """Before each SwarmUI start under `run_as`: its folders, the volume's model folders; its env entries."""
+        assert self.run_as is not None
+        shared = [r for r in self.model_roots if not r.is_relative_to(self.swarmui_dir)]
+        return prepare_run_as(self.run_as, own=[self.data_dir, self.swarm_output_dir, self.model_tree],
+                              shared=shared, home_fallback=self.work_dir / "home")
 
     @property
     def scheme(self) -> str:
