@@ -35,12 +35,13 @@ test: setup
 test-docker: setup
 	$(PY) -m pytest -m docker -rs $(PYTEST_ARGS)
 
-build:
+build: setup
 	$(PY) -m scripts.build_images --tag $(IMAGE_TAG) --target $(TARGET) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))
 
 lint: setup
 	$(VENV)/bin/ruff check common handlers scripts tests
 	$(VENV)/bin/hadolint images/*/Dockerfile
+	$(VENV)/bin/actionlint .github/workflows/*.yml
 
 bench: setup
 	$(PY) -m scripts.bench_uploads

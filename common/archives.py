@@ -11,7 +11,11 @@
 - bombs: too many files, declared sizes (zip central directory) over the total cap or over the
   compression ratio, and, because headers can lie, the bytes actually written are counted
   against the same caps while extracting;
-- `__MACOSX/` and dotfiles (`.DS_Store`, `._foo`, dot-folders) are skipped.
+- tar long-name and pax headers (`L`, `K`, `x`, `g`, `X`) over `MAX_TAR_HEADER_BYTES` are refused
+  before `tarfile` reads them whole into memory (a 0.4 MB .tar.gz can hold a 400 MB header);
+- names longer than the filesystem allows are refused with a shortened name in the message;
+- `__MACOSX/` and dotfiles (`.DS_Store`, `._foo`, dot-folders) are skipped, but the bytes of a
+  skipped tar member are still read, so they count against the byte, ratio and time caps.
 
 `make_zip` stores already-compressed files (weights, images, video, archives) with ZIP_STORED
 and deflates the rest: deflating a multi-GB safetensors costs minutes for a few percent.
@@ -26,6 +30,7 @@ import re
 import shutil
 import stat
 import tarfile
+import time
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -39,6 +44,10 @@ GiB = 1 << 30
 CHUNK_BYTES = 1 << 20
 RATIO_FLOOR_BYTES = 1 << 20  # ratios are judged only past this many bytes (tiny text compresses well)
 _LINK_TARGET_MAX = 4096
+MAX_TAR_HEADER_BYTES = 8 << 10  # a GNU long name / pax header; real ones hold a path and a few attributes
+MAX_NAME_BYTES = 255  # one path component (NAME_MAX on Linux filesystems)
+MAX_PATH_BYTES = 4000  # the whole path under dest (PATH_MAX is 4096)
+_SHOWN_NAME_CHARS = 120
 
 STORED_SUFFIXES = frozenset(
     ".safetensors .ckpt .pt .pth .bin .gguf .onnx .npz .png .jpg .jpeg .webp .gif .avif .heic .heif .jxl"
@@ -52,8 +61,44 @@ DEFLATED_SUFFIXES = frozenset(
 _BROKEN = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError)
 
 
+def _shown(name: str) -> str:
+    """A member name fit for a message: long names are cut in the middle."""
+    if len(name) <= _SHOWN_NAME_CHARS:
+        return name
+    return f"{name[:80]}...[{len(name) - 110} characters]...{name[-30:]}"
+
+
 def _unsafe(name: str, reason: str) -> JobError:
-    return JobError("unsafe_archive", f"{name}: {reason}")
+    return JobError("unsafe_archive", f"{_shown(name)}: {reason}")
+
+
+_EXTENDED_HEADERS = {
+    tarfile.GNUTYPE_LONGNAME: "GNU long-name",
+    tarfile.GNUTYPE_LONGLINK: "GNU long-link",
+    tarfile.XHDTYPE: "pax",
+    tarfile.XGLTYPE: "pax global",
+    tarfile.SOLARIS_XHDTYPE: "Solaris extended",
+}
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses an oversized extended header before reading it.
+
+    CPython reads such a header's whole body into memory in one call (Lib/tarfile.py, 3.11:
+    `TarInfo._proc_gnulong` and `_proc_pax`, `tarfile.fileobj.read(self._block(self.size))`), during
+    `tarfile.open` itself; `_proc_member` is the hook its comments name for subclasses.
+    """
+
+    def _proc_member(self, tarfile):
+        kind = _EXTENDED_HEADERS.get(self.type)
+        if kind and self.size > MAX_TAR_HEADER_BYTES:
+            raise JobError("unsafe_archive", f"a tar {kind} header of {self.size} bytes "
+                                             f"(over the limit of {MAX_TAR_HEADER_BYTES} bytes)")
+        return super()._proc_member(tarfile)
+
+
+def _open_tar(path: Path) -> tarfile.TarFile:
+    return tarfile.open(path, "r:*", tarinfo=_BoundedTarInfo)
 
 
 def _member_path(name: str) -> PurePosixPath | None:
@@ -66,6 +111,10 @@ def _member_path(name: str) -> PurePosixPath | None:
     parts = [p for p in clean.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise _unsafe(name, "path climbs out of the destination with '..'")
+    if len(clean.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES or any(
+            len(p.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for p in parts):
+        raise _unsafe(name, f"name too long (over {MAX_NAME_BYTES} bytes per folder or file name, "
+                            f"{MAX_PATH_BYTES} in all)")
     if not parts or any(p == "__MACOSX" or p.startswith(".") for p in parts):
         return None
     return PurePosixPath(*parts)
@@ -75,14 +124,14 @@ def _link_target(name: str, rel: PurePosixPath, target: str, *, hard: bool) -> P
     """Where a link points, relative to dest; refused when that is outside dest."""
     clean = target.replace("\\", "/")
     if clean.startswith("/") or re.match(r"[A-Za-z]:", clean):
-        raise _unsafe(name, f"link to an absolute path ({target})")
+        raise _unsafe(name, f"link to an absolute path ({_shown(target)})")
     parts = [] if hard else list(rel.parent.parts)  # hardlink targets are archive paths
     for part in clean.split("/"):
         if part in ("", "."):
             continue
         if part == "..":
             if not parts:
-                raise _unsafe(name, f"link points outside the destination ({target})")
+                raise _unsafe(name, f"link points outside the destination ({_shown(target)})")
             parts.pop()
         else:
             parts.append(part)
@@ -92,8 +141,10 @@ def _link_target(name: str, rel: PurePosixPath, target: str, *, hard: bool) -> P
 class _Extraction:
     """Writes members under dest while counting bytes; undoes its own writes on failure."""
 
-    def __init__(self, archive: Path, dest: Path, max_total_bytes: int, max_ratio: float):
+    def __init__(self, archive: Path, dest: Path, max_total_bytes: int, max_ratio: float, max_seconds: float):
         self.archive = archive
+        self.max_seconds = max_seconds
+        self.deadline = time.monotonic() + max_seconds
         self.dest = dest.resolve()
         self.max_total = max_total_bytes
         self.max_ratio = max_ratio
@@ -109,6 +160,13 @@ class _Extraction:
             raise _unsafe(name, f"extracting would write more than {self.max_total} bytes")
         if self.written > RATIO_FLOOR_BYTES and self.written > self.max_ratio * self.archive_size:
             raise _unsafe(name, f"expands to more than {self.max_ratio:g}x the archive's size (a zip bomb?)")
+        if time.monotonic() > self.deadline:
+            raise _unsafe(name, f"extracting took longer than {self.max_seconds:g} s")
+
+    def skip(self, name: str, src) -> None:
+        """Read a skipped member through: its bytes cost decompression time like any other."""
+        while chunk := src.read(CHUNK_BYTES):
+            self.count(name, len(chunk))
 
     def _path(self, name: str, rel: PurePosixPath) -> Path:
         path = self.dest.joinpath(*rel.parts)
@@ -218,23 +276,25 @@ def _extract_zip(archive: Path, job: _Extraction, max_members: int) -> None:
                 except zipfile.BadZipFile as exc:
                     raise _unsafe(info.filename, f"data does not match its header ({exc})") from None
                 except (RuntimeError, NotImplementedError) as exc:  # encrypted / unknown compression
-                    raise JobError("invalid_input", f"{info.filename}: cannot be extracted ({exc})") from None
+                    raise JobError("invalid_input", f"{_shown(info.filename)}: cannot be extracted ({exc})") from None
 
 
 def _extract_tar(archive: Path, job: _Extraction, max_members: int) -> None:
-    with tarfile.open(archive, "r:*") as tf:
+    with _open_tar(archive) as tf:
         files = 0
         for entries, member in enumerate(tf, start=1):
             rel = _member_path(member.name)
             files += rel is not None and not member.isdir()
             _check_count(archive, entries, files, max_members)
+            if member.isreg() and job.written + member.size > job.max_total:
+                raise _unsafe(member.name, f"extracting would write more than {job.max_total} bytes")
             if rel is None:
+                if member.isreg():
+                    job.skip(member.name, tf.extractfile(member))
                 continue
             if member.isdir():
                 job.mkdir(member.name, rel)
             elif member.isreg():
-                if job.written + member.size > job.max_total:
-                    raise _unsafe(member.name, f"extracting would write more than {job.max_total} bytes")
                 job.write(member.name, rel, tf.extractfile(member))
             elif member.issym() or member.islnk():
                 target = _link_target(member.name, rel, member.linkname, hard=member.islnk())
@@ -252,7 +312,7 @@ def archive_kind(path: Path) -> str | None:
     if head in (b"PK\x03\x04", b"PK\x05\x06"):
         return "zip"
     try:
-        with tarfile.open(path, "r:*"):
+        with _open_tar(path):
             return "tar"
     except (*_BROKEN, OSError):
         pass
@@ -260,14 +320,15 @@ def archive_kind(path: Path) -> str | None:
 
 
 def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *, max_members: int = 10_000,
-                 max_total_bytes: int = 20 * GiB, max_ratio: float = 200) -> list[Path]:
+                 max_total_bytes: int = 20 * GiB, max_ratio: float = 200,
+                 max_seconds: float = 3600) -> list[Path]:
     """Extract a zip or tar archive into `dest`; returns the extracted files (see module docstring)."""
     archive, dest = Path(archive), Path(dest)
     kind = archive_kind(archive)
     if kind is None:
         raise JobError("invalid_input", f"{archive.name} is not a zip or tar archive")
     dest.mkdir(parents=True, exist_ok=True)
-    job = _Extraction(archive, dest, max_total_bytes, max_ratio)
+    job = _Extraction(archive, dest, max_total_bytes, max_ratio, max_seconds)
     try:
         (_extract_zip if kind == "zip" else _extract_tar)(archive, job, max_members)
         job.materialise_links()

@@ -21,7 +21,14 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from common.redaction import is_sensitive_key, redact, redact_text, register_secret
+from common.redaction import (
+    MAX_ECHO_CHARS,
+    is_sensitive_key,
+    redact,
+    redact_text,
+    register_secret,
+    secret_scope,
+)
 
 log = logging.getLogger("jobs")
 
@@ -38,6 +45,9 @@ ERROR_CODES = (
 
 # Result fields that exist to hand a link to the caller; they are never masked.
 PUBLIC_RESULT_FIELDS = frozenset({"download_url", "safetensors_url", "repo_url", "public_url", "url", "urls"})
+
+# An error result echoes at most this many detail lines (each cut to MAX_ECHO_CHARS / 4 characters).
+MAX_DETAILS = 50
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -108,10 +118,13 @@ def error_result(exc: BaseException) -> dict:
         code, message, details = "cancelled", "the job was cancelled", []
     else:
         code, message, details = "internal", f"unexpected {type(exc).__name__}: {exc}", []
+    shown = [redact_text(str(d), limit=MAX_ECHO_CHARS // 4) for d in details[:MAX_DETAILS]]
+    if len(details) > MAX_DETAILS:
+        shown.append(f"... and {len(details) - MAX_DETAILS} more")
     return {
-        "error": redact_text(f"{code}: {message}"),
+        "error": redact_text(f"{code}: {message}", limit=MAX_ECHO_CHARS),
         "error_code": code,
-        "details": [redact_text(d) for d in details],
+        "details": shown,
     }
 
 
@@ -194,7 +207,7 @@ class Progress:
         if percent is not None:
             data["percent"] = round(max(0.0, min(100.0, float(percent))), 1)
         if message:
-            data["message"] = message
+            data["message"] = redact_text(str(message), limit=MAX_ECHO_CHARS)
         data.update(extra)
         data = redact(data)
         self.sent.append(data)
@@ -248,13 +261,15 @@ Body = Callable[[dict, Timings], dict]
 
 
 def run_job(job: dict, body: Body) -> dict:
-    """Run a sync handler body with the contract applied: secrets registered, errors converted."""
-    register_input_secrets(job.get("input"))
-    timings = Timings()
-    try:
-        return finish(body(job, timings), timings)
-    except Exception as exc:
-        return _failure(job, exc)
+    """Run a sync handler body with the contract applied: secrets registered (scoped to this job),
+    errors converted."""
+    with secret_scope():
+        register_input_secrets(job.get("input"))
+        timings = Timings()
+        try:
+            return finish(body(job, timings), timings)
+        except Exception as exc:
+            return _failure(job, exc)
 
 
 async def to_thread_stoppable(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -271,15 +286,16 @@ async def to_thread_stoppable(fn: Callable[..., T], /, *args: Any, **kwargs: Any
 
 
 async def run_job_async(job: dict, body: Callable[[dict, Timings], Awaitable[dict]]) -> dict:
-    register_input_secrets(job.get("input"))
-    timings = Timings()
-    try:
-        return finish(await body(job, timings), timings)
-    except asyncio.CancelledError:
-        log.warning("job %s cancelled", job.get("id"))
-        raise
-    except Exception as exc:
-        return _failure(job, exc)
+    with secret_scope():  # the task's own context: threads it starts with asyncio.to_thread share it
+        register_input_secrets(job.get("input"))
+        timings = Timings()
+        try:
+            return finish(await body(job, timings), timings)
+        except asyncio.CancelledError:
+            log.warning("job %s cancelled", job.get("id"))
+            raise
+        except Exception as exc:
+            return _failure(job, exc)
 
 
 def _failure(job: dict, exc: BaseException) -> dict:

@@ -10,8 +10,11 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
+from urllib.parse import parse_qsl, quote
 
 MASK = "***"
 
@@ -22,23 +25,33 @@ _SENSITIVE_KEY = re.compile(
     re.IGNORECASE,
 )
 
-# Values that look like secrets whatever their key.
+# Values that look like secrets whatever their key: (pattern, replacement, words one of which the
+# lowercased text must contain for the pattern to be tried at all; most text skips most patterns).
+_SIGNED_MARKERS = ("x-amz-signature", "x-amz-credential", "x-amz-security-token", "signature=",
+                   "x-goog-signature", "x-goog-credential", "sig=", "token=", "access_token=", "awsaccesskeyid=")
 _PATTERNS = [
     # Authorization header values (Bearer / Basic / raw tokens after the colon).
-    (re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)(?:bearer\s+|basic\s+)?[^\s'\",}]+"), r"\1" + MASK),
-    (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}"), "Bearer " + MASK),
-    (re.compile(r"\bhf_[A-Za-z0-9]{8,}"), "hf_" + MASK),
-    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), MASK),
-    (re.compile(r"\brpa_[A-Za-z0-9]{8,}"), "rpa_" + MASK),
-    (re.compile(r"\bAIza[0-9A-Za-z_-]{20,}"), MASK),
-    # Query strings of signed URLs (S3 SigV4/V2, GCS, Azure SAS, generic token params).
+    (re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)(?:bearer\s+|basic\s+)?[^\s'\",}]+"), r"\1" + MASK,
+     ("authorization",)),
+    (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}"), "Bearer " + MASK, ("bearer",)),
+    (re.compile(r"\bhf_[A-Za-z0-9]{8,}"), "hf_" + MASK, ("hf_",)),
+    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), MASK, ("akia", "asia")),
+    (re.compile(r"\brpa_[A-Za-z0-9]{8,}"), "rpa_" + MASK, ("rpa_",)),
+    (re.compile(r"\bAIza[0-9A-Za-z_-]{20,}"), MASK, ("aiza",)),
+    # Query strings of signed URLs (S3 SigV4/V2, GCS, Azure SAS, generic token params), absolute or
+    # not (urllib3's DEBUG line shows `"GET /path?X-Amz-Signature=..."`): everything after the first
+    # `?` of a whitespace-delimited word is masked when it holds a signature parameter.
+    # Linear time: the lookbehind lets a match start only where a word starts, so each word is
+    # scanned once (a pattern starting at every `http://` rescans the rest of the word each time).
     (
         re.compile(
-            r"(https?://[^\s?'\"]+)\?[^\s'\"]*(?:X-Amz-Signature|X-Amz-Credential|Signature=|X-Goog-Signature"
-            r"|sig=|[?&]token=|access_token=|AWSAccessKeyId=)[^\s'\"]*",
+            r"(?<![^\s'\"])([^\s'\"?]*)\?[^\s'\"]*?(?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token"
+            r"|Signature=|X-Goog-Signature|X-Goog-Credential|sig=|(?<=[?&])token=|access_token=|AWSAccessKeyId=)"
+            r"[^\s'\"]*",
             re.IGNORECASE,
         ),
         r"\1?" + MASK,
+        _SIGNED_MARKERS,
     ),
     # key=value / "key": "value" pairs in free text.
     (
@@ -47,44 +60,148 @@ _PATTERNS = [
             r"(?!\*\*\*)[^\s'\",}&]+"
         ),
         r"\1" + MASK,
+        ("token", "secret", "password", "key"),
     ),
 ]
 
-_registered: set[str] = set()
-_lock = threading.Lock()
+# Query parameters whose values are signatures or credentials: registered one by one as well, so a
+# storage server that echoes one back (S3's SignatureDoesNotMatch names the signature it got) is masked.
+_SECRET_PARAMS = re.compile(
+    r"^(x-amz-signature|x-amz-credential|x-amz-security-token|signature|x-goog-signature|x-goog-credential"
+    r"|sig|token|access_token|awsaccesskeyid)$",
+    re.IGNORECASE,
+)
+
 _MIN_SECRET_LEN = 6
+# A job registers at most this many literals (oldest forgotten first), and so does the process outside
+# any job; every text redacted is searched for each one, so the bound is what keeps a log line cheap.
+MAX_SECRETS = 256
+# What error messages, details and progress messages echo of any text (user text included).
+MAX_ECHO_CHARS = 2000
+# A log line longer than this is cut (after redaction).
+MAX_LOG_CHARS = 64 * 1024
+
+
+class _Secrets:
+    """A bounded, insertion-ordered set of literal secrets, with a cached longest-first view."""
+
+    def __init__(self, limit: int | None) -> None:
+        self._limit = limit
+        self._items: dict[str, None] = {}
+        self._lock = threading.Lock()
+        self._view: tuple[str, ...] = ()
+
+    def add(self, value: str) -> None:
+        with self._lock:
+            self._items.pop(value, None)
+            self._items[value] = None
+            while self._limit is not None and len(self._items) > self._limit:
+                del self._items[next(iter(self._items))]
+            self._view = tuple(sorted(self._items, key=len, reverse=True))
+
+    def view(self) -> tuple[str, ...]:
+        return self._view
+
+
+_env = _Secrets(None)  # the worker's environment: global and unbounded (the environment is finite)
+_loose = _Secrets(MAX_SECRETS)  # registered outside any job (CLI keys, gateway lease tokens)
+_job: ContextVar[_Secrets | None] = ContextVar("job_secrets", default=None)
+_live: set[_Secrets] = set()  # scopes of the jobs running now: log lines mask all of them
+_live_lock = threading.Lock()
+
+
+@contextmanager
+def secret_scope() -> Iterator[None]:
+    """Secrets registered inside are the current job's: they mask its results, progress and errors, and
+    every log line while it runs, but never another job's output (which would also tell that job's
+    client whether a string it sent is someone else's secret). Threads started with the context
+    (`asyncio.to_thread`, `contextvars.copy_context().run`) share the scope."""
+    scope = _Secrets(MAX_SECRETS)
+    token = _job.set(scope)
+    with _live_lock:
+        _live.add(scope)
+    try:
+        yield
+    finally:
+        with _live_lock:
+            _live.discard(scope)
+        _job.reset(token)
+
+
+def _literals(value: str) -> list[str]:
+    out = [value]
+    if "?" in value and value.startswith(("http://", "https://")):
+        query = value.split("?", 1)[1].split("#", 1)[0]
+        out.append(query)
+        for name, raw in parse_qsl(query, keep_blank_values=False):
+            if _SECRET_PARAMS.match(name):
+                out.append(raw)
+                out.append(quote(raw, safe=""))
+    return [v for v in out if len(v) >= _MIN_SECRET_LEN]
 
 
 def register_secret(*values: str | None) -> None:
-    """Remember literal secret values (from job input) so they are masked in any text."""
-    with _lock:
-        for value in values:
-            if isinstance(value, str) and len(value) >= _MIN_SECRET_LEN:
-                _registered.add(value)
-                if "?" in value and value.startswith(("http://", "https://")):
-                    _registered.add(value.split("?", 1)[1])
+    """Remember literal secret values (from job input) so they are masked in any text.
+
+    Inside a `secret_scope()` (every job run by `common.jobs`) they belong to that job;
+    outside one they are kept process-wide (bounded)."""
+    target = _job.get() or _loose
+    for value in values:
+        if isinstance(value, str) and len(value) >= _MIN_SECRET_LEN:
+            for literal in _literals(value):
+                target.add(literal)
 
 
 def register_env_secrets(names: Iterable[str] = ()) -> None:
-    """Register secrets held in the worker's environment (endpoint secrets)."""
+    """Register secrets held in the worker's environment (endpoint secrets): masked everywhere."""
+    names = set(names)
     for name, value in os.environ.items():
-        if name in names or is_sensitive_key(name):
-            register_secret(value)
+        if (name in names or is_sensitive_key(name)) and len(value) >= _MIN_SECRET_LEN:
+            for literal in _literals(value):
+                _env.add(literal)
 
 
 def is_sensitive_key(name: str) -> bool:
     return bool(_SENSITIVE_KEY.search(name))
 
 
-def redact_text(text: str) -> str:
-    with _lock:
-        secrets = sorted(_registered, key=len, reverse=True)
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, MASK)
-    for pattern, repl in _PATTERNS:
-        text = pattern.sub(repl, text)
+def clip(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """`text` cut to about `limit` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit} more characters]"
+
+
+def _mask(text: str, groups: Iterable[tuple[str, ...]]) -> str:
+    for secrets in groups:
+        for secret in secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+    low = text.lower()
+    exact = len(low) == len(text)  # else some character lowercases to several: try every pattern
+    for pattern, repl, words in _PATTERNS:
+        if not exact or any(word in low for word in words):
+            text = pattern.sub(repl, text)
     return text
+
+
+def redact_text(text: str, *, limit: int | None = None) -> str:
+    """`text` with the secrets of the current job, of the environment and the known patterns masked;
+    cut to `limit` characters (after masking, so no secret is cut in half) when given."""
+    scope = _job.get()
+    text = _mask(text, (scope.view() if scope else (), _env.view(), _loose.view()))
+    return clip(text, limit) if limit is not None else text
+
+
+def _redact_log_line(text: str) -> str:
+    """A log line is the operator's: every running job's secrets are masked in it (a thread that did
+    not inherit a job's context still logs for that job)."""
+    with _live_lock:
+        scopes = [s.view() for s in _live]
+    current = _job.get()
+    if current is not None and current not in _live:
+        scopes.append(current.view())
+    return clip(_mask(text, (*scopes, _env.view(), _loose.view())), MAX_LOG_CHARS)
 
 
 def redact(value: Any, *, keep: frozenset[str] | set[str] = frozenset()) -> Any:
@@ -115,7 +232,7 @@ class RedactingFormatter(logging.Formatter):
     """Formats a record as usual, then masks secrets in the whole line (message, args, traceback)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact_text(super().format(record))
+        return _redact_log_line(super().format(record))
 
 
 def configure_logging(level: str | int | None = None) -> None:

@@ -257,6 +257,71 @@ def test_macos_twins_do_not_count_against_the_file_limit(tmp_path):
     assert len(safe_extract(archive, tmp_path / "out", max_members=10)) == 10
 
 
+# --- tar header bombs, long names, skipped members (issue 12, item 2) ------------------------------
+
+def _header_bomb(path: Path, kind: bytes, body_bytes: int) -> Path:
+    """A .tar.gz whose first member is a `kind` (GNU long name / pax) header of `body_bytes`,
+    streamed so the test itself never holds it."""
+    import gzip
+
+    header = bytearray(512)
+    header[0:13] = b"././@LongLink"
+    header[100:108] = b"0000644\0"
+    header[124:136] = f"{body_bytes:011o}\0".encode()
+    header[136:148] = b"00000000000\0"
+    header[156:157] = kind
+    header[257:265] = b"ustar  \0"
+    header[148:156] = b"        "
+    header[148:156] = f"{sum(header):06o}\0 ".encode()
+    line = b"a" * MB if kind in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK) else (b"%d path=" % MB) + b"a" * (MB - 12)
+    with gzip.open(path, "wb", compresslevel=6) as out:
+        out.write(bytes(header))
+        for _ in range(body_bytes // MB):
+            out.write(line[:MB])
+        out.write(bytes(512 * 4))
+    return path
+
+
+@pytest.mark.parametrize("kind", [tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+                                  tarfile.XGLTYPE])
+def test_tar_header_bomb_is_refused_before_it_is_read(tmp_path, kind):
+    import tracemalloc
+
+    archive = _header_bomb(tmp_path / "hdr.tgz", kind, 96 * MB)
+    assert archive.stat().st_size < MB
+    tracemalloc.start()
+    try:
+        err = _refused(archive, tmp_path / "out")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "header of" in err.message and len(err.message) < 200
+    assert peak < 16 * MB  # tarfile alone would read the 96 MB header into one bytes object
+    assert not (tmp_path / "out").exists() or _tree(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("name", ["d" * 300 + "/x.png", ("deep/" * 900) + "x.png", "f" * 300 + ".png"])
+def test_over_long_names_are_unsafe_with_a_short_message(tmp_path, name):
+    archive = _tar(tmp_path / "long.tar", [(_member(name), b"x")], mode="w")
+    err = _refused(archive, tmp_path / "out")
+    assert "name too long" in err.message and len(err.message) < 300
+    err = _refused(_zip(tmp_path / "long.zip", [(name, b"x")]), tmp_path / "zout")
+    assert "name too long" in err.message and len(err.message) < 300
+
+
+def test_skipped_tar_members_count_against_the_caps(tmp_path):
+    # a dotfile of zeros is skipped, but decompressing it is the cost a bomb is after
+    archive = _tar(tmp_path / "junk.tgz", [(_member("__MACOSX/._big"), bytes(40 * MB)), (_member("a.png"), b"x")])
+    err = _refused(archive, tmp_path / "out")
+    assert "__MACOSX/._big" in err.message and "200x" in err.message
+    archive = _tar(tmp_path / "junk.tar", [(_member(".hidden/big"), os.urandom(2 * MB)), (_member("a.png"), b"x")],
+                   mode="w")
+    err = _refused(archive, tmp_path / "tout", max_total_bytes=MB)
+    assert ".hidden/big" in err.message
+    err = _refused(archive, tmp_path / "sout", max_seconds=0)
+    assert "longer than 0 s" in err.message
+
+
 # --- make_zip ------------------------------------------------------------------------------------
 
 def test_make_zip_stores_compressed_media_and_deflates_text(tmp_path):

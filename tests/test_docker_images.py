@@ -137,26 +137,30 @@ def test_controlnet_model_server_in_the_container(docker, cpu_images, cn_volume)
 # --- diffusion-pipe-trainer ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tiny_dataset_url(tmp_path_factory):
-    """test_input.json's dataset URL (127.0.0.1:8765) served from the host; the container runs
-    with --network host and ALLOW_PRIVATE_DOWNLOADS=1."""
+def tiny_dataset_input(tmp_path_factory) -> Path:
+    """test_input.json with its dataset URL moved to a free port on which the host serves the tiny
+    dataset (the container runs with --network host and ALLOW_PRIVATE_DOWNLOADS=1): a fixed port
+    fails whenever anything else on the machine holds it."""
     from scripts.demo_trainer import DATASET_NAME, serve, tiny_dataset
 
     job = json.loads((REPO / "test_inputs/diffusion-pipe-trainer/test_input.json").read_text())
-    url = job["input"]["dataset"]["images_url"]
-    port = int(re.search(r":(\d+)/", url).group(1))
     www = tmp_path_factory.mktemp("trainer-www")
     (www / DATASET_NAME).write_bytes(tiny_dataset(captioned=True))
-    try:
-        httpd = serve(www, port)
-    except OSError as exc:
-        pytest.fail(f"port {port} of test_input.json's dataset URL is taken on this host: {exc}")
-    yield url
+    httpd = serve(www, 0)
+    url = job["input"]["dataset"]["images_url"]
+    port = httpd.server_address[1]
+    job["input"]["dataset"]["images_url"] = re.sub(r"^(http://127\.0\.0\.1):\d+/", rf"\1:{port}/", url)
+    assert job["input"]["dataset"]["images_url"] == f"http://127.0.0.1:{port}/{DATASET_NAME}", url
+    path = www / "test_input.json"
+    path.write_text(json.dumps(job))
+    path.chmod(0o644)
+    yield path
     httpd.shutdown()
 
 
-def test_trainer_dry_run_of_its_test_input(docker, cpu_images, tiny_dataset_url, image_version):
+def test_trainer_dry_run_of_its_test_input(docker, cpu_images, tiny_dataset_input, image_version):
     proc = docker.run(cpu_images["diffusion-pipe-trainer"], network_host=True,
+                      volumes={str(tiny_dataset_input): "/app/test_input.json:ro"},
                       env={"ALLOW_PRIVATE_DOWNLOADS": "1", "RUNPOD_SKIP_GPU_CHECK": "true"})
     printed = printed_result(proc)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -22,8 +22,8 @@ class _Strict(BaseModel):
 class HuggingFaceSpec(_Strict):
     token: str | None = Field(None, description="write token; falls back to env HF_TOKEN")
     repo_id: str | None = Field(None, description="owner/name; generated from the job id when missing")
-    private: bool = True
-    repo_type: Literal["model", "dataset"] = "model"
+    private: bool = Field(True, description="create the repo private (downloads then need a read token)")
+    repo_type: Literal["model", "dataset"] = Field("model", description="kind of Hugging Face repo")
     path_in_repo: str | None = Field(None, description="folder inside the repo (default: the repo root)")
 
 
@@ -33,7 +33,7 @@ class S3Spec(_Strict):
     region: str | None = Field(None, description="AWS region, or 'auto' for R2; env AWS_DEFAULT_REGION")
     access_key: str | None = Field(None, description="env AWS_ACCESS_KEY_ID")
     secret_key: str | None = Field(None, description="env AWS_SECRET_ACCESS_KEY")
-    key_prefix: str = Field("", max_length=512)
+    key_prefix: str = Field("", max_length=512, description="objects go to <key_prefix>/<job id>/<file>")
     presign_expiry_seconds: int = Field(
         MAX_PRESIGN_SECONDS, ge=60, le=MAX_PRESIGN_SECONDS,
         description="lifetime of the returned download link (at most 7 days, the SigV4 limit)",
@@ -44,21 +44,21 @@ class S3Spec(_Strict):
 
 
 class LitterboxSpec(_Strict):
-    expiry: Literal["1h", "12h", "24h", "72h"] = "72h"
+    expiry: Literal["1h", "12h", "24h", "72h"] = Field("72h", description="how long the link lives")
 
 
 class TransferShSpec(_Strict):
     base_url: HttpUrl | None = Field(None, description="self-hosted transfer.sh; env TRANSFER_SH_URL")
-    max_days: int = Field(7, ge=1, le=365)
+    max_days: int = Field(7, ge=1, le=365, description="days the upload is kept (Max-Days)")
 
 
 class UploadSpec(_Strict):
-    method: Method = "auto"
-    huggingface: HuggingFaceSpec | None = None
-    s3: S3Spec | None = None
+    method: Method = Field("auto", description="auto tries huggingface, s3, litterbox, transfer_sh in turn")
+    huggingface: HuggingFaceSpec | None = Field(None, description="Hugging Face Hub settings")
+    s3: S3Spec | None = Field(None, description="S3 / R2 / MinIO settings")
     upload_url: HttpUrl | None = Field(None, description="a presigned PUT URL; its presence means presigned_put")
-    litterbox: LitterboxSpec | None = None
-    transfer_sh: TransferShSpec | None = None
+    litterbox: LitterboxSpec | None = Field(None, description="litterbox.catbox.moe settings")
+    transfer_sh: TransferShSpec | None = Field(None, description="self-hosted transfer.sh settings")
 
     @model_validator(mode="after")
     def _presigned_put_needs_url(self) -> UploadSpec:

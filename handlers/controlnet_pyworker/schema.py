@@ -51,24 +51,24 @@ def _check_image_b64(value: str | None) -> str | None:
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS)
-    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS, description="what to generate")
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="what to avoid")
     depth_map_b64: str | None = Field(None, description="PNG/JPEG depth map (near = bright), gray or RGB")
     mock_depth: bool = Field(False, description="use a deterministic synthetic depth gradient")
     auto_depth: bool = Field(False, description="estimate depth from image_b64 with the manifest's depth model")
     image_b64: str | None = Field(None, description="source image for auto_depth")
     model: str | None = Field(None, description="variant: lightning, hyper, base (default: the manifest's)")
-    era: str | None = None
-    steps: int | None = Field(None, ge=1, le=100)
-    cfg: float | None = Field(None, ge=0.0, le=30.0)
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    era: str | None = Field(None, description="era LoRA: wilderness, pre_industrial, future, drone (manifest)")
+    steps: int | None = Field(None, ge=1, le=100, description="denoising steps (default: the variant's)")
+    cfg: float | None = Field(None, ge=0.0, le=30.0, description="guidance scale (default: the variant's)")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="seed of the first image (default: random)")
     lora_strength: float | None = Field(None, ge=0.0, le=2.0, description="era LoRA weight (default: the era's)")
-    controlnet_strength: float = Field(0.8, ge=0.0, le=2.0)
-    scheduler: Literal["auto", "euler", "dpm_sde"] = "auto"
-    width: int = 1024
-    height: int = 1024
-    num_images: int = Field(1, ge=1, le=4)
-    output: UploadSpec | None = None
+    controlnet_strength: float = Field(0.8, ge=0.0, le=2.0, description="ControlNet conditioning scale")
+    scheduler: Literal["auto", "euler", "dpm_sde"] = Field("auto", description="auto: the variant's scheduler")
+    width: int = Field(1024, description="multiple of 64, 256-2048")
+    height: int = Field(1024, description="multiple of 64, 256-2048")
+    num_images: int = Field(1, ge=1, le=4, description="images per request (seeds seed, seed+1, ...)")
+    output: UploadSpec | None = Field(None, description="upload the images and return a link instead of base64")
 
     @field_validator("width", "height")
     @classmethod

@@ -75,12 +75,16 @@ def _check_toml_value(path: str, value: Any, depth: int = 0) -> None:
 
 
 class DatasetSpec(_Strict):
-    type: Literal["images", "videos", "both", "precaptioned"]
-    images_url: str | None = Field(None, min_length=1, max_length=4096)
-    videos_url: str | None = Field(None, min_length=1, max_length=4096)
-    trigger_word: str | None = Field(None, min_length=1, max_length=200)
-    image_repeats: int = Field(1, ge=1, le=1000)
-    video_repeats: int = Field(5, ge=1, le=1000)
+    type: Literal["images", "videos", "both", "precaptioned"] = Field(
+        ..., description="what the archives hold; precaptioned: every file has a same-name .txt")
+    images_url: str | None = Field(None, min_length=1, max_length=4096,
+                                   description="zip or tar of images (https, s3:// or hf://)")
+    videos_url: str | None = Field(None, min_length=1, max_length=4096,
+                                   description="zip or tar of videos (https, s3:// or hf://)")
+    trigger_word: str | None = Field(None, min_length=1, max_length=200,
+                                     description="prepended once to every caption")
+    image_repeats: int = Field(1, ge=1, le=1000, description="times each image is seen per epoch")
+    video_repeats: int = Field(5, ge=1, le=1000, description="times each video is seen per epoch")
     sha256: dict[Literal["images", "videos"], str] | None = Field(
         None, description="expected sha256 of each archive, checked after download"
     )
@@ -123,30 +127,33 @@ class TrainingSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    epochs: int = Field(100, ge=1, le=100_000)
-    learning_rate: float = Field(2e-5, gt=0, le=1.0)
-    batch_size: int = Field(1, ge=1, le=256)
-    gradient_accumulation_steps: int = Field(4, ge=1, le=1024)
-    gradient_clipping: float = Field(1.0, ge=0)
-    warmup_steps: int = Field(100, ge=0)
-    lora_rank: int = Field(32, ge=1, le=1024)
-    lora_dtype: DType = "bfloat16"
-    save_every_n_epochs: int = Field(10, ge=1)
-    checkpoint_every_n_minutes: int | None = Field(120, ge=1)
-    save_dtype: DType = "bfloat16"
-    optimizer_type: str = Field("adamw_optimi", min_length=1, max_length=64)
-    optimizer_betas: list[float] = Field(default_factory=lambda: [0.9, 0.99], min_length=2, max_length=2)
-    optimizer_weight_decay: float = Field(0.01, ge=0)
-    optimizer_eps: float = Field(1e-8, gt=0)
+    epochs: int = Field(100, ge=1, le=100_000, description="epochs to train")
+    learning_rate: float = Field(2e-5, gt=0, le=1.0, description="[optimizer] lr")
+    batch_size: int = Field(1, ge=1, le=256, description="micro_batch_size_per_gpu")
+    gradient_accumulation_steps: int = Field(4, ge=1, le=1024, description="micro-batches per optimizer step")
+    gradient_clipping: float = Field(1.0, ge=0, description="gradient norm clip")
+    warmup_steps: int = Field(100, ge=0, description="learning-rate warm-up steps")
+    lora_rank: int = Field(32, ge=1, le=1024, description="[adapter] rank (alpha is always the rank)")
+    lora_dtype: DType = Field("bfloat16", description="[adapter] dtype")
+    save_every_n_epochs: int = Field(10, ge=1, description="save a LoRA every N epochs")
+    checkpoint_every_n_minutes: int | None = Field(120, ge=1, description="DeepSpeed checkpoint (for resume) "
+                                                                       "every N minutes")
+    save_dtype: DType = Field("bfloat16", description="dtype of the saved LoRA")
+    optimizer_type: str = Field("adamw_optimi", min_length=1, max_length=64, description="[optimizer] type")
+    optimizer_betas: list[float] = Field(default_factory=lambda: [0.9, 0.99], min_length=2, max_length=2,
+                                         description="[optimizer] betas")
+    optimizer_weight_decay: float = Field(0.01, ge=0, description="[optimizer] weight_decay")
+    optimizer_eps: float = Field(1e-8, gt=0, description="[optimizer] eps")
     video_clip_mode: VideoClipMode | None = Field(
         None, description="default: single_middle (seed), single_beginning for wan14b_i2v"
     )
     frame_buckets: list[int] | None = Field(None, min_length=1, description="default from the model registry")
     resolution: int | None = Field(None, ge=64, le=4096, description="default from the model registry")
-    activation_checkpointing: bool | Literal["unsloth"] = True
-    caching_batch_size: int = Field(1, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-    checkpoint_every_n_epochs: int | None = Field(None, ge=1)
+    activation_checkpointing: bool | Literal["unsloth"] = Field(True, description="trade compute for memory")
+    caching_batch_size: int = Field(1, ge=1, description="batch size while caching latents and embeddings")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
+    checkpoint_every_n_epochs: int | None = Field(None, ge=1, description="instead of "
+                                                  "checkpoint_every_n_minutes")
 
     @field_validator("frame_buckets")
     @classmethod
@@ -198,8 +205,8 @@ class TrainingSpec(BaseModel):
 
 
 class ApiKeys(_Strict):
-    huggingface_token: str | None = Field(None, min_length=1)
-    gemini_api_key: str | None = Field(None, min_length=1)
+    huggingface_token: str | None = Field(None, min_length=1, description="gated weights (flux); env HF_TOKEN")
+    gemini_api_key: str | None = Field(None, min_length=1, description="video captions; env GEMINI_API_KEY")
 
 
 class CaptionOptions(_Strict):
@@ -209,17 +216,18 @@ class CaptionOptions(_Strict):
     overwrite: bool = Field(False, description="caption every file again, even those with a .txt")
     gemini_model: str | None = Field(None, min_length=1, max_length=100,
                                      description="Gemini model name (default: env GEMINI_MODEL or the built-in)")
-    max_new_tokens: int = Field(300, ge=1, le=1024)
+    max_new_tokens: int = Field(300, ge=1, le=1024, description="longest caption in tokens")
 
 
 class TrainRequest(_Strict):
-    model_type: ModelType
-    dataset: DatasetSpec | None = None
-    training: TrainingSpec = Field(default_factory=TrainingSpec)
-    api_keys: ApiKeys = Field(default_factory=ApiKeys)
-    output: UploadSpec | None = None
-    caption: CaptionOptions = Field(default_factory=CaptionOptions)
-    dry_run: bool = False
+    model_type: ModelType = Field(..., description="the model to train a LoRA for")
+    dataset: DatasetSpec | None = Field(None, description="the training data (left out when resuming)")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="hyperparameters; other keys "
+                                   "pass through to the engine's TOML")
+    api_keys: ApiKeys = Field(default_factory=ApiKeys, description="keys this job needs (else the environment's)")
+    output: UploadSpec | None = Field(None, description="where the LoRA goes (default: auto)")
+    caption: CaptionOptions = Field(default_factory=CaptionOptions, description="captioning options")
+    dry_run: bool = Field(False, description="stop after the configs are written and return them")
     resume: str | None = Field(None, min_length=1, max_length=128,
                                description="job id whose last checkpoint (on the volume) this job continues")
     timeout_s: float | None = Field(

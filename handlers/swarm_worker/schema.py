@@ -21,23 +21,26 @@ class _Tolerant(BaseModel):
 class HoldInput(_Tolerant):
     """`wakeup` and `keepalive`: hold the worker `duration` seconds, checking SwarmUI every `interval`."""
 
-    action: Literal["wakeup", "keepalive"]
-    duration: float = Field(180, ge=0, le=7 * 24 * 3600)
-    interval: float = Field(30, gt=0, le=3600)
+    action: Literal["wakeup", "keepalive"] = Field(..., description="the action")
+    duration: float = Field(180, ge=0, le=7 * 24 * 3600, description="seconds to hold the worker")
+    interval: float = Field(30, gt=0, le=3600, description="seconds between SwarmUI checks")
 
 
 class LeaseInput(_Tolerant):
-    action: Literal["lease"]
-    idle_seconds: float | None = Field(None, ge=0)
-    startup_grace_seconds: float | None = Field(None, ge=0)
-    max_lease_seconds: float | None = Field(None, ge=0)
+    action: Literal["lease"] = Field(..., description="the action")
+    idle_seconds: float | None = Field(None, ge=0, description="release after this long idle "
+                                                               "(default SWARMUI_IDLE_SECONDS)")
+    startup_grace_seconds: float | None = Field(None, ge=0, description="release when unused this long "
+                                                                        "(default SWARMUI_STARTUP_GRACE_SECONDS)")
+    max_lease_seconds: float | None = Field(None, ge=0, description="longest lease "
+                                                                    "(default SWARMUI_MAX_LEASE_SECONDS)")
 
 
 class ModelsInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    action: Literal["models"]
+    action: Literal["models"] = Field(..., description="the action")
     subtypes: list[Literal[MODEL_SUBTYPES]] = Field(default_factory=lambda: list(MODEL_SUBTYPES),  # type: ignore[valid-type]
-                                                    min_length=1)
+                                                    min_length=1, description="model folders to list (default: all)")
 
 
 class GenerateInput(BaseModel):
@@ -46,13 +49,13 @@ class GenerateInput(BaseModel):
     `init_image_url` fetches the init image on the worker (RunPod caps `/run` bodies at 10 MB)."""
 
     model_config = ConfigDict(extra="forbid")
-    action: Literal["generate"]
+    action: Literal["generate"] = Field(..., description="the action")
     init_image_url: str | None = Field(None, pattern=r"^(https?|s3|hf)://", description="becomes params.initimage")
-    params: dict[str, Any]  # after init_image_url: its validator looks at it
-    output: UploadSpec | None = None
+    params: dict[str, Any] = Field(..., description="SwarmUI GenerateText2Image parameters")  # after init_image_url
+    output: UploadSpec | None = Field(None, description="upload the outputs (else inline when small)")
     inline_max_bytes: int | None = Field(None, ge=0, description="inline results up to this total size")
     websocket: bool = Field(True, description="generate over SwarmUI's WebSocket route (no 100 s proxy limit)")
-    timeout_seconds: float = Field(3600, gt=0, le=24 * 3600)
+    timeout_seconds: float = Field(3600, gt=0, le=24 * 3600, description="interrupt the generation after this")
 
     @field_validator("params")
     @classmethod

@@ -1,0 +1,245 @@
+"""Generate the request/response reference of each image from its pydantic models.
+
+    python -m scripts.gen_docs            write docs/schemas/*.json and the generated section of each image page
+    python -m scripts.gen_docs --check    exit 1 naming what is stale (tests/test_docs_schemas.py runs this)
+
+Each image page (docs/<image>.md) holds a section between `<!-- BEGIN GENERATED: schema -->` and
+`<!-- END GENERATED: schema -->`: field tables of the request and of each response shape, from
+the JSON schemas written beside them in docs/schemas/<image>.{request,response}.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+SCHEMAS = DOCS / "schemas"
+BEGIN = "<!-- BEGIN GENERATED: schema -->"
+END = "<!-- END GENERATED: schema -->"
+# Models documented on a page of their own: a field of this type links there instead of listing it.
+LINKED = {"UploadSpec": ("the shared upload spec", "uploads.md"),
+          "UploadRecord": ("the upload record", "uploads.md#result"),
+          "LoraOutput": ("the upload record of the LoRA", "uploads.md#result")}
+
+
+class PlainAction(BaseModel):
+    """The swarm worker's actions that take no arguments (the legacy extension's `ready`, `health`,
+    `shutdown`, and `status`); any other key is ignored, like the other legacy inputs."""
+
+    model_config = ConfigDict(extra="ignore")
+    action: Literal["ready", "health", "shutdown", "status"] = Field(..., description="the action")
+
+
+@dataclass
+class Shape:
+    title: str
+    adapter: TypeAdapter
+
+
+@dataclass
+class ImageDoc:
+    name: str
+    request: list[Shape]
+    responses: list[Shape]
+
+
+def images() -> list[ImageDoc]:
+    from common.result_models import ErrorResult
+    from handlers.controlnet_pyworker.responses import GenerateResponse
+    from handlers.controlnet_pyworker.schema import GenerateRequest
+    from handlers.diffusion_pipe_trainer.responses import DryRunResult, TrainResult
+    from handlers.diffusion_pipe_trainer.schema import TrainRequest
+    from handlers.swarm_worker.responses import ActionFailure, GenerateResult, LeaseGranted, LeaseReleased
+    from handlers.swarm_worker.schema import GenerateInput, HoldInput, LeaseInput, ModelsInput
+
+    error = Shape("Failure (any request)", TypeAdapter(ErrorResult))
+    return [
+        ImageDoc("controlnet-pyworker",
+                 [Shape("Request (`POST /generate` body, RunPod job `input`)", TypeAdapter(GenerateRequest))],
+                 [Shape("Response", TypeAdapter(GenerateResponse)), error]),
+        ImageDoc("diffusion-pipe-trainer",
+                 [Shape("Request (RunPod job `input`)", TypeAdapter(TrainRequest))],
+                 [Shape("Response: training finished", TypeAdapter(TrainResult)),
+                  Shape("Response: dry run", TypeAdapter(DryRunResult)), error]),
+        ImageDoc("swarm-worker",
+                 [Shape(f"Request `{name}` (RunPod job `input`)", TypeAdapter(model)) for name, model in
+                  (("lease", LeaseInput), ("wakeup` / `keepalive", HoldInput), ("generate", GenerateInput),
+                   ("models", ModelsInput), ("ready` / `health` / `shutdown` / `status", PlainAction))],
+                 [Shape("Lease: first streamed output", TypeAdapter(LeaseGranted)),
+                  Shape("Lease: final output", TypeAdapter(LeaseReleased)),
+                  Shape("`generate` result", TypeAdapter(GenerateResult)),
+                  Shape("`generate` failure", error.adapter),
+                  Shape("Other actions' failures", TypeAdapter(ActionFailure))]),
+    ]
+
+
+def union_schema(shapes: list[Shape]) -> dict:
+    """One JSON schema for the shapes: the model itself, or a `oneOf` of them."""
+    if len(shapes) == 1:
+        return shapes[0].adapter.json_schema()
+    models = tuple(s.adapter.core_schema["cls"] for s in shapes)
+    if all("action" in m.model_fields for m in models):
+        union = Annotated[Union[models], Field(discriminator="action")]  # noqa: UP007 (a runtime tuple)
+    else:
+        union = Union[models]  # noqa: UP007
+    return TypeAdapter(union).json_schema()
+
+
+# --- field tables ----------------------------------------------------------------------------------------
+
+def _resolve(node: dict, defs: dict) -> dict:
+    while "$ref" in node:
+        node = defs[node["$ref"].rsplit("/", 1)[1]]
+    return node
+
+
+def _ref_name(node: dict) -> str | None:
+    for option in [node, *node.get("anyOf", [])]:
+        if "$ref" in option:
+            return option["$ref"].rsplit("/", 1)[1]
+    return None
+
+
+def _type(node: dict, defs: dict) -> str:
+    if "anyOf" in node:
+        return " | ".join(_type(o, defs) for o in node["anyOf"])
+    if "$ref" in node:
+        return "object"
+    if "const" in node:
+        return json.dumps(node["const"])
+    if "enum" in node:
+        return " | ".join(json.dumps(v) for v in node["enum"])
+    kind = node.get("type", "any")
+    if kind == "array":
+        return f"array of {_type(node.get('items', {}), defs)}"
+    if kind == "object" and "additionalProperties" in node and isinstance(node["additionalProperties"], dict):
+        return f"object of {_type(node['additionalProperties'], defs)}"
+    limits = [f"{sym} {node[key]}" for key, sym in (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"),
+                                                    ("exclusiveMaximum", "<")) if key in node]
+    limits += [f"{node[key]} {word}" for key, word in (("minLength", "chars min"), ("maxLength", "chars max"))
+               if key in node]
+    return kind + (f" ({', '.join(limits)})" if limits else "")
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def rows(schema: dict, defs: dict, prefix: str = "", response: bool = False) -> list[str]:
+    node = _resolve(schema, defs)
+    required = set(node.get("required", []))
+    out = []
+    for name, prop in node.get("properties", {}).items():
+        path = f"{prefix}{name}"
+        ref = _ref_name(prop)
+        if response:
+            default = "always" if name in required else "when set"
+        else:
+            default = ("required" if name in required else
+                       f"`{json.dumps(prop['default'])}`" if "default" in prop else "")
+        desc = prop.get("description", "")
+        if ref in LINKED:
+            what, link = LINKED[ref]
+            out.append(f"| `{path}` | object | {default} | {_cell(desc)} ({what}: [{link.split('#')[0]}]({link})) |")
+        elif ref is not None and _resolve({"$ref": f"#/$defs/{ref}"}, defs).get("properties"):
+            out.append(f"| `{path}` | object | {default} | {_cell(desc)} |")
+            out += rows({"$ref": f"#/$defs/{ref}"}, defs, prefix=f"{path}.", response=response)
+        else:
+            items = prop.get("items", {})
+            if prop.get("type") == "array" and "$ref" in items:
+                out.append(f"| `{path}` | array of objects | {default} | {_cell(desc)} |")
+                out += rows(items, defs, prefix=f"{path}[].", response=response)
+            else:
+                out.append(f"| `{path}` | {_cell(_type(prop, defs))} | {default} | {_cell(desc)} |")
+    return out
+
+
+def shape_table(shape: Shape, response: bool = False) -> str:
+    schema = shape.adapter.json_schema()
+    defs = schema.get("$defs", {})
+    lines = [f"#### {shape.title}", ""]
+    doc = _resolve(schema, defs).get("description")
+    if doc and shape.adapter.core_schema.get("cls") is PlainAction:
+        lines += [_cell(doc), ""]
+    column = "present" if response else "default"
+    lines += [f"| field | type | {column} | description |", "|---|---|---|---|",
+              *rows(schema, defs, response=response), ""]
+    if not response:  # pydantic: extra="forbid" -> false, "allow" -> true, "ignore" -> absent
+        extra = _resolve(schema, defs).get("additionalProperties", "ignore")
+        lines += [{False: "Other keys are refused.", True: "Other keys pass through.",
+                   "ignore": "Other keys are ignored."}[extra], ""]
+    return "\n".join(lines)
+
+
+def section(img: ImageDoc) -> str:
+    body = [BEGIN,
+            "<!-- generated by `python -m scripts.gen_docs` from the pydantic models; edit those, not this -->",
+            "", "### Request and response reference", "",
+            f"JSON schemas: [request](schemas/{img.name}.request.json), "
+            f"[response](schemas/{img.name}.response.json).", ""]
+    body += [shape_table(s) for s in img.request]
+    body += [shape_table(s, response=True) for s in img.responses]
+    body.append(END)
+    return "\n".join(body)
+
+
+# --- files -----------------------------------------------------------------------------------------------
+
+def outputs() -> dict[Path, str]:
+    """Every generated file with the content it must have."""
+    files: dict[Path, str] = {}
+    for img in images():
+        for kind, shapes in (("request", img.request), ("response", img.responses)):
+            files[SCHEMAS / f"{img.name}.{kind}.json"] = json.dumps(union_schema(shapes), indent=2,
+                                                                   sort_keys=True) + "\n"
+        page = DOCS / f"{img.name}.md"
+        text = page.read_text()
+        if BEGIN not in text or END not in text:
+            raise SystemExit(f"{page.relative_to(ROOT)}: no '{BEGIN}' ... '{END}' section")
+        head, rest = text.split(BEGIN, 1)
+        files[page] = head + section(img) + rest.split(END, 1)[1]
+    return files
+
+
+def stale() -> list[str]:
+    return [str(p.relative_to(ROOT)) for p, text in outputs().items() if not p.exists() or p.read_text() != text]
+
+
+def undescribed(schema: dict, where: str = "") -> list[str]:
+    """Properties without a `description`, anywhere in a JSON schema."""
+    missing = []
+    for name, sub in schema.get("$defs", {}).items():
+        missing += undescribed(sub, f"{name}.")
+    for name, prop in schema.get("properties", {}).items():
+        if not prop.get("description"):
+            missing.append(f"{where}{name}")
+    return missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only report stale files (exit 1)")
+    args = parser.parse_args(argv)
+    if args.check:
+        old = stale()
+        for path in old:
+            print(f"stale: {path} (run `python -m scripts.gen_docs`)", file=sys.stderr)
+        return 1 if old else 0
+    SCHEMAS.mkdir(parents=True, exist_ok=True)
+    for path, text in outputs().items():
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+            print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
