@@ -176,3 +176,35 @@ def test_vast_front_runs_in_its_own_venv_and_agrees_on_the_benchmark():
 
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) == BENCH_WORKLOAD
+
+
+# -- the instance certificate (vast's launcher asks for it; this image replaces that launcher) ----------------------
+
+
+def test_instance_certificate_is_asked_for_and_checked(tmp_path, monkeypatch):
+    from cryptography import x509
+
+    from handlers.swarm_worker import vast_cert
+    from tests.fakes.vast_sign_cert import VastCertSigner
+
+    cert, key = tmp_path / "etc" / "instance.crt", tmp_path / "etc" / "instance.key"
+    monkeypatch.setattr(vast_cert, "VAST_INSTANCE_CERT", cert)
+    monkeypatch.setattr(vast_cert, "VAST_INSTANCE_KEY", key)
+    monkeypatch.delenv("CONTAINER_ID", raising=False)
+    monkeypatch.setenv("VAST_CONTAINERLABEL", "C.4242")
+    with VastCertSigner() as signer:
+        monkeypatch.setenv("VAST_SIGN_CERT_URL", signer.url)
+        assert vast_cert.main() == 0
+        assert signer.requests[-1] == {"path": "/api/v0/sign_cert/", "instance_id": "4242",
+                                       "content_type": "application/octet-stream"}
+        issued = x509.load_pem_x509_certificate(cert.read_bytes())
+        assert issued.issuer == signer.ca.subject and oct(key.stat().st_mode & 0o777) == "0o600"
+        asked = len(signer.requests)
+        assert vast_cert.main() == 0 and len(signer.requests) == asked  # present: not asked again
+    cert.unlink()
+    key.unlink()
+    with VastCertSigner(wrong_key=True) as signer:
+        monkeypatch.setenv("VAST_SIGN_CERT_URL", signer.url)
+        assert vast_cert.main() == 1 and not cert.exists() and not key.exists()
+    monkeypatch.delenv("VAST_CONTAINERLABEL")
+    assert vast_cert.main() == 1  # not on vast.ai

@@ -28,9 +28,20 @@ fi
 
 case "$mode" in
     serverless) exec "$PYTHON" -u -m handlers.swarm_worker "$@" ;;
-    standalone) exec "$PYTHON" -u -m handlers.swarm_worker.standalone "$@" ;;
+    standalone)
+        # A vast.ai instance: its gateway serves TLS with the instance's certificate (what CloudBackends
+        # expects of vast instances), asked for here as vast's own launcher does; SWARMUI_TLS=off skips it.
+        if [[ -n "${CONTAINER_ID:-}${VAST_CONTAINERLABEL:-}" && "${SWARMUI_TLS:-auto}" != off
+              && -z "${SWARMUI_TLS_CERT:-}" && "$(id -u)" == 0 ]]; then
+            "$PYTHON" -m handlers.swarm_worker.vast_cert || echo "continuing without TLS" >&2
+        fi
+        exec "$PYTHON" -u -m handlers.swarm_worker.standalone "$@" ;;
     vast)
         export PYTHONPATH="$APP_DIR${PYTHONPATH:+:$PYTHONPATH}"
+        # TLS for the PyWorker and the gateway, as vast's own launcher does it (vast-ai/pyworker
+        # start_server.sh: USE_SSL defaults to true, the certificate is asked for at start).
+        export USE_SSL="${USE_SSL:-true}"
+        if [[ "$USE_SSL" == true ]]; then "$PYTHON" -m handlers.swarm_worker.vast_cert || true; fi
         "$PYTHON" -u -m handlers.swarm_worker.lease_control &
         control_pid=$!
         # The PyWorker keeps .has_benchmark in its working directory: /workspace when there is one.
