@@ -17,7 +17,7 @@
   to raw base64, which is what the legacy extension decodes (asked for uncompressed).
 - Tokens have kinds: `env` (a fixed token from the environment), `lease` (dies with its lease) and
   `legacy` (the per-worker `/t/` token, refused while a lease holds the worker).
-- A refused request costs a dictionary lookup and a counter: refusals are logged as a count at
+- A refused request costs a token comparison and a counter: refusals are logged as a count at
   most once a minute, never with the request's path (which a stranger chooses).
 - `TriggerRefresh` first brings the per-worker model tree up to date with the volume.
 - A browser opening `<base>/t/<token>` is redirected to `/` with the token in an HttpOnly

@@ -213,6 +213,9 @@ class WorkerRuntime:
         self.lease_count += 1
         lease = Lease(number=self.lease_count, token=secrets.token_urlsafe(48), **limits)
         self.lease = lease
+        # The per-worker legacy token belongs to no lease: it is refused (and its WebSockets closed)
+        # until the lease ends. A fixed token from the environment stays valid (documented).
+        await self.gateway.suspend("legacy")
         try:
             await self.ensure_ready()
         except asyncio.CancelledError:  # the lease job was cancelled while SwarmUI was starting
@@ -224,9 +227,6 @@ class WorkerRuntime:
             return None, {"released": True, "reason": "swarmui_failed", "success": False,
                           "error": f"engine_failed: SwarmUI did not start: {exc}", "log_tail": tail}
         self.gateway.allow(lease.token, "lease")
-        # The per-worker legacy token belongs to no lease: it is refused (and its WebSockets closed)
-        # until the lease ends. A fixed token from the environment stays valid (documented).
-        await self.gateway.suspend("legacy")
         lease.published = time.monotonic()
         log.info("lease %d started (idle %.0fs, grace %.0fs, max %.0fs)", lease.number, lease.idle_seconds,
                  lease.startup_grace_seconds, lease.max_lease_seconds)
