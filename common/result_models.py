@@ -8,9 +8,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# queue_full: the controlnet model server's 429 only.
+# queue_full / unauthorized: the controlnet model server's 429 / 401 (MODEL_SERVER_TOKEN) only.
 ErrorCode = Literal["invalid_input", "download_failed", "unsafe_archive", "engine_failed", "upload_failed",
-                    "timeout", "cancelled", "internal", "queue_full"]
+                    "timeout", "cancelled", "internal", "queue_full", "unauthorized"]
 
 
 class Strict(BaseModel):

@@ -17,10 +17,10 @@ from tests.controlnet_fixtures import REPO, body, png_size
 from tests.fakes.runpod_jobs import RunPodJobServer, launch_handler
 
 
-def run_test_input(models, job: dict, cwd) -> subprocess.CompletedProcess:
+def run_test_input(models, job: dict, cwd, module: str = "handlers.controlnet_pyworker") -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_WEBHOOK_")}
     env.update(MODELS_DIR=str(models), PYTHONPATH=str(REPO), DEVICE="cpu")
-    return subprocess.run([sys.executable, "-m", "handlers.controlnet_pyworker", "--test_input", json.dumps(job)],
+    return subprocess.run([sys.executable, "-m", module, "--test_input", json.dumps(job)],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
 
 
@@ -43,6 +43,16 @@ def test_test_input_mode_prints_the_image(cn_models, tmp_path):
     assert "'images': ['iVBORw0KGgo" in printed, "a base64 PNG"
     assert printed.rstrip().endswith("'format': 'png'}}")
     assert "'worker_version': " in printed and "'error'" not in printed
+    assert "completed successfully" in out
+
+
+def test_handler_module_runs_the_sdk_like_runpods_handler_py(cn_models, tmp_path):
+    """`python -m handlers.controlnet_pyworker.handler --test_input ...` (RunPod's handler.py convention)."""
+    proc = run_test_input(cn_models, {"input": body(seed=8, steps=1)}, tmp_path,
+                          module="handlers.controlnet_pyworker.handler")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert printed_result(out).startswith("{'output': {'seed': 8, 'seeds': [8], 'model': 'lightning'")
     assert "completed successfully" in out
 
 
@@ -179,3 +189,78 @@ def test_demo_writes_the_generated_image(cn_models, tmp_path, monkeypatch):
     assert Image.open(image.with_name(image.stem + "_depth.png")).size == (256, 256)
     summary = json.loads(image.with_suffix(".json").read_text())
     assert summary["model"] == "lightning" and summary["era"] == "wilderness" and summary["seed"] == 42
+
+
+def test_failed_preload_keeps_the_worker_up_and_the_next_job_loads_again(cn_models, tmp_path):
+    """No network at start: the preload fails, but the SDK loop runs (a process that exits first is
+    restarted in a loop by RunPod, its job left IN_QUEUE); the job fails naming the variant; once the
+    files are there, the next job loads the variant and succeeds."""
+    import shutil
+
+    from tests.fakes.hf_hub import hub
+
+    models = tmp_path / "models"
+    models.mkdir()
+    with hub() as hf, RunPodJobServer() as server:  # the Hub stand-in has no such repo: every file 404s
+        proc = launch_handler("controlnet_pyworker", server, log_path=tmp_path / "worker.log", cwd=tmp_path, env={
+            "MODELS_DIR": str(models), "MODEL_MANIFEST": str(cn_models / "manifest.json"), "HF_ENDPOINT": hf.url,
+            "DEVICE": "cpu", "PRELOAD_MODEL": "lightning", "PROGRESS_INTERVAL": "0"})
+        with proc:
+            first = server.wait(server.submit(body(seed=1, steps=1)), 120, proc=proc)
+            assert first.status == "FAILED"
+            assert first.error.startswith("download_failed: variant 'lightning': "), first.error
+            assert "preload of 'lightning' failed" in proc.log()
+            for entry in cn_models.iterdir():  # the files arrive (a volume is attached, the network is back)
+                if entry.is_dir():
+                    shutil.copytree(entry, models / entry.name, dirs_exist_ok=True)
+            second = server.wait(server.submit(body(seed=2, steps=1)), 180, proc=proc)
+            assert second.status == "COMPLETED", second.result
+            assert png_size(second.output["images"][0]) == (256, 256) and proc.poll() is None
+
+
+def test_require_cuda_refuses_the_cpu_and_asks_for_a_fresh_worker(cn_models, tmp_path):
+    """The GPU image (REQUIRE_CUDA=1) on a host where CUDA is unusable: a FATAL line, jobs fail with
+    the reason and `refresh_worker` (stopPod), instead of running SDXL on the CPU of a billed GPU."""
+    with RunPodJobServer() as server:
+        proc = launch_handler("controlnet_pyworker", server, log_path=tmp_path / "worker.log", cwd=tmp_path, env={
+            "MODELS_DIR": str(cn_models), "REQUIRE_CUDA": "1", "PRELOAD_MODEL": "lightning", "DEVICE": ""})
+        with proc:
+            rec = server.wait(server.submit(body(seed=1, steps=1)), 120, proc=proc)
+            log = proc.log()
+    assert rec.status == "FAILED" and rec.stop_pod is True, rec.result
+    assert rec.error.startswith("engine_failed: CUDA is unusable and REQUIRE_CUDA=1"), rec.error
+    assert "FATAL: engine_failed: CUDA is unusable" in log
+    assert "generate" not in json.dumps(rec.progress), "no work started"
+
+
+def test_require_cuda_model_server_writes_the_fatal_line(cn_models, tmp_path):
+    from tests.controlnet_fixtures import start_server, stop
+
+    srv = start_server(tmp_path, cn_models, REQUIRE_CUDA="1", DEVICE="")
+    try:
+        text = srv.model_log.read_text()
+    finally:
+        stop(srv.proc)
+    fatal = [ln for ln in text.splitlines() if ln.startswith("MODEL_SERVER_FATAL")]
+    assert fatal and fatal[0].startswith("MODEL_SERVER_FATAL preload failed: variant 'lightning': engine_failed: "
+                                         "CUDA is unusable and REQUIRE_CUDA=1"), text
+    assert "MODEL_SERVER_READY" not in text
+
+
+def test_a_jobs_secrets_never_mask_another_jobs_fields(cn_engine, monkeypatch):
+    """A refused job whose secret equals `lightning` must not turn the next client's `model` into `***`,
+    and job secrets are not kept after their job (the registry cannot grow with every job)."""
+    from common.redaction import redact_text
+    from handlers.controlnet_pyworker import handler as handler_mod
+    from handlers.controlnet_pyworker.engine import Engine
+
+    monkeypatch.setattr(handler_mod, "_engine", Engine(cn_engine.manifest, cn_engine.models_dir, device="cpu",
+                                                       fetch_missing=False))
+    for i, secret in enumerate(["lightning", *(f"job-secret-{n:04d}" for n in range(300))]):
+        spec = {"method": "s3", "s3": {"bucket": "bucket", "access_key": "AKEY12", "secret_key": secret}}
+        refused = asyncio.run(handler_mod.handler({"id": f"refused-{i}", "input": body(width=100, output=spec)}))
+        assert refused["error_code"] == "invalid_input"
+    out = asyncio.run(handler_mod.handler({"id": "next-client", "input": body(steps=1)}))
+    assert "error" not in out, out
+    assert out["model"] == "lightning" and out["depth_source"] == "mock_depth"
+    assert redact_text("job-secret-0000 and job-secret-0299") == "job-secret-0000 and job-secret-0299"

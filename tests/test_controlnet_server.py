@@ -52,6 +52,7 @@ def test_ready_line_after_preload(cn_server):
     assert "model server starting" in lines[0]
     ready = [ln for ln in lines if "MODEL_SERVER_READY" in ln]
     assert len(ready) == 1 and "preload=lightning" in ready[0]
+    assert ready[0].startswith("MODEL_SERVER_READY "), "vast.ai documents log actions as prefix matches"
     assert not any("MODEL_SERVER_FATAL" in ln for ln in lines)
 
 
@@ -179,6 +180,7 @@ def test_unusable_manifest_writes_the_fatal_line_and_exits(cn_models, tmp_path):
     assert proc.returncode == 1
     text = model_log.read_text()
     assert "MODEL_SERVER_FATAL cannot start: manifest: missing 'components'" in text
+    assert text.startswith("MODEL_SERVER_FATAL cannot start: "), "the marker opens the line"
     assert "MODEL_SERVER_READY" not in text, "the log is truncated at start"
 
 
@@ -206,3 +208,201 @@ def test_cuda_error_marks_the_instance_fatal(cn_engine, monkeypatch, tmp_path):
         assert r.status_code == 500 and r.json()["error_code"] == "engine_failed"
         assert client.get("/checkhealth").json()["status"] == "unusable"
     assert "MODEL_SERVER_FATAL device unusable: RuntimeError: CUDA error" in state.model_log.path.read_text()
+
+
+# --- closed by default: loopback, or a token ---------------------------------------------------
+
+def test_model_server_listens_on_loopback_unless_told_otherwise(monkeypatch):
+    from handlers.controlnet_pyworker.server import bind_settings
+
+    for name in ("MODEL_SERVER_HOST", "MODEL_SERVER_PORT", "MODEL_SERVER_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    assert bind_settings() == ("127.0.0.1", 5001, None)
+    monkeypatch.setenv("MODEL_SERVER_HOST", "0.0.0.0")
+    with pytest.raises(ValueError, match="MODEL_SERVER_TOKEN"):
+        bind_settings()
+    monkeypatch.setenv("MODEL_SERVER_TOKEN", "tok-123456789")
+    assert bind_settings() == ("0.0.0.0", 5001, "tok-123456789")
+
+
+def test_beyond_loopback_without_a_token_the_server_refuses_to_start(cn_models, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.controlnet_fixtures import REPO, free_port, server_env
+
+    model_log = tmp_path / "model_server.log"
+    env = server_env(cn_models, model_log, free_port(), MODEL_SERVER_HOST="0.0.0.0")
+    env.pop("MODEL_SERVER_TOKEN", None)
+    proc = subprocess.run([sys.executable, "-m", "handlers.controlnet_pyworker.server"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "MODEL_SERVER_HOST=0.0.0.0 listens beyond loopback: set MODEL_SERVER_TOKEN" in proc.stderr
+    assert model_log.read_text().startswith("MODEL_SERVER_FATAL cannot start: MODEL_SERVER_HOST=0.0.0.0")
+
+
+def test_the_image_does_not_expose_the_model_port():
+    import re
+
+    from tests.controlnet_fixtures import REPO
+
+    for dockerfile in (REPO / "images/controlnet-pyworker/Dockerfile", REPO / ".runpod/Dockerfile"):
+        exposed = [p for line in re.findall(r"^EXPOSE (.+)$", dockerfile.read_text(), re.MULTILINE)
+                   for p in line.split()]
+        assert exposed == ["3000"], f"{dockerfile}: vast.ai publishes every EXPOSEd port: {exposed}"
+
+
+@pytest.fixture
+def app_state(cn_engine, monkeypatch, tmp_path):
+    """An in-process server state on the tiny models (no preload thread)."""
+    from handlers.controlnet_pyworker.engine import Engine
+    from handlers.controlnet_pyworker.server import State
+
+    monkeypatch.setenv("MODELS_DIR", str(cn_engine.models_dir))
+    monkeypatch.setenv("MODEL_LOG", str(tmp_path / "model_server.log"))
+    monkeypatch.delenv("MODEL_MANIFEST", raising=False)
+    state = State()
+    state._engine = Engine(cn_engine.manifest, cn_engine.models_dir, device="cpu", fetch_missing=False)
+    return state
+
+
+def test_with_a_token_every_route_but_ping_needs_it(app_state):
+    from fastapi.testclient import TestClient
+
+    from common.result_models import ErrorResult
+    from handlers.controlnet_pyworker.server import create_app
+
+    token = "model-server-token-0123"
+    good = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app(app_state, preload=False, token=token)) as client:
+        assert client.get("/ping").status_code == 200
+        for method, path in (("post", "/generate"), ("get", "/models"), ("get", "/checkhealth"),
+                             ("get", "/docs"), ("get", "/openapi.json")):
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+                r = getattr(client, method)(path, headers=headers, **({"json": body()} if method == "post" else {}))
+                assert r.status_code == 401, (path, headers, r.status_code)
+                assert r.headers["WWW-Authenticate"] == "Bearer" and token not in r.text
+                ErrorResult.model_validate(r.json())
+        assert client.get("/models", headers=good).status_code == 200
+        r = client.post("/generate", json=body(steps=1), headers=good)
+        assert r.status_code == 200 and png_size(r.json()["images"][0]) == (256, 256)
+
+
+# --- request size and shape ----------------------------------------------------------------------
+
+def _raw_request(srv, head: bytes, chunks=(), *, timeout: float = 10.0) -> tuple[bytes, int]:
+    """Send `head`, then `chunks` until the server answers; (response bytes, body bytes sent)."""
+    import select
+    import socket
+
+    sent = 0
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout) as sock:
+        sock.sendall(head)
+        for chunk in chunks:
+            if select.select([sock], [], [], 0)[0]:
+                break
+            try:
+                sock.sendall(chunk)
+            except OSError:  # the server answered and closed
+                break
+            sent += len(chunk)
+        response = b""
+        try:
+            while b"\r\n\r\n" not in response:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                response += data
+        except OSError:
+            pass
+    return response, sent
+
+
+def test_declared_oversize_body_is_413_before_any_byte_is_read(cn_server):
+    head = (b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 50000000\r\n\r\n")
+    response, _ = _raw_request(cn_server, head)  # no body follows: the answer cannot wait for it
+    assert response.startswith(b"HTTP/1.1 413"), response[:200]
+
+
+def test_streamed_oversize_body_is_cut_at_the_limit(cn_server):
+    from handlers.controlnet_pyworker import schema
+
+    limit = 300_000 + 1024 * 1024  # MAX_IMAGE_B64_BYTES of the fixture + 1 MiB
+    assert schema.MAX_BODY_BYTES >= limit  # this process's own default is larger; the server's is `limit`
+    piece = b"A" * 65536
+    chunk = b"%x\r\n%s\r\n" % (len(piece), piece)
+    head = (b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    response, sent = _raw_request(cn_server, head, [chunk] * 400)  # 26 MB if nobody stops it
+    assert response.startswith(b"HTTP/1.1 413"), response[:200]
+    assert sent < 8 * limit, f"the server read {sent} bytes before answering"
+
+
+def test_deeply_nested_json_is_422(cn_server):
+    r = requests.post(f"{cn_server.url}/generate", data=b"[" * 100_000 + b"]" * 100_000,
+                      headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 422, r.text[:500]
+    assert r.json()["details"] == ["body: JSON nested too deeply"]
+    nested: object = 1
+    for _ in range(200):
+        nested = [nested]
+    r = post(cn_server, body(surprise=nested))
+    assert r.status_code == 422 and r.json()["details"] == ["input: nested deeper than 32 levels"]
+
+
+@pytest.mark.parametrize("override", [
+    {"model": "m" * 200_000},
+    {"era": "e" * 200_000},
+    {"k" * 200_000: 1},
+    {f"extra_{i}_" + "k" * 500: 1 for i in range(300)},
+])
+def test_user_sized_text_is_never_echoed_unbounded(cn_server, override):
+    from handlers.controlnet_pyworker.schema import MAX_DETAIL_CHARS, MAX_DETAILS
+
+    r = post(cn_server, body(**override))
+    assert r.status_code == 422, r.text[:500]
+    bound = 2 * (MAX_DETAILS + 1) * (MAX_DETAIL_CHARS + 10) + 500  # `error` and `details` carry the same lines
+    assert len(r.content) < bound, f"{len(r.content)} bytes of error"
+    assert all(len(d) <= MAX_DETAIL_CHARS + 3 for d in r.json()["details"])
+
+
+def test_model_and_era_have_length_limits(cn_server):
+    r = post(cn_server, body(model="l" * 65, era="w" * 65))
+    assert r.status_code == 422
+    details = r.json()["details"]
+    assert "model: String should have at most 64 characters" in details
+    assert "era: String should have at most 64 characters" in details
+
+
+def test_redaction_never_runs_on_the_event_loop(app_state, monkeypatch):
+    """Error texts and results are redacted on worker threads: a request's text can be megabytes."""
+    import asyncio
+
+    from fastapi.testclient import TestClient
+
+    from common import jobs, redaction
+    from handlers.controlnet_pyworker.server import create_app
+
+    on_loop: list[int] = []
+    calls: list[int] = []
+
+    def watched(original):
+        def redact_text(text, *args, **kwargs):
+            calls.append(len(text))
+            try:
+                asyncio.get_running_loop()
+                on_loop.append(len(text))
+            except RuntimeError:
+                pass
+            return original(text, *args, **kwargs)
+        return redact_text
+
+    monkeypatch.setattr(jobs, "redact_text", watched(jobs.redact_text))
+    monkeypatch.setattr(redaction, "redact_text", watched(redaction.redact_text))
+    with TestClient(create_app(app_state, preload=False)) as client:
+        assert client.post("/generate", json=body(width=100, prompt="p" * 5000)).status_code == 422
+        assert client.post("/generate", content=b"{not json").status_code == 422
+        assert client.post("/generate", json=body(steps=1)).status_code == 200
+    assert calls, "the error and the result went through redaction"
+    assert on_loop == []

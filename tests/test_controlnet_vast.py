@@ -97,10 +97,32 @@ def test_bad_signature_and_missing_fields_are_refused(vast_front):
     assert requests.get(f"{url}/models", timeout=10).status_code in (404, 405), "GETs are not proxied"
 
 
-def test_fatal_line_marks_the_worker_errored(tmp_path):
-    """The server's MODEL_SERVER_FATAL line (preload failed) is reported to the autoscaler as an error."""
+def test_front_honours_log_level(vast_front):
+    """vastai's Worker() sets the root logger and its handlers to DEBUG; LOG_LEVEL=info wins."""
+    _, _, tmp = vast_front
+    text = (tmp / "front.log").read_text()
+    assert " INFO " in text or "[INFO" in text or text == "", text[-2000:]
+    assert " DEBUG " not in text and "[DEBUG" not in text, text[-2000:]
+
+
+def test_benchmark_runs_the_preloaded_variant(monkeypatch):
+    """Benchmarking another variant than the preloaded one would load a second SDXL pipeline."""
+    from handlers.controlnet_pyworker import vast
+
+    monkeypatch.setenv("PRELOAD_MODEL", "hyper")
+    assert vast.benchmark_payload()["model"] == "hyper"
+    monkeypatch.setenv("PRELOAD_MODEL", "none")
+    assert "model" not in vast.benchmark_payload()  # nothing preloaded: the server's default variant
+    monkeypatch.delenv("PRELOAD_MODEL")
+    assert "model" not in vast.benchmark_payload()
+
+
+def test_fatal_line_marks_the_worker_errored_with_its_cause(tmp_path):
+    """The server's `MODEL_SERVER_FATAL <cause>: ...` line is reported to the autoscaler as an error
+    naming the cause (vastai 1.9.1 reports the marker that matched, not the line)."""
     model_log = tmp_path / "model_server.log"
-    model_log.write_text("model server starting\nMODEL_SERVER_FATAL preload of 'lightning' failed: no GPU\n")
+    model_log.write_text("model server starting\nMODEL_SERVER_FATAL preload failed: variant 'lightning': "
+                         "engine_failed: CUDA is unusable and REQUIRE_CUDA=1 at=2026-01-01T00:00:00\n")
     with VastAutoscaler() as scaler:
         proc, _ = start_front(scaler, tmp_path, model_log=model_log, model_port=free_port())
         try:
@@ -108,7 +130,7 @@ def test_fatal_line_marks_the_worker_errored(tmp_path):
                                      timeout=60, alive=lambda: proc.poll() is None)
         finally:
             stop(proc)
-    assert "MODEL_SERVER_FATAL" in status["error_msg"] and scaler.loaded_worker() is None
+    assert status["error_msg"] == "MODEL_SERVER_FATAL preload failed" and scaler.loaded_worker() is None
 
 
 def test_start_script_runs_server_and_front(cn_models, tmp_path):
@@ -150,3 +172,95 @@ def test_start_script_runs_server_and_front(cn_models, tmp_path):
                 raise
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{model_port}/ping", timeout=2)
+
+
+# --- TLS: what vast's start script does with USE_SSL=true -------------------------------------------
+
+def sign_certificate(signer, tls_dir, **env_extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
+    env.update(CONTAINER_ID="4242", VAST_SIGN_CERT_URL=signer.url, VAST_TLS_DIR=str(tls_dir), PYTHONPATH=str(REPO))
+    env.update(env_extra)
+    return subprocess.run([str(VAST_PYTHON), "-m", "handlers.controlnet_pyworker.vast_tls"], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_instance_certificate_is_made_and_signed_like_vasts_start_script(tmp_path):
+    import ssl
+
+    from cryptography import x509
+
+    from tests.fakes.vast_sign_cert import VastCertSigner
+
+    with VastCertSigner() as signer:
+        proc = sign_certificate(signer, tmp_path / "tls")
+    assert proc.returncode == 0, proc.stderr
+    sent = signer.requests[0]
+    assert sent["query"] == {"instance_id": ["4242"]} and sent["content_type"] == "application/octet-stream"
+    assert x509.load_pem_x509_csr(sent["body"]).subject.rfc4514_string() == "CN=pyworker.vast.ai,ST=CA,C=US"
+    crt, key = tmp_path / "tls" / "instance.crt", tmp_path / "tls" / "instance.key"
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    # what the front does with them (vastai lib/server.py:20-24)
+    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile=str(crt), keyfile=str(key))
+    cert = x509.load_pem_x509_certificate(crt.read_bytes())
+    assert cert.issuer == signer.ca_cert.subject
+
+
+@pytest.mark.parametrize("case", ["refused", "no_container_id", "not_a_certificate"])
+def test_failed_signing_says_why_and_writes_nothing(tmp_path, case):
+    from tests.fakes.vast_sign_cert import VastCertSigner
+
+    with VastCertSigner(fail_with=403 if case == "refused" else None) as signer:
+        extra = {"CONTAINER_ID": ""} if case == "no_container_id" else {}
+        if case == "not_a_certificate":
+            extra["VAST_SIGN_CERT_URL"] = f"{signer.origin}/elsewhere/"  # answers 404 JSON
+        proc = sign_certificate(signer, tmp_path / "tls", **extra)
+    assert proc.returncode == 1
+    line = proc.stderr.strip()
+    assert line.startswith("TLS: signing the instance certificate at ") and "USE_SSL=false" in line, line
+    assert {"refused": "HTTP 403", "no_container_id": "CONTAINER_ID is not set",
+            "not_a_certificate": "HTTP 404"}[case] in line
+    assert not (tmp_path / "tls").exists() or not any((tmp_path / "tls").iterdir())
+
+
+def test_start_script_signs_the_certificate_by_default(cn_models, tmp_path):
+    """USE_SSL unset = vast's default true: the start script has the certificate signed before the front
+    starts, and the front advertises https."""
+    import signal
+
+    from tests.fakes.vast_sign_cert import VastCertSigner
+
+    port, http_port, model_port = free_port(), free_port(), free_port()
+    with VastAutoscaler() as scaler, VastCertSigner() as signer:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
+        env.update(scaler.worker_env(port, http_port))
+        del env["USE_SSL"]
+        env.update(CONTROLNET_MODE="vast", APP_DIR=str(REPO), PYTHON=sys.executable, VAST_PYTHON=str(VAST_PYTHON),
+                   MODELS_DIR=str(cn_models), MODEL_LOG=str(tmp_path / "logs" / "model_server.log"),
+                   MODEL_SERVER_PORT=str(model_port), DEVICE="cpu", FETCH_ON_START="0", PRELOAD_MODEL="none",
+                   PYWORKER_DIR=str(tmp_path / "pyworker"), CONTROLNET_LOCK_FILE=str(tmp_path / "lock"),
+                   VAST_TLS_DIR=str(tmp_path / "tls"), VAST_SIGN_CERT_URL=signer.url)
+        with open(tmp_path / "start.log", "wb") as log:
+            proc = subprocess.Popen(["bash", str(REPO / "images/controlnet-pyworker/start.sh")], env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            status = scaler.wait_for(lambda s: next(iter(s.statuses), None), timeout=120,
+                                     alive=lambda: proc.poll() is None)
+            assert status["url"] == f"https://127.0.0.1:{port}"
+            assert signer.requests and signer.requests[0]["query"] == {"instance_id": ["1"]}
+            assert (tmp_path / "tls" / "instance.crt").is_file() and (tmp_path / "tls" / "instance.key").is_file()
+            assert "TLS: instance certificate signed by vast.ai" in (tmp_path / "start.log").read_text()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise
+
+
+def test_front_and_server_agree_on_the_markers():
+    """vast.py cannot import server.py (no torch or FastAPI in the front's venv): the copies must match."""
+    from handlers.controlnet_pyworker import server, vast
+
+    assert (vast.READY_MARKER, vast.FATAL_MARKER, vast.FATAL_CAUSES) == \
+        (server.READY_MARKER, server.FATAL_MARKER, server.FATAL_CAUSES)

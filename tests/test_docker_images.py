@@ -95,11 +95,15 @@ def test_controlnet_bad_test_input_fails_with_the_field(docker, cpu_images, cn_v
 
 
 def test_controlnet_model_server_in_the_container(docker, cpu_images, cn_volume):
+    """Published outside the container, the model server needs MODEL_SERVER_HOST and its token."""
     port = free_port()
     name = f"cn-server-{port}"
+    token = "container-model-token-1"
+    auth = {"Authorization": f"Bearer {token}"}
     started = subprocess.run(
         [docker.binary, "run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:5001",
          "-e", "CONTROLNET_MODE=server", "-e", "FETCH_ON_START=0", "-e", "PRELOAD_MODEL=lightning",
+         "-e", "MODEL_SERVER_HOST=0.0.0.0", "-e", f"MODEL_SERVER_TOKEN={token}",
          "-v", f"{cn_volume}:/workspace/models", cpu_images["controlnet-pyworker"]],
         capture_output=True, text=True, timeout=60)
     assert started.returncode == 0, started.stderr
@@ -109,7 +113,7 @@ def test_controlnet_model_server_in_the_container(docker, cpu_images, cn_volume)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             try:
-                r = requests.get(f"{url}/checkhealth", timeout=5)
+                r = requests.get(f"{url}/checkhealth", headers=auth, timeout=5)
                 if r.status_code == 200 and r.json().get("ready"):
                     health = r.json()
                     break
@@ -122,13 +126,14 @@ def test_controlnet_model_server_in_the_container(docker, cpu_images, cn_volume)
         assert health, f"model server in the container never became ready:\n{logs[-3000:]}"
         assert "lightning" in health["loaded"] and health["device"] == "cpu"
 
+        assert requests.post(f"{url}/generate", json={"prompt": "x"}, timeout=30).status_code == 401
         r = requests.post(f"{url}/generate", json={"prompt": "a hut in the woods", "mock_depth": True,
-                                                  "seed": 7, "width": 256, "height": 256}, timeout=240)
+                                                  "seed": 7, "width": 256, "height": 256}, headers=auth, timeout=240)
         assert r.status_code == 200, r.text[:2000]
         out = r.json()
         assert out["seed"] == 7 and out["steps"] == 6 and out["images"][0].startswith("iVBORw0KGgo")
 
-        r = requests.post(f"{url}/generate", json={"prompt": "x", "width": 100}, timeout=30)
+        r = requests.post(f"{url}/generate", json={"prompt": "x", "width": 100}, headers=auth, timeout=30)
         assert r.status_code == 422 and "width" in r.text
     finally:
         subprocess.run([docker.binary, "rm", "-f", name], capture_output=True, timeout=60)
@@ -220,6 +225,19 @@ def test_swarm_bad_test_input_names_the_action(docker, cpu_images, swarm_volume,
     assert proc.returncode != 0
     assert "job local_test failed: invalid_input: params.width: Input should be a valid integer" in proc.stderr, \
         proc.stderr[-3000:]
+
+
+def test_swarm_prewarm_runs_in_the_image_against_the_stand_in(docker, cpu_images):
+    """The GPU target's build step (`python -m handlers.swarm_worker.prewarm`), with the image's own
+    Python and packages; the stand-in needs `--cpu` (no GPU) and installs on its first start."""
+    env = {**swarm_env(), "FAKE_SWARMUI_NO_GPU": "1", "FAKE_SWARMUI_LIB_DIR": "/tmp/lib"}
+    proc = docker.run(cpu_images["swarm-worker"], "python3", "-m", "handlers.swarm_worker.prewarm", "--timeout", "60",
+                      env=env, volumes={str(REPO / "tests"): "/app/tests:ro"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "first boot installed 3 package(s)" in proc.stderr and "pre-warm done" in proc.stderr
+    offline = docker.run(cpu_images["swarm-worker"], "python3", "-m", "handlers.swarm_worker.prewarm", "--timeout",
+                         "60", env={**env, "FAKE_SWARMUI_PIP_OFFLINE": "1"}, volumes={str(REPO / "tests"): "/app/tests:ro"})
+    assert offline.returncode == 1 and "SwarmUI still installs at start" in offline.stderr, offline.stderr[-3000:]
 
 
 # --- the RunPod Hub's single-file Dockerfile ----------------------------------------------------

@@ -400,11 +400,13 @@ def test_sessions_renew_after_swarmui_restart_through_the_gateway(tmp_path):
         assert crashed is not None
         assert call({"action": "ready"})["ready"] is True  # restarted
 
-        async def after():
+        async def after(sid):
             async with SwarmUIClient(base, token=TOKEN) as c:
-                c._session_id = before  # the restarted SwarmUI does not know it
+                c._session_id = sid
                 gen = await c.generate({"prompt": "fine", "steps": 2})
                 return gen, await c.session_id()
 
-        gen, renewed = asyncio.run(after())
-        assert gen.outputs and renewed != before
+        gen, kept = asyncio.run(after(before))  # sessions persist across a restart in the same container
+        assert gen.outputs and kept == before
+        gen, renewed = asyncio.run(after("0" * 32))  # one from another container is renewed
+        assert gen.outputs and renewed != "0" * 32

@@ -1,7 +1,8 @@
 """controlnet-pyworker: SDXL + depth ControlNet (Lightning / Hyper / base, era LoRAs).
 
-Entry points: `python -m handlers.controlnet_pyworker` (RunPod handler),
-`python -m handlers.controlnet_pyworker.server` (FastAPI model server),
-`python -m handlers.controlnet_pyworker.vast` (vast.ai PyWorker front, run from .venv-vast).
+Entry points: `python -m handlers.controlnet_pyworker` or `python -m handlers.controlnet_pyworker.handler`
+(RunPod handler), `python -m handlers.controlnet_pyworker.server` (FastAPI model server),
+`python -m handlers.controlnet_pyworker.vast` (vast.ai PyWorker front, run from .venv-vast) and
+`python -m handlers.controlnet_pyworker.vast_tls` (vast.ai instance certificate, from .venv-vast).
 Importing this package imports nothing heavy: the vast.ai front's venv has no torch or pydantic.
 """

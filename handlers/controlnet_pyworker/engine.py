@@ -10,6 +10,10 @@
 - Generation is serialized on the device by `SerialQueue`, which also bounds the waiting line.
 - fp16 + SDPA on CUDA (xformers only when installed and `ENABLE_XFORMERS` is not 0),
   fp32 on CPU. Same seed + same parameters -> same image on the same device.
+- `REQUIRE_CUDA=1` (set in the GPU image) refuses to build an engine without a usable CUDA device
+  (`DeviceUnusable`), instead of running SDXL on the CPU of a billed GPU machine.
+- A variant that fails to load (download, unreadable files) fails the request naming the variant
+  and is not remembered: the next request loads it again.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +126,40 @@ class Generation:
     timings: dict[str, float]
 
 
+class DeviceUnusable(JobError):
+    """No usable CUDA device where one is required: no request can succeed in this process."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("engine_failed", f"CUDA is unusable and REQUIRE_CUDA=1 (this GPU image does not fall back "
+                                          f"to the CPU): {reason}")
+
+
+def cuda_problem(device: str) -> str | None:
+    """Why `device` is not a usable CUDA device, or None when it is."""
+    import torch
+
+    if torch.version.cuda is None:
+        return f"this torch build ({torch.__version__}) has no CUDA support"
+    if not device.startswith("cuda"):
+        if os.environ.get("DEVICE"):
+            return f"DEVICE={device}"
+        try:
+            torch.cuda.init()
+        except Exception as exc:  # the driver's own words: no driver, driver too old, no device...
+            return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        return "no CUDA device is visible"
+    return None
+
+
+def require_cuda(device: str) -> None:
+    """Raise `DeviceUnusable` when REQUIRE_CUDA is on and `device` is not a usable CUDA device."""
+    if os.environ.get("REQUIRE_CUDA", "").lower() not in ("1", "true", "yes"):
+        return
+    problem = cuda_problem(device)
+    if problem:
+        raise DeviceUnusable(problem)
+
+
 def device_unusable(exc: BaseException) -> bool:
     """A CUDA error other than out-of-memory leaves the CUDA context unusable for this process."""
     text = str(exc)
@@ -142,6 +181,7 @@ class Engine:
         self.manifest = manifest
         self.models_dir = Path(models_dir)
         self.device = device or pick_device()
+        require_cuda(self.device)
         self.max_loaded = max_loaded or int(os.environ.get("MAX_LOADED_VARIANTS", "2"))
         self.queue = SerialQueue(max_waiting if max_waiting is not None else int(os.environ.get("MAX_QUEUE", "8")))
         self.fetch_missing = fetch_missing
@@ -236,18 +276,36 @@ class Engine:
                 self._variants.move_to_end(name)
                 return self._variants[name]
             v = self.manifest.variants[name]
-            self._ensure_files(self.manifest.components_for(name, eras=False))
-            while len(self._variants) >= self.max_loaded:
-                old, _ = self._variants.popitem(last=False)
-                log.info("evicting variant %s", old)
-                self._free_memory()
             t0 = time.perf_counter()
-            pipe = self._build_pipeline(v)
+            with self._naming(f"variant '{name}'"):
+                self._ensure_files(self.manifest.components_for(name, eras=False))
+                while len(self._variants) >= self.max_loaded:
+                    old, _ = self._variants.popitem(last=False)
+                    log.info("evicting variant %s", old)
+                    self._free_memory()
+                pipe = self._build_pipeline(v)
             self.stats["variant_loads"] += 1
             lv = LoadedVariant(name=name, pipe=pipe, scheduler_config=dict(pipe.scheduler.config))
             self._variants[name] = lv
             log.info("loaded variant %s on %s in %.1fs", name, self.device, time.perf_counter() - t0)
             return lv
+
+    @contextmanager
+    def _naming(self, what: str):
+        """Failures inside name `what` (the variant or era being loaded); a CUDA error that leaves
+        the device unusable marks the engine broken, as in `generate`."""
+        try:
+            yield
+        except JobError as exc:
+            raise JobError(exc.code, f"{what}: {exc.message}", exc.details) from None
+        except Exception as exc:
+            log.exception("loading %s failed", what)
+            msg = str(exc).splitlines()[0][:200] if str(exc) else ""
+            if device_unusable(exc):
+                self.broken = f"{type(exc).__name__}: {msg}"
+            else:
+                self._free_memory()
+            raise JobError("engine_failed", f"{what}: loading failed: {type(exc).__name__}: {msg}") from None
 
     def _free_memory(self) -> None:
         gc.collect()
@@ -265,8 +323,9 @@ class Engine:
         adapter = f"era_{era}"
         if era not in lv.eras:
             comp = self.manifest.components[self.manifest.eras[era].lora]
-            self._ensure_files([comp])
-            lv.pipe.load_lora_weights(str(comp.local_path(self.models_dir)), adapter_name=adapter)
+            with self._naming(f"era '{era}'"):
+                self._ensure_files([comp])
+                lv.pipe.load_lora_weights(str(comp.local_path(self.models_dir)), adapter_name=adapter)
             lv.eras.add(era)
             self.stats["lora_loads"] += 1
         if lv.active != (era, weight):

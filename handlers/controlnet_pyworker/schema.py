@@ -22,6 +22,12 @@ MAX_PROMPT_CHARS = 2000
 MAX_IMAGE_B64_BYTES = int(os.environ.get("MAX_IMAGE_B64_BYTES", str(16 * 1024 * 1024)))
 MAX_INPUT_PIXELS = 4096 * 4096
 SIZE_MIN, SIZE_MAX = 256, 2048
+MAX_NAME_CHARS = 64          # `model` and `era`: manifest names
+# One base64 image at most (depth_map_b64, or image_b64 with auto_depth) plus room for the rest.
+MAX_BODY_BYTES = int(os.environ.get("MAX_BODY_BYTES", str(MAX_IMAGE_B64_BYTES + 1024 * 1024)))
+MAX_JSON_DEPTH = 32          # the deepest request (output.s3.*) is 3 levels
+MAX_DETAIL_CHARS = 200       # one problem line; a field name is user text
+MAX_DETAILS = 20
 
 
 def _check_image_b64(value: str | None) -> str | None:
@@ -57,8 +63,10 @@ class GenerateRequest(BaseModel):
     mock_depth: bool = Field(False, description="use a deterministic synthetic depth gradient")
     auto_depth: bool = Field(False, description="estimate depth from image_b64 with the manifest's depth model")
     image_b64: str | None = Field(None, description="source image for auto_depth")
-    model: str | None = Field(None, description="variant: lightning, hyper, base (default: the manifest's)")
-    era: str | None = Field(None, description="era LoRA: wilderness, pre_industrial, future, drone (manifest)")
+    model: str | None = Field(None, max_length=MAX_NAME_CHARS,
+                              description="variant: lightning, hyper, base (default: the manifest's)")
+    era: str | None = Field(None, max_length=MAX_NAME_CHARS,
+                            description="era LoRA: wilderness, pre_industrial, future, drone (manifest)")
     steps: int | None = Field(None, ge=1, le=100, description="denoising steps (default: the variant's)")
     cfg: float | None = Field(None, ge=0.0, le=30.0, description="guidance scale (default: the variant's)")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="seed of the first image (default: random)")
@@ -103,11 +111,40 @@ class GenerateRequest(BaseModel):
         return self
 
 
+def shown(value: str, limit: int = MAX_NAME_CHARS) -> str:
+    """A user-given string as an error may quote it: cut to `limit` characters."""
+    return value if len(value) <= limit else value[:limit] + "..."
+
+
+def bounded(problems: list[str]) -> list[str]:
+    """At most MAX_DETAILS lines of at most MAX_DETAIL_CHARS each (field names are user text)."""
+    out = [shown(p, MAX_DETAIL_CHARS) for p in problems[:MAX_DETAILS]]
+    if len(problems) > MAX_DETAILS:
+        out.append(f"... and {len(problems) - MAX_DETAILS} more problems")
+    return out
+
+
+def json_depth(value: object) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), without recursion: a hostile body can nest
+    thousands of levels deep. Stops counting past MAX_JSON_DEPTH."""
+    depth, level = 0, [value] if isinstance(value, (dict, list)) else []
+    while level and depth <= MAX_JSON_DEPTH:
+        depth += 1
+        children: list = []
+        for v in level:
+            children.extend(v.values() if isinstance(v, dict) else v)
+        level = [v for v in children if isinstance(v, (dict, list))]
+    return depth
+
+
 def validate(raw: object, manifest: Manifest) -> GenerateRequest:
     """Pydantic validation plus the names the manifest defines (variant, era, depth model),
     all problems reported together."""
     problems: list[str] = []
     req = None
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise JobError("invalid_input", f"input: nested deeper than {MAX_JSON_DEPTH} levels",
+                       [f"input: nested deeper than {MAX_JSON_DEPTH} levels"])
     try:
         req = parse_input(GenerateRequest, raw)
     except JobError as exc:
@@ -115,9 +152,9 @@ def validate(raw: object, manifest: Manifest) -> GenerateRequest:
             raise
         problems = list(exc.details)
     model, era = raw.get("model"), raw.get("era")
-    if isinstance(model, str) and model not in manifest.variants:
+    if isinstance(model, str) and len(model) <= MAX_NAME_CHARS and model not in manifest.variants:
         problems.append(f"model: unknown variant '{model}' (known: {', '.join(manifest.variants)})")
-    if isinstance(era, str) and era not in manifest.eras:
+    if isinstance(era, str) and len(era) <= MAX_NAME_CHARS and era not in manifest.eras:
         problems.append(f"era: unknown era '{era}' (known: {', '.join(manifest.eras) or 'none'})")
     if raw.get("auto_depth") is True and not manifest.depth_estimator:
         problems.append("auto_depth: this worker's manifest has no depth estimator")
@@ -129,5 +166,6 @@ def validate(raw: object, manifest: Manifest) -> GenerateRequest:
         except JobError as exc:
             problems.extend(exc.details or [exc.message])
     if problems or req is None:
+        problems = bounded(problems)
         raise JobError("invalid_input", "; ".join(problems), problems)
     return req

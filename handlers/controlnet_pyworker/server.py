@@ -1,7 +1,13 @@
 """The model server: `python -m handlers.controlnet_pyworker.server`.
 
 FastAPI + uvicorn. Environment:
-  MODEL_SERVER_HOST / MODEL_SERVER_PORT   bind address (0.0.0.0:5001)
+  MODEL_SERVER_HOST / MODEL_SERVER_PORT   bind address (127.0.0.1:5001). Only the PyWorker front on
+                                          the same instance calls it: on vast.ai every EXPOSEd or
+                                          published port is public, so it listens on loopback.
+  MODEL_SERVER_TOKEN                      required to bind beyond loopback (the server refuses to
+                                          start without it); then every route but /ping needs
+                                          `Authorization: Bearer <token>`
+  MAX_BODY_BYTES                          request body limit, enforced while reading (413)
   MODELS_DIR                              model files (/workspace/models)
   MODEL_MANIFEST                          manifest override (see manifest.py)
   MODEL_LOG                               readiness log the vast.ai PyWorker tails
@@ -14,13 +20,21 @@ FastAPI + uvicorn. Environment:
 Routes: POST /generate, GET /ping, GET /models, GET /checkhealth.
 
 MODEL_LOG only ever receives lines this module writes (start, ready, fatal, one line per
-request without user text), so no prompt can forge the PyWorker's ready/error markers. The
-fatal line is written when the preload fails or a CUDA error leaves the device unusable.
+request without user text), so no prompt can forge the PyWorker's ready/error markers. Marker
+lines start with the marker (vast.ai documents its log actions as prefix matches) and the fatal
+ones name their cause: `MODEL_SERVER_FATAL <cause>: <detail>`, written when the preload fails
+(a download, CUDA unusable under REQUIRE_CUDA=1, ...), the server cannot start, or a CUDA error
+leaves the device unusable.
+
+Everything sized by the client (parsing, validation, error texts and their redaction, the
+response's JSON) runs on a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -33,12 +47,16 @@ from typing import Any
 from fastapi import Request  # module level: FastAPI resolves the route annotation from globals
 
 from common.jobs import JobError, error_result, worker_version
-from common.redaction import configure_logging
+from common.redaction import configure_logging, register_env_secrets
 
 log = logging.getLogger("controlnet.server")
 
 READY_MARKER = "MODEL_SERVER_READY"
 FATAL_MARKER = "MODEL_SERVER_FATAL"
+# The causes a fatal line names; the vast.ai front reports the matching `FATAL_MARKER cause`
+# (handlers/controlnet_pyworker/vast.py keeps the same list: it cannot import this module).
+FATAL_CAUSES = ("preload failed", "cannot start", "device unusable")
+DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MODEL_LOG = "/workspace/logs/model_server.log"
 STATUS_BY_CODE = {"invalid_input": 422, "download_failed": 502, "upload_failed": 502, "timeout": 504,
                   "cancelled": 499, "engine_failed": 500, "internal": 500, "unsafe_archive": 422}
@@ -62,9 +80,19 @@ class ModelLog:
         self._lock = threading.Lock()
 
     def write(self, line: str) -> None:
-        line = line.replace("\n", " ")
+        self._append(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}")
+
+    def marker(self, marker: str, text: str) -> None:
+        """A line the front acts on: the marker first, the time last."""
+        self._append(f"{marker} {text} at={time.strftime('%Y-%m-%dT%H:%M:%S')}")
+
+    def fatal(self, cause: str, detail: str) -> None:
+        self.marker(FATAL_MARKER, f"{cause}: {detail}")
+
+    def _append(self, line: str) -> None:
+        line = line.replace("\n", " ").replace("\r", " ")
         with self._lock, open(self.path, "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+            f.write(line + "\n")
 
 
 class State:
@@ -117,22 +145,114 @@ def _preload(state: State, host: str, port: int) -> None:
             state.engine  # noqa: B018 - import torch/diffusers now, not on the first request
         _wait_listening(host, port)
         state.ready = True
-        state.model_log.write(f"{READY_MARKER} preload={state.preload} device={state.engine.device} "
-                              f"port={port}")
+        state.model_log.marker(READY_MARKER, f"preload={state.preload} device={state.engine.device} port={port}")
         log.info("ready (preload=%s)", state.preload)
     except Exception as exc:
-        msg = exc.message if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
+        msg = str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
         log.exception("preload failed")
         state.record_error("preload", msg)
-        state.model_log.write(f"{FATAL_MARKER} preload of '{state.preload}' failed: {msg}")
+        state.model_log.fatal("preload failed", f"variant '{state.preload}': {msg}")
 
 
-def create_app(state: State | None = None, *, preload: bool = True, host: str = "127.0.0.1", port: int = 5001):
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (`BodyTooLarge`) as soon as it is known to pass `limit`: from
+    Content-Length before reading anything, else once the stream has delivered more."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise BodyTooLarge
+    return bytes(buf)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_settings() -> tuple[str, int, str | None]:
+    """(host, port, token) from the environment; beyond loopback a token is required."""
+    host = os.environ.get("MODEL_SERVER_HOST") or DEFAULT_HOST
+    port = int(os.environ.get("MODEL_SERVER_PORT", "5001"))
+    token = os.environ.get("MODEL_SERVER_TOKEN") or None
+    if not is_loopback(host) and not token:
+        raise ValueError(f"MODEL_SERVER_HOST={host} listens beyond loopback: set MODEL_SERVER_TOKEN (clients then "
+                         "send `Authorization: Bearer <token>`), or leave MODEL_SERVER_HOST unset (127.0.0.1)")
+    return host, port, token
+
+
+def _admit(state: State, body: bytes, request_id: str | None):
+    """Parse, validate and take a queue place (on a worker thread: all of it is sized by the client).
+
+    Returns `(job, ticket, None)`, or `(None, None, (status, body, headers))` for a refusal."""
+    from handlers.controlnet_pyworker import schema
+    from handlers.controlnet_pyworker.engine import QueueFull
+
+    def refusal(exc: BaseException, status: int | None = None):
+        out = error_result(exc)
+        out["worker_version"] = worker_version()
+        return None, None, (status or STATUS_BY_CODE.get(out["error_code"], 500), out, None)
+
+    try:
+        raw = json.loads(body or b"null")
+    except RecursionError:
+        return refusal(JobError("invalid_input", "body: JSON nested too deeply", ["body: JSON nested too deeply"]))
+    except ValueError:
+        return refusal(JobError("invalid_input", "body: not valid JSON", ["body: not valid JSON"]))
+    try:
+        schema.validate(raw, state.manifest)  # 422 before the request takes a queue place
+        ticket = state.engine.queue.admit()
+    except JobError as exc:
+        return refusal(exc)
+    except QueueFull as exc:
+        return None, None, (429, {"error": f"queue_full: {exc}", "error_code": "queue_full",
+                                  "retry_after": exc.retry_after}, {"Retry-After": str(exc.retry_after)})
+    if not (request_id and len(request_id) <= 128):
+        request_id = f"http-{time.time_ns()}"
+    return {"id": request_id, "input": raw}, ticket, None
+
+
+def _run(state: State, job: dict, ticket, stop: threading.Event) -> tuple[int, bytes]:
+    """Generate and deliver (worker thread): the status and the response's JSON bytes."""
+    from handlers.controlnet_pyworker import service
+
+    out = service.respond(job, state.engine, ticket=ticket, stop=stop)
+    if "error" in out:
+        status = STATUS_BY_CODE.get(out.get("error_code"), 500)
+        if status >= 500:
+            state.record_error("generate", out["error"])
+        if state.engine.broken and not state.fatal_written:  # the instance is no use any more
+            state.fatal_written = True
+            state.model_log.fatal("device unusable", state.engine.broken)
+        state.model_log.write(f"generate failed status={status} code={out.get('error_code')}")
+    else:
+        status = 200
+        state.model_log.write(f"generate ok model={out['model']} steps={out['steps']} workload={out['workload']} "
+                              f"seconds={out['timings'].get('total')}")
+    return status, json.dumps(out).encode()
+
+
+def create_app(state: State | None = None, *, preload: bool = True, host: str = DEFAULT_HOST, port: int = 5001,
+               token: str | None = None):
+    """The FastAPI app; with `token`, every route but /ping needs `Authorization: Bearer <token>`."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
     from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
+
+    from handlers.controlnet_pyworker import schema
 
     state = state or State()
 
@@ -146,50 +266,40 @@ def create_app(state: State | None = None, *, preload: bool = True, host: str = 
     app = FastAPI(title="controlnet-pyworker model server", lifespan=lifespan)
     app.state.cn = state
 
-    def error_response(exc: BaseException, status: int | None = None, headers: dict | None = None):
-        body = error_result(exc)
-        body["worker_version"] = worker_version()
-        status = status or STATUS_BY_CODE.get(body["error_code"], 500)
-        return JSONResponse(body, status_code=status, headers=headers)
+    if token:
+        expected = f"Bearer {token}".encode()
+
+        @app.middleware("http")
+        async def require_token(request: Request, call_next):
+            given = request.headers.get("authorization", "").encode()
+            if request.url.path == "/ping" or hmac.compare_digest(given, expected):
+                return await call_next(request)
+            return JSONResponse({"error": "unauthorized: send `Authorization: Bearer <MODEL_SERVER_TOKEN>`",
+                                 "error_code": "unauthorized"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
 
     @app.post("/generate")
     async def generate(request: Request):
-        from handlers.controlnet_pyworker import schema, service
-        from handlers.controlnet_pyworker.engine import QueueFull
-
         try:
-            raw = json.loads(await request.body() or b"null")
-        except ValueError:
-            return error_response(JobError("invalid_input", "body: not valid JSON", ["body: not valid JSON"]))
-        try:
-            schema.validate(raw, state.manifest)  # 422 before the request takes a queue place
-            ticket = state.engine.queue.admit()
-        except JobError as exc:
-            return error_response(exc)
-        except QueueFull as exc:
-            return JSONResponse({"error": f"queue_full: {exc}", "error_code": "queue_full",
-                                 "retry_after": exc.retry_after},
-                                status_code=429, headers={"Retry-After": str(exc.retry_after)})
-        job = {"id": request.headers.get("x-request-id") or f"http-{time.time_ns()}", "input": raw}
+            body = await read_body(request, schema.MAX_BODY_BYTES)
+        except BodyTooLarge:
+            detail = f"body: larger than the {schema.MAX_BODY_BYTES} bytes allowed"
+            return JSONResponse({"error": f"invalid_input: {detail}", "error_code": "invalid_input",
+                                 "details": [detail], "worker_version": worker_version()}, status_code=413,
+                                headers={"Connection": "close"})
+        job, ticket, refused = await run_in_threadpool(_admit, state, body, request.headers.get("x-request-id"))
+        del body
+        if refused:
+            status, out, headers = refused
+            return JSONResponse(out, status_code=status, headers=headers)
         stop = threading.Event()
         watcher = asyncio.create_task(_stop_when_disconnected(request, stop))
         try:
-            out = await run_in_threadpool(service.respond, job, state.engine, ticket=ticket, stop=stop)
+            status, payload = await run_in_threadpool(_run, state, job, ticket, stop)
         finally:
             watcher.cancel()
             ticket.release()
-        if "error" in out:
-            status = STATUS_BY_CODE.get(out.get("error_code"), 500)
-            if status >= 500:
-                state.record_error("generate", out["error"])
-            if state.engine.broken and not state.fatal_written:  # the instance is no use any more
-                state.fatal_written = True
-                state.model_log.write(f"{FATAL_MARKER} device unusable: {state.engine.broken}")
-            state.model_log.write(f"generate failed status={status} code={out.get('error_code')}")
-            return JSONResponse(out, status_code=status)
-        state.model_log.write(f"generate ok model={out['model']} steps={out['steps']} workload={out['workload']} "
-                              f"seconds={out['timings'].get('total')}")
-        return JSONResponse(out)
+        return Response(payload, status_code=status, media_type="application/json")
 
     @app.get("/ping")
     async def ping():
@@ -259,15 +369,15 @@ def main() -> None:
     import uvicorn
 
     configure_logging(os.environ.get("LOG_LEVEL", "info"))
-    host = os.environ.get("MODEL_SERVER_HOST", "0.0.0.0")
-    port = int(os.environ.get("MODEL_SERVER_PORT", "5001"))
+    register_env_secrets(["MODEL_SERVER_TOKEN"])
     try:
+        host, port, token = bind_settings()
         state = State()
     except Exception as exc:  # e.g. an unreadable manifest: tell the PyWorker, then stop
-        log.exception("model server cannot start")
-        ModelLog(os.environ.get("MODEL_LOG", DEFAULT_MODEL_LOG)).write(f"{FATAL_MARKER} cannot start: {exc}")
+        log.error("model server cannot start: %s", exc, exc_info=not isinstance(exc, ValueError))
+        ModelLog(os.environ.get("MODEL_LOG", DEFAULT_MODEL_LOG)).fatal("cannot start", str(exc))
         raise SystemExit(1) from None
-    app = create_app(state, host=host, port=port)
+    app = create_app(state, host=host, port=port, token=token)
     uvicorn.run(app, host=host, port=port, log_level=os.environ.get("LOG_LEVEL", "info").lower(),
                 access_log=False)
 

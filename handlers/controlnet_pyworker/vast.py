@@ -3,8 +3,12 @@
 The `vastai` package's PyWorker `Worker` listens on WORKER_PORT, checks the autoscaler's
 signature, queues requests FIFO (one at a time: the GPU serializes anyway) and forwards
 `POST /generate` to the model server on 127.0.0.1:MODEL_SERVER_PORT. It tails MODEL_LOG from
-the start: the server's `MODEL_SERVER_READY` line starts the benchmark, `MODEL_SERVER_FATAL`
-marks the worker errored for good (the server writes it only when its preload failed).
+the start: the server's `MODEL_SERVER_READY` line starts the benchmark, a `MODEL_SERVER_FATAL
+<cause>` line marks the worker errored for good, and `<marker> <cause>` is the `error_msg` the
+autoscaler shows. vastai 1.9.1 matches the markers as substrings and reports the matched string
+(`vastai/serverless/server/lib/backend.py:907-969`: `msg in log_line`, `backend_errored(msg)`);
+vast documents prefix matches, and the server writes its markers at the start of the line.
+The benchmark posts the PRELOAD_MODEL variant, so it runs on the pipeline already in memory.
 
 Runs in `.venv-vast` (vastai 1.9.1 and its exact pins, no torch, no pydantic): this module
 imports only the standard library, `vastai` and the pure-Python `workload`.
@@ -12,7 +16,7 @@ imports only the standard library, `vastai` and the pure-Python `workload`.
 Environment: MODEL_SERVER_PORT (5001), MODEL_LOG, WORKER_PORT and the autoscaler variables
 vastai reads (REPORT_ADDR, CONTAINER_ID, PUBLIC_IPADDR, VAST_TCP_PORT_<port>, MASTER_TOKEN,
 USE_SSL); MAX_QUEUE_TIME (seconds of estimated wait before 429, 60); BENCHMARK_SIZE (1024)
-and BENCHMARK_RUNS (3) shape the start-up benchmark (smaller only for tests).
+and BENCHMARK_RUNS (3) shape the start-up benchmark (smaller only for tests); LOG_LEVEL (info).
 """
 
 from __future__ import annotations
@@ -25,13 +29,19 @@ from handlers.controlnet_pyworker import workload
 
 READY_MARKER = "MODEL_SERVER_READY"   # kept equal to server.READY_MARKER (server imports torch-side code)
 FATAL_MARKER = "MODEL_SERVER_FATAL"
+FATAL_CAUSES = ("preload failed", "cannot start", "device unusable")   # = server.FATAL_CAUSES
 DEFAULT_MODEL_LOG = "/workspace/logs/model_server.log"
 
 
 def benchmark_payload() -> dict:
-    """Typical traffic: default variant (Lightning), 1024x1024 (BENCHMARK_SIZE), mock depth, random seed."""
+    """Typical traffic on the preloaded variant (PRELOAD_MODEL; unset: the server's default),
+    1024x1024 (BENCHMARK_SIZE), mock depth, random seed. Another variant would load a second
+    SDXL pipeline next to the preloaded one."""
     size = int(os.environ.get("BENCHMARK_SIZE", "1024"))
+    preload = os.environ.get("PRELOAD_MODEL", "")
+    model = {"model": preload} if preload and preload.lower() != "none" else {}
     return {
+        **model,
         "prompt": "a wide mountain valley with a river, morning light, detailed landscape photograph",
         "negative_prompt": "blurry, low quality",
         "mock_depth": True,
@@ -59,16 +69,29 @@ def worker_config():
                                                  runs=int(os.environ.get("BENCHMARK_RUNS", "3")), do_warmup=True),
             )
         ],
-        log_action_config=LogActionConfig(on_load=[READY_MARKER], on_error=[FATAL_MARKER]),
+        # The causes first: the front reports the first marker a line contains.
+        log_action_config=LogActionConfig(on_load=[READY_MARKER],
+                                          on_error=[*(f"{FATAL_MARKER} {c}" for c in FATAL_CAUSES), FATAL_MARKER]),
     )
+
+
+def apply_log_level() -> None:
+    """LOG_LEVEL for the root logger and its handlers: vastai's `Worker()` sets both to DEBUG
+    (vastai/serverless/server/worker.py:404-419, vastai 1.9.1), which logs every request."""
+    level = os.environ.get("LOG_LEVEL", "info").upper()
+    root = logging.getLogger()
+    root.setLevel(level)
+    for handler in root.handlers:
+        handler.setLevel(level)
 
 
 def main() -> None:
     from vastai import Worker
 
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "info").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    Worker(worker_config()).run()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker = Worker(worker_config())
+    apply_log_level()
+    worker.run()
 
 
 if __name__ == "__main__":

@@ -128,6 +128,10 @@ class WorkerConfig:
     concurrency: int = 8
     inline_max_bytes: int = 6 * 1024 * 1024
     stop_timeout: float = 15
+    comfy_extra_args: str = ""
+    refresh_debounce_seconds: float = 10
+    refresh_timeout: float = 600
+    http_timeout: float = 10
     tls_cert: Path | None = None
     tls_key: Path | None = None
     run_as: RunAs | None = None
@@ -167,6 +171,10 @@ class WorkerConfig:
             concurrency=max(1, _int("SWARM_WORKER_CONCURRENCY", 8)),
             inline_max_bytes=_int("SWARM_INLINE_MAX_BYTES", 6 * 1024 * 1024),
             stop_timeout=_float("SWARMUI_STOP_TIMEOUT", 15),
+            comfy_extra_args=os.environ.get("SWARMUI_COMFY_EXTRA_ARGS", "").strip(),
+            refresh_debounce_seconds=_float("SWARMUI_REFRESH_DEBOUNCE_SECONDS", 10),
+            refresh_timeout=_float("SWARMUI_REFRESH_TIMEOUT", 600),
+            http_timeout=_float("SWARMUI_HTTP_TIMEOUT", 10),
             tls_cert=tls[0] if tls else None,
             tls_key=tls[1] if tls else None,
             run_as=parse_run_as(os.environ.get("SWARMUI_RUN_AS")),

@@ -41,6 +41,7 @@ from aiohttp import WSMsgType, web
 
 from common.redaction import register_secret
 from common.swarmui import decode_data_url, is_data_url, view_path
+from handlers.swarm_worker.lease_sessions import SessionLedger, session_of
 
 log = logging.getLogger("swarm.gateway")
 
@@ -90,6 +91,7 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self.generations_in_flight = 0
         self.last_generation_at: float | None = None
+        self.sessions = SessionLedger()  # the SwarmUI sessions each token generated with
 
     # -- tokens ---------------------------------------------------------------------------------------
 
@@ -189,8 +191,11 @@ class Gateway:
         if is_generation:
             self.generations_in_flight += 1
         try:
+            lease = self._tokens.get(known) == "lease"  # its generations' sessions end with it
             if request.headers.get("Upgrade", "").lower() == "websocket":
-                return await self._proxy_ws(request, target, known)
+                return await self._proxy_ws(request, target, known, note_session=is_generation and lease)
+            if is_generation and lease:
+                self.sessions.note(known, session_of(await request.read(), request.headers))
             return await self._proxy_http(request, target, rewrite_images=legacy and route == "/api/generatetext2image")
         finally:
             if is_generation:
@@ -280,7 +285,8 @@ class Gateway:
                 log.warning("could not fetch %s for the legacy rewrite: HTTP %d", ref, r.status)
         return ref
 
-    async def _proxy_ws(self, request: web.Request, target: str, token: str) -> web.StreamResponse:
+    async def _proxy_ws(self, request: web.Request, target: str, token: str, *,
+                        note_session: bool = False) -> web.StreamResponse:
         assert self._session is not None
         ws_target = "ws" + target[4:] if target.startswith("http") else target
         headers = self._upstream_headers(request)
@@ -294,16 +300,19 @@ class Gateway:
         await client.prepare(request)
         self._sockets.setdefault(token, set()).add(client)
 
-        async def pump(src, dst) -> None:
+        async def pump(src, dst, note: bool = False) -> None:
             async for msg in src:
                 if msg.type == WSMsgType.TEXT:
+                    if note:  # each message on a generation socket is a generation request
+                        self.sessions.note(token, session_of(msg.data))
                     await dst.send_str(msg.data)
                 elif msg.type == WSMsgType.BINARY:
                     await dst.send_bytes(msg.data)
                 elif msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
                     break
 
-        tasks = [asyncio.create_task(pump(client, upstream)), asyncio.create_task(pump(upstream, client))]
+        tasks = [asyncio.create_task(pump(client, upstream, note_session)),
+                 asyncio.create_task(pump(upstream, client))]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:

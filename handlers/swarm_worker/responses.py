@@ -47,6 +47,8 @@ class GeneratedOutput(Strict):
     sha256: str = Field(..., description="sha256 of the file")
     base64: str | None = Field(None, description="the file, when delivered inline")
     upload: UploadRecord | None = Field(None, description="the upload record, when uploaded")
+    metadata: dict[str, Any] | str | None = Field(
+        None, description="SwarmUI's metadata of the output (usually an object: seed, model, parameters used)")
 
 
 class GenerateResult(Strict):

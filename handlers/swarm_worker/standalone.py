@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url-file", default=os.environ.get("SWARM_URL_FILE"),
                         help="write the public URL here (default: <SWARM_WORK_DIR>/public_url.txt)")
     parser.add_argument("--check", action="store_true",
-                        help="start SwarmUI, wait until its backend runs, stop and exit 0 (1 if it does not come up): "
-                             "the image build's pre-warm step, which also lets SwarmUI install what it installs on first start")
+                        help="start SwarmUI, wait until its backend runs, stop and exit 0 (1 if it does not come up); "
+                             "the image build pre-warms with `python -m handlers.swarm_worker.prewarm` instead")
     args = parser.parse_args(argv)
     configure_logging()
     register_env_secrets(["SWARM_ACCESS_TOKEN", "SWARMUI_WORKER_TOKEN"])

@@ -9,10 +9,14 @@
 #
 # Environment (defaults): APP_DIR (/app, else this script's repository), PYTHON (python3, the
 # model env), VAST_PYTHON ($APP_DIR/.venv-vast/bin/python), MODELS_DIR (/workspace/models),
-# MODEL_LOG (/workspace/logs/model_server.log), MODEL_SERVER_HOST/PORT (0.0.0.0 / 5001),
+# MODEL_LOG (/workspace/logs/model_server.log), MODEL_SERVER_HOST/PORT (127.0.0.1 / 5001; binding
+# beyond loopback needs MODEL_SERVER_TOKEN, and vast mode keeps it on loopback: every port a vast.ai
+# instance exposes is public, and the front forwards without a token),
 # PRELOAD_MODEL (lightning), FETCH_ON_START (1: fetch PRELOAD_MODEL's files before serving),
 # WORKER_PORT (3000), PYWORKER_DIR (/workspace: the front's working directory, .has_benchmark),
-# CONTROLNET_LOCK_FILE and the vast.ai autoscaler variables read by the vastai package.
+# USE_SSL (true, as in vast's own start script: the instance certificate is made and signed by vast.ai
+# before the front starts; false serves plain HTTP, prompts and images unencrypted), VAST_TLS_DIR (/etc),
+# VAST_SIGN_CERT_URL, CONTROLNET_LOCK_FILE and the vast.ai autoscaler variables read by the vastai package.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -59,6 +63,19 @@ case "$mode" in
         mkdir -p "$(dirname "$MODEL_LOG")"
         : > "$MODEL_LOG"   # no stale ready line from an earlier boot reaches the front
         cd "$APP_DIR"
+        if [[ -n "${MODEL_SERVER_HOST:-}" && "$MODEL_SERVER_HOST" != 127.0.0.1 && "$MODEL_SERVER_HOST" != localhost ]]; then
+            echo "vast mode: the model server stays on 127.0.0.1 (MODEL_SERVER_HOST=$MODEL_SERVER_HOST ignored): only" \
+                 "the PyWorker front, which checks the autoscaler's signature, may reach it" >&2
+        fi
+        export MODEL_SERVER_HOST=127.0.0.1
+        # vast's start_server.sh defaults USE_SSL to true and makes /etc/instance.{key,crt}, which the
+        # front loads (vast-ai/pyworker start_server.sh:13,68-102; vastai lib/server.py:16-26).
+        export USE_SSL="${USE_SSL:-true}"
+        if [[ "$USE_SSL" == true ]]; then
+            "$VAST_PYTHON" -m handlers.controlnet_pyworker.vast_tls || true   # it says why on failure
+        else
+            echo "USE_SSL=$USE_SSL: the PyWorker front serves plain HTTP (requests and images unencrypted)" >&2
+        fi
         # A failed fetch is not final here: the server's preload fetches again and, failing, writes
         # the MODEL_SERVER_FATAL line the front reports.
         fetch_preload || echo "fetching the preload model's files failed; the server will retry" >&2

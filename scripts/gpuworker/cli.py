@@ -32,10 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _pop_json_flag(argv: list[str]) -> tuple[list[str], bool]:
+    """`--json` anywhere on the line (before a `--`), not only after the command."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    found = "--json" in argv[:end]
+    return [a for i, a in enumerate(argv) if i >= end or a != "--json"], found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv, json_flag = _pop_json_flag(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
-    console = Console(json_mode=args.json, quiet=args.quiet)
+    console = Console(json_mode=json_flag, quiet=args.quiet)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.setFormatter(_RedactingFormatter(handler.formatter))
@@ -44,10 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         console.error(exc.message)
         if console.json_mode:  # scripts reading stdout get a document either way
-            console.result({"error": redact_text(exc.message), "exit_code": exc.code})
+            console.result({"error": redact_text(exc.message), "exit_code": exc.code, **exc.details})
         return exc.code
     except KeyboardInterrupt:
         console.error("interrupted")
+        if console.json_mode:
+            console.result({"error": "interrupted", "exit_code": 130, **console.interrupted})
         return 130
 
 

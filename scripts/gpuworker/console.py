@@ -34,16 +34,18 @@ def mask_keys(text: str) -> str:
 class CliError(Exception):
     """A failure to report as one clean line; `code` becomes the exit status."""
 
-    def __init__(self, message: str, code: int = 1):
+    def __init__(self, message: str, code: int = 1, **details: Any):
         super().__init__(message)
         self.message = message
         self.code = code
+        self.details = details  # extra fields of the `--json` error document (e.g. `instance_id`)
 
 
 class Console:
     def __init__(self, *, json_mode: bool = False, quiet: bool = False):
         self.json_mode = json_mode
         self.quiet = quiet
+        self.interrupted: dict[str, Any] = {}  # what `left_running` knew when Ctrl-C came
 
     def info(self, message: str) -> None:
         """A human-readable line (stderr in `--json` mode, so stdout stays one JSON document)."""
@@ -68,13 +70,22 @@ class Console:
             print(mask_keys(text), flush=True)
 
     @contextmanager
-    def left_running(self, hint: str):
-        """On Ctrl-C inside the block, say what keeps running (and billing) and how to stop it; even
-        with `--quiet`, since silence here costs money."""
+    def left_running(self, hint: str, *, errors: bool = True, **details: Any):
+        """On Ctrl-C (and, with `errors`, an error) inside the block, say what keeps running (and billing)
+        and how to stop it; even with `--quiet`, since silence here costs money. `details` (e.g.
+        `instance_id`) go into the `--json` document of the error or interruption."""
         try:
             yield
         except KeyboardInterrupt:
             print(mask_keys(hint), file=sys.stderr, flush=True)
+            self.interrupted = {**details, "hint": hint}
+            raise
+        except CliError as exc:
+            if not errors:
+                raise
+            if hint not in exc.message:
+                exc.message = f"{exc.message}\n{hint}"
+            exc.details = {**details, "hint": hint, **exc.details}
             raise
 
     @contextmanager

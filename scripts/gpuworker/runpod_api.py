@@ -11,20 +11,41 @@ import json
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import tomllib
+
 from scripts.gpuworker.console import CliError, register_key
-from scripts.gpuworker.http import JsonApi
+from scripts.gpuworker.http import JsonApi, OutageTolerance
 
 DEFAULT_BASE_URL = "https://api.runpod.ai/v2"
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 ACTIVE = frozenset({"IN_QUEUE", "IN_PROGRESS"})
 
 
+def key_from_config(path: Path | None = None) -> str:
+    """The key `runpodctl config --apiKey` or `runpod config` saved in `~/.runpod/config.toml`: runpodctl's
+    top-level `apikey` (viper keys ignore case; runpod/runpodctl cmd/root.go:197-206,
+    internal/configenv/configenv.go:15-33), else the SDK's `[default] api_key` (runpod-python
+    runpod/cli/groups/config/functions.py `set_credentials`)."""
+    path = path or Path.home() / ".runpod" / "config.toml"
+    try:
+        config = tomllib.loads(path.read_text())
+    except (OSError, ValueError):
+        return ""
+    top = {k.lower(): v for k, v in config.items()}
+    default = config.get("default") if isinstance(config.get("default"), dict) else {}
+    key = top.get("apikey") if isinstance(top.get("apikey"), str) else default.get("api_key")
+    return key.strip() if isinstance(key, str) else ""
+
+
 def api_key_from_env() -> str:
-    key = os.environ.get("RUNPOD_API_KEY", "").strip()
+    """`RUNPOD_API_KEY`, else the key runpodctl / the runpod SDK keep in `~/.runpod/config.toml`."""
+    key = os.environ.get("RUNPOD_API_KEY", "").strip() or key_from_config()
     if not key:
-        raise CliError("RUNPOD_API_KEY is not set: export your RunPod API key (it is never printed)", 2)
+        raise CliError("RUNPOD_API_KEY is not set: export your RunPod API key, or save it with `runpodctl config "
+                       "--apiKey …` (~/.runpod/config.toml); it is never printed", 2)
     return register_key(key)
 
 
@@ -128,14 +149,17 @@ class Endpoint:
         with `stream`, `/stream` is polled too and each streamed item goes to `on_item`.
         """
         deadline = time.monotonic() + timeout if timeout else None
+        outage = OutageTolerance()
         while True:
             if stream:
-                chunk = self.stream(job_id)
+                chunk = outage.call(lambda: self.stream(job_id)) or {}
                 for item in chunk.get("stream") or []:
                     if on_item is not None:
                         on_item(item.get("output") if isinstance(item, dict) and "output" in item else item)
-            status = self.status(job_id)
-            if on_status is not None:
+            status = outage.call(lambda: self.status(job_id))
+            if status is None:  # unreachable for now: poll again
+                status = {"status": "UNKNOWN (unreachable)"}
+            elif on_status is not None:
                 on_status(status)
             if status.get("status") in TERMINAL:
                 if stream:  # items yielded just before the end

@@ -5,8 +5,11 @@ idle longer than `--max-idle`, so a forgotten GPU stops costing money.
 (`$GPUWORKER_STATE_DIR/vast-instances.json`, default `~/.local/state/gpuworker/`), and starts
 `gpuworker vast guard` as a detached process that outlives the terminal. Idle means SwarmUI's
 `GetGlobalStatus` reports no live or waiting generation, no model loading and no backend
-waiting; an instance whose SwarmUI does not answer counts as idle too (nothing is being
-made), and the idle clock starts at creation, so boot time counts toward it.
+waiting, and the idle clock starts at creation, so boot time counts toward it. The guard
+destroys for idleness only on such a positive reading: a SwarmUI it cannot see into (a token gate
+answering 401/403, an untrusted certificate, no answer) may be working, so it is kept, and the
+guard says why. An instance is tracked until vast.ai no longer lists it: a refused or unconfirmed
+destroy is retried every round.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import requests
 
+from scripts.gpuworker import units
 from scripts.gpuworker.console import CliError, register_key
 from scripts.gpuworker.vast_api import RUNNING, VastApi, instance_url
 
@@ -74,62 +78,118 @@ class GuardState:
 
 def swarm_headers() -> dict[str, str]:
     """`Authorization: Bearer $SWARM_TOKEN` for a SwarmUI behind a token gate (this project's gateway,
-    or SwarmUI's own `RequiredAuthorization`); nothing when unset."""
+    SwarmUI's own `RequiredAuthorization`, or vast's Instance Portal proxy with `OPEN_BUTTON_TOKEN`);
+    nothing when unset."""
     token = os.environ.get("SWARM_TOKEN", "").strip()
     return {"Authorization": f"Bearer {register_key(token)}"} if token else {}
 
 
-def swarm_busy(url: str, *, timeout: float = 10.0) -> bool | None:
-    """True when SwarmUI at `url` is working, False when idle, None when it does not answer."""
-    headers = swarm_headers()
+_TLS_PORTS: dict[str, str] = {}  # http://ip:port -> https://ip:port, for ports found speaking TLS
+
+
+def app_url(url: str, *, timeout: float) -> str:
+    """`url`, or its `https://` form when the port speaks TLS (vast's proxy with `ENABLE_HTTPS`: a Go
+    server answers plain HTTP with 400 "Client sent an HTTP request to an HTTPS server"). Found out
+    with one request *without* credentials, so a token never crosses the network in clear to a port
+    that would have taken it over TLS."""
+    if not url.startswith("http://"):
+        return url
+    if url not in _TLS_PORTS:
+        resp = requests.get(f"{url}/", timeout=timeout, allow_redirects=False)
+        speaks_tls = resp.status_code == 400 and "HTTP request to an HTTPS server" in resp.text
+        _TLS_PORTS[url] = "https://" + url.removeprefix("http://") if speaks_tls else url
+    return _TLS_PORTS[url]
+
+
+def swarm_post(url: str, route: str, body: dict, *, timeout: float) -> tuple[requests.Response, str]:
+    """POST to SwarmUI at `url` (made `https://` when the port speaks TLS, see `app_url`); the answer
+    and the URL used. Certificates are verified (`REQUESTS_CA_BUNDLE` names extra ones to trust)."""
+    url = app_url(url, timeout=timeout)
+    return requests.post(f"{url}{route}", json=body, headers=swarm_headers(), timeout=timeout), url
+
+
+def gate_hint(status: int) -> str:
+    return (f"answers {status}: a token gate is in front of SwarmUI; export SWARM_TOKEN with its token "
+            "(vast templates: the instance's OPEN_BUTTON_TOKEN, `echo $OPEN_BUTTON_TOKEN` over SSH, or the "
+            "WEB_PASSWORD you created it with; the swarm-worker image: its SWARM_ACCESS_TOKEN)")
+
+
+def swarm_busy(url: str, *, timeout: float = 10.0) -> tuple[bool | None, str]:
+    """(True, …) when SwarmUI at `url` is working, (False, …) when it says it is idle, (None, why) when
+    the tool cannot tell: refused (401/403), untrusted TLS, no answer or not SwarmUI's answer."""
     try:
-        sid = requests.post(f"{url}/API/GetNewSession", json={}, headers=headers, timeout=timeout).json()["session_id"]
-        body = requests.post(f"{url}/API/GetGlobalStatus", json={"session_id": sid}, headers=headers,
-                             timeout=timeout).json()
-    except (requests.RequestException, ValueError, KeyError, TypeError):
-        return None
+        resp, url = swarm_post(url, "/API/GetNewSession", {}, timeout=timeout)
+        if resp.status_code in (401, 403):
+            return None, f"{url} {gate_hint(resp.status_code)}"
+        sid = resp.json()["session_id"]
+        resp, url = swarm_post(url, "/API/GetGlobalStatus", {"session_id": sid}, timeout=timeout)
+        if resp.status_code in (401, 403):
+            return None, f"{url} {gate_hint(resp.status_code)}"
+        body = resp.json()
+    except requests.exceptions.SSLError:
+        return None, f"{url}: its TLS certificate is not trusted (set REQUESTS_CA_BUNDLE to vast's certificate)"
+    except requests.RequestException as exc:
+        return None, f"{url}: no answer ({type(exc).__name__})"
+    except (ValueError, KeyError, TypeError):
+        return None, f"{url}: not SwarmUI's answer"
     counts = body.get("status") if isinstance(body, dict) else None
     if not isinstance(counts, dict):
-        return None
+        return None, f"{url}: not SwarmUI's answer"
     loading = bool((body.get("backend_status") or {}).get("any_loading"))
-    return loading or any(int(counts.get(k) or 0) > 0 for k in BUSY_COUNTS)
+    if loading or any(int(counts.get(k) or 0) > 0 for k in BUSY_COUNTS):
+        return True, "SwarmUI busy"
+    return False, "SwarmUI idle"
+
+
+def destroy_tracked(api: VastApi, instance_id: int, record: dict, reason: str, state: str | None) -> dict[str, Any]:
+    """Destroy and check: `destroyed` only once vast.ai no longer lists it; else `destroying` (vast said
+    yes, still listed) or `destroy-failed` (vast said no); the record keeps `destroying` for the next round."""
+    record["destroying"] = reason
+    ok, msg = api.destroy_instance(instance_id)
+    if api.show_instance(instance_id) is None:
+        return {"id": instance_id, "action": "destroyed", "reason": reason, "status": state}
+    if ok:
+        return {"id": instance_id, "action": "destroying", "reason": f"{reason}; vast.ai still lists it, "
+                                                                     "checking again next round", "status": state}
+    return {"id": instance_id, "action": "destroy-failed", "reason": f"{reason}; vast.ai answered: {msg}; "
+                                                                     "retrying next round", "status": state}
 
 
 def check_instance(api: VastApi, instance_id: int, record: dict, *, now: float | None = None,
-                   busy: Callable[[str], bool | None] = swarm_busy) -> dict[str, Any]:
-    """One guard round for one instance: `{"id", "action": keep|destroyed|gone, "reason", ...}`.
-
-    `record["last_active"]` is updated in place when SwarmUI is busy.
-    """
+                   busy: Callable[[str], tuple[bool | None, str]] = swarm_busy) -> dict[str, Any]:
+    """One guard round for one instance: `{"id", "action": keep|destroyed|destroying|destroy-failed|gone,
+    "reason", ...}`. `record` is updated in place (`last_active` when busy, `destroying` once doomed)."""
     now = time.time() if now is None else now
     info = api.show_instance(instance_id)
     if info is None:
+        if record.get("destroying"):
+            return {"id": instance_id, "action": "destroyed", "reason": record["destroying"]}
         return {"id": instance_id, "action": "gone", "reason": "vast.ai no longer lists it"}
+    state = info.get("actual_status")
+    if record.get("destroying"):
+        return destroy_tracked(api, instance_id, record, record["destroying"], state)
     age_h = (now - float(record["created_at"])) / 3600
-    reason = None
     max_hours = record.get("max_hours")
     if max_hours and age_h >= float(max_hours):
-        reason = f"max_hours: up {age_h:.2f} h, limit {float(max_hours):g} h"
+        reason = f"max_hours: up {units.duration(age_h * 3600)}, limit {units.duration(float(max_hours) * 3600)}"
+        return destroy_tracked(api, instance_id, record, reason, state)
+    result: dict[str, Any] = {"id": instance_id, "action": "keep", "status": state, "age_hours": round(age_h, 3)}
     max_idle = record.get("max_idle_minutes")
-    state = info.get("actual_status")
-    if reason is None and max_idle:
+    if max_idle:
         url = instance_url(info, int(record.get("port") or 7801)) if state == RUNNING else None
-        working = busy(url) if url else None
+        working, seen = busy(url) if url else (None, f"instance {state or 'starting'}, SwarmUI not reachable yet")
         if working:
             record["last_active"] = now
-        idle_min = (now - float(record.get("last_active") or record["created_at"])) / 60
-        if idle_min >= float(max_idle):
-            seen = "SwarmUI idle" if working is False else f"SwarmUI not answering (instance {state or 'starting'})"
-            reason = f"max_idle: {seen} for {idle_min:.1f} min, limit {float(max_idle):g} min"
-    if reason is None:
-        return {"id": instance_id, "action": "keep", "status": state, "age_hours": round(age_h, 3)}
-    api.destroy_instance(instance_id)
-    return {"id": instance_id, "action": "destroyed", "reason": reason, "status": state}
-
-
+        idle_s = now - float(record.get("last_active") or record["created_at"])
+        if idle_s >= float(max_idle) * 60:
+            if working is False:
+                reason = f"max_idle: {seen} for {units.duration(idle_s)}, limit {units.duration(float(max_idle) * 60)}"
+                return destroy_tracked(api, instance_id, record, reason, state)
+            result["note"] = f"past the idle limit, but kept: cannot tell whether it works ({seen})"
+    return result
 def guard_round(api: VastApi, state: GuardState, ids: list[int] | None = None,
-                busy: Callable[[str], bool | None] = swarm_busy) -> list[dict]:
-    """Check every tracked instance (or those in `ids`); destroyed/gone ones leave the state file."""
+                busy: Callable[[str], tuple[bool | None, str]] = swarm_busy) -> list[dict]:
+    """Check every tracked instance (or those in `ids`); only destroyed/gone ones leave the state file."""
     results = []
     for key, record in state.read().items():
         instance_id = int(key)
@@ -138,12 +198,13 @@ def guard_round(api: VastApi, state: GuardState, ids: list[int] | None = None,
         try:
             result = check_instance(api, instance_id, record, busy=busy)
         except CliError as exc:  # vast.ai unreachable this round: try again next round
-            results.append({"id": instance_id, "action": "error", "reason": exc.message})
-            continue
+            result = {"id": instance_id, "action": "error", "reason": exc.message}
         with state.edit() as data:
             if result["action"] in ("destroyed", "gone"):
                 data.pop(key, None)
             elif key in data:
                 data[key]["last_active"] = record.get("last_active")
+                if record.get("destroying"):
+                    data[key]["destroying"] = record["destroying"]
         results.append(result)
     return results
