@@ -31,9 +31,9 @@ case "$mode" in
     standalone)
         # A vast.ai instance: its gateway serves TLS with the instance's certificate (what CloudBackends
         # expects of vast instances), asked for here as vast's own launcher does; SWARMUI_TLS=off skips it.
-        if [[ -n "${CONTAINER_ID:-}${VAST_CONTAINERLABEL:-}" && "${SWARMUI_TLS:-auto}" != off
-              && -z "${SWARMUI_TLS_CERT:-}" && "$(id -u)" == 0 ]]; then
-            "$PYTHON" -m handlers.swarm_worker.vast_cert || echo "continuing without TLS" >&2
+        if [[ -n "${CONTAINER_ID:-}" && "${SWARMUI_TLS:-auto}" != off && -z "${SWARMUI_TLS_CERT:-}"
+              && ! -f /etc/instance.crt && "$(id -u)" == 0 ]]; then
+            "$PYTHON" -m common.vast_tls || echo "the gateway serves plain HTTP" >&2   # it says why on failure
         fi
         exec "$PYTHON" -u -m handlers.swarm_worker.standalone "$@" ;;
     vast)
@@ -41,7 +41,9 @@ case "$mode" in
         # TLS for the PyWorker and the gateway, as vast's own launcher does it (vast-ai/pyworker
         # start_server.sh: USE_SSL defaults to true, the certificate is asked for at start).
         export USE_SSL="${USE_SSL:-true}"
-        if [[ "$USE_SSL" == true ]]; then "$PYTHON" -m handlers.swarm_worker.vast_cert || true; fi
+        if [[ "$USE_SSL" == true && ! -f /etc/instance.crt ]]; then
+            "$PYTHON" -m common.vast_tls || true   # it says why on failure; lease control then refuses to start
+        fi
         "$PYTHON" -u -m handlers.swarm_worker.lease_control &
         control_pid=$!
         # The PyWorker keeps .has_benchmark in its working directory: /workspace when there is one.
