@@ -11,8 +11,9 @@
 - bombs: too many files, declared sizes (zip central directory) over the total cap or over the
   compression ratio, and, because headers can lie, the bytes actually written are counted
   against the same caps while extracting;
-- tar long-name and pax headers (`L`, `K`, `x`, `g`, `X`) over `MAX_TAR_HEADER_BYTES` are refused
-  before `tarfile` reads them whole into memory (a 0.4 MB .tar.gz can hold a 400 MB header);
+- tar long-name and pax headers (`L`, `K`, `x`, `g`, `X`) over `MAX_TAR_HEADER_BYTES`, and GNU sparse
+  maps, are refused before `tarfile` reads them into memory (a 0.4 MB .tar.gz can hold a 400 MB
+  header; a sparse map has no bound at all);
 - names longer than the filesystem allows are refused with a shortened name in the message;
 - `__MACOSX/` and dotfiles (`.DS_Store`, `._foo`, dot-folders) are skipped, but the bytes of a
   skipped tar member are still read, so they count against the byte, ratio and time caps.
@@ -82,19 +83,27 @@ _EXTENDED_HEADERS = {
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
-    """A TarInfo that refuses an oversized extended header before reading it.
+    """A TarInfo that refuses an oversized extended header, and GNU sparse maps, before reading them.
 
-    CPython reads such a header's whole body into memory in one call (Lib/tarfile.py, 3.11:
+    CPython reads an extended header's whole body into memory in one call (Lib/tarfile.py, 3.11:
     `TarInfo._proc_gnulong` and `_proc_pax`, `tarfile.fileobj.read(self._block(self.size))`), during
-    `tarfile.open` itself; `_proc_member` is the hook its comments name for subclasses.
+    `tarfile.open` itself; `_proc_member` is the hook its comments name for subclasses. Its GNU sparse
+    readers collect a map of any length (`_proc_sparse` follows `isextended` blocks, `_proc_gnusparse_10`
+    reads the count of entries the data claims) and fail with IndexError / ValueError at the end of the
+    stream; a dataset never holds sparse files, so they are refused.
     """
 
-    def _proc_member(self, tarfile):
+    def _proc_member(self, tf):
         kind = _EXTENDED_HEADERS.get(self.type)
         if kind and self.size > MAX_TAR_HEADER_BYTES:
             raise JobError("unsafe_archive", f"a tar {kind} header of {self.size} bytes "
                                              f"(over the limit of {MAX_TAR_HEADER_BYTES} bytes)")
-        return super()._proc_member(tarfile)
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise _unsafe(self.name, "GNU sparse file (not supported)")
+        return super()._proc_member(tf)
+
+    def _proc_gnusparse_10(self, next, pax_headers, tf):
+        raise _unsafe(pax_headers.get("GNU.sparse.name") or next.name, "GNU sparse file (not supported)")
 
 
 def _open_tar(path: Path) -> tarfile.TarFile:

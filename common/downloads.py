@@ -5,20 +5,29 @@
   with an HTTP Range request; a sidecar `<dest>.partial.json` remembers which URL and which
   version (ETag / Last-Modified) it holds, so a changed file is started again, not spliced.
 - Transient failures (connection drops, timeouts, 5xx, 429) are retried with backoff. Attempts
-  that received bytes do not use up the retries.
+  that received at least `PROGRESS_BYTES` do not use up the retries (a server that sends a byte and
+  drops does). A 206 reply that does not start where the partial file ends is refused.
+- Each download has an overall deadline (`timeout_s`, env `DOWNLOAD_TIMEOUT_S`, default 2 h). A
+  watcher shuts the download's sockets down when it passes or when `stop` is set, so a read
+  blocked on a server dripping a byte a second ends within a second; the partial file is kept
+  after a deadline (a later call resumes it).
 - `max_bytes` is enforced from Content-Length before the body is read and again while streaming.
 - SSRF guard: every host (each redirect hop, followed by hand) is resolved and refused when it is
   loopback, private, CGNAT, link-local, unspecified, multicast or reserved, unless `allow_private`
-  or env `ALLOW_PRIVATE_DOWNLOADS=1`. The address actually connected to is checked again, which
+  or env `ALLOW_PRIVATE_NETWORK=1` (alias `ALLOW_PRIVATE_DOWNLOADS=1`). `common.uploads` applies the
+  same guard to the destinations a job names. The address actually connected to is checked again, which
   defeats DNS rebinding. Cloud metadata endpoints (all of 169.254.0.0/16, fd00:ec2::254,
   100.100.100.200, metadata.google.internal, ...) are refused even then.
 - s3://bucket/key uses boto3 (env `S3_ENDPOINT_URL`, `AWS_*`); the endpoint is operator
   configuration, so it is trusted. hf://<owner>/<name>/<path>[@rev] (also `hf://datasets/...`,
   `hf://spaces/...` and `hf://<owner>/<name>@rev/<path>`) is resolved with huggingface_hub
-  against `HF_ENDPOINT`, with the token from `headers` or `HF_TOKEN`, and streamed like https.
+  against `HF_ENDPOINT`, with the token from `headers` or `HF_TOKEN`, and streamed like https; its
+  owner, name and path may not hold `.`/`..` segments (which would climb to other Hub API routes).
+- A redirect to another host (or scheme or port) carries none of the caller's headers: tokens,
+  cookies and API keys are for the host they were given for.
 - Every failure is `JobError("download_failed", ...)` naming the URL without its query string.
 - `stop` (a threading.Event) ends a download that runs on a thread the job no longer waits for
-  (cancelled, out of time): checked between chunks and during backoff; `JobError("cancelled")`.
+  (cancelled, out of time) within about a second, mid-read included; `JobError("cancelled")`.
 """
 
 from __future__ import annotations
@@ -28,9 +37,12 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
@@ -47,7 +59,10 @@ log = logging.getLogger("downloads")
 
 SCHEMES = ("https", "http", "s3", "hf")
 CHUNK_BYTES = 1 << 20
-RETRIES = 5  # consecutive attempts that received nothing before giving up
+RETRIES = 5  # consecutive attempts that received less than PROGRESS_BYTES before giving up
+PROGRESS_BYTES = 1 << 20  # an attempt that received this much starts the retry count afresh
+DEFAULT_TIMEOUT_S = 2 * 3600.0  # overall deadline of one download (env DOWNLOAD_TIMEOUT_S)
+WATCH_INTERVAL_S = 0.2  # how often the watcher looks at `stop` and the deadline
 BACKOFF_SECONDS = 1.0  # doubled on each consecutive failure
 MAX_BACKOFF_SECONDS = 30.0
 MAX_REDIRECTS = 10
@@ -77,8 +92,24 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
+_TRUE = ("1", "true", "yes")
+PRIVATE_HINT = " (set ALLOW_PRIVATE_NETWORK=1 to allow private addresses)"
+
+
 def private_allowed(allow_private: bool = False) -> bool:
-    return allow_private or os.environ.get("ALLOW_PRIVATE_DOWNLOADS", "").lower() in ("1", "true", "yes")
+    """`allow_private`, or the operator's switch `ALLOW_PRIVATE_NETWORK=1` (old name `ALLOW_PRIVATE_DOWNLOADS`)."""
+    return allow_private or any(os.environ.get(name, "").lower() in _TRUE
+                                for name in ("ALLOW_PRIVATE_NETWORK", "ALLOW_PRIVATE_DOWNLOADS"))
+
+
+def download_timeout() -> float:
+    """Seconds one download may take in all (env `DOWNLOAD_TIMEOUT_S`)."""
+    raw = os.environ.get("DOWNLOAD_TIMEOUT_S", "")
+    try:
+        value = float(raw) if raw.strip() else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise JobError("internal", f"DOWNLOAD_TIMEOUT_S={raw!r} is not a number of seconds") from None
+    return value if value > 0 else DEFAULT_TIMEOUT_S
 
 
 def _unwrap_v4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address):
@@ -112,12 +143,89 @@ def address_refusal(address: str, allow_private: bool) -> str | None:
     return None
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """Raised inside a connection attempt to an address the guard refuses."""
 
 
 class _GaveUp(Exception):
     """Retries are exhausted; the partial file is kept so a later call resumes it."""
+
+
+class _Watch:
+    """Ends one download's blocking reads when `stop` is set or its deadline passes.
+
+    A read waits up to READ_TIMEOUT for each byte, so a server that drips one byte a second holds it
+    forever; shutting the socket down from this thread wakes it at once. The sockets are those the
+    guarded pools open while this watch is the current one (a context variable: the download's thread).
+    """
+
+    def __init__(self, stop: threading.Event, seconds: float):
+        self.stop = stop
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+        self.reason: str | None = None  # "stopped" or "deadline", once it has fired
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._token = None
+
+    def __enter__(self) -> _Watch:
+        self._token = _WATCH.set(self)
+        threading.Thread(target=self._run, name="download-watch", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        _WATCH.reset(self._token)
+        with self._lock:
+            self._sockets.clear()
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def add(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            fired = self.reason is not None
+        if fired:
+            _shutdown(sock)
+
+    def _due(self) -> str | None:
+        if self.stop.is_set():
+            return "stopped"
+        if self.remaining() <= 0:
+            return "deadline"
+        return None
+
+    def _run(self) -> None:
+        while not self._done.wait(WATCH_INTERVAL_S):
+            reason = self._due()
+            if reason:
+                with self._lock:
+                    self.reason = reason  # before the shutdown: the reader that wakes sees why
+                    sockets = list(self._sockets)
+                for sock in sockets:
+                    _shutdown(sock)
+                return
+
+    def check(self, shown: str, size: int) -> None:
+        """Raise when the download must end: cancelled (stop) or over its deadline."""
+        reason = self.reason or self._due()
+        if reason == "stopped":
+            raise JobError("cancelled", f"download of {shown} stopped: the job ended")
+        if reason == "deadline":
+            raise _GaveUp(f"took longer than {self.seconds:g} s (DOWNLOAD_TIMEOUT_S); "
+                          f"{size} bytes kept for a later resume")
+
+
+_WATCH: ContextVar[_Watch | None] = ContextVar("download_watch", default=None)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
 
 
 class _Transient(Exception):
@@ -137,7 +245,10 @@ def _guarded_pools(allow_private: bool) -> dict[str, type]:
             reason = address_refusal(peer, allow_private)
             if reason:
                 sock.close()
-                raise _Refused(f"connected to {peer}, {reason}")
+                raise Refused(f"connected to {peer}, {reason}")
+            watch = _WATCH.get()
+            if watch is not None:
+                watch.add(sock)
             return sock
 
     http_conn = type("GuardedHTTPConnection", (Guard, HTTPConnection), {})
@@ -161,7 +272,10 @@ class _GuardedAdapter(requests.adapters.HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = self._pools
 
 
-def _session(allow_private: bool) -> requests.Session:
+def guarded_session(allow_private: bool) -> requests.Session:
+    """A requests session whose every connection is checked against the SSRF guard once connected
+    (raises `Refused`); no proxies or .netrc from the environment. Callers pass allow_redirects=False
+    and check each hop themselves."""
     session = requests.Session()
     session.trust_env = False  # no proxies or .netrc from the environment: the guard checks the real peer
     adapter = _GuardedAdapter(allow_private)
@@ -205,8 +319,36 @@ def _check_host(host: str | None, port: int, allow_private: bool, shown: str) ->
         address = info[4][0]
         reason = address_refusal(address, allow_private)
         if reason:
-            hint = "" if "metadata" in reason else " (set ALLOW_PRIVATE_DOWNLOADS=1 to allow private addresses)"
+            hint = "" if "metadata" in reason else PRIVATE_HINT
             raise _fail(shown, f"refused: {host} resolves to {address}, {reason}{hint}")
+
+
+def destination_refusal(url: str, allow_private: bool | None = None) -> str | None:
+    """Why a request to `url`, a destination a job named, must not be made (the SSRF guard of
+    downloads), or None. `allow_private` defaults to the operator's switch. A host that does not
+    resolve now is not refused here: the request itself fails."""
+    allow = private_allowed() if allow_private is None else allow_private
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return "malformed URL"
+    if parts.scheme not in ("http", "https"):
+        return f"unsupported scheme {parts.scheme!r}"
+    if not host:
+        return "the URL has no host"
+    if host.rstrip(".").lower() in METADATA_HOSTS:
+        return f"{host} is a cloud metadata host"
+    try:
+        infos = socket.getaddrinfo(host.rstrip(".").lower(), port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return None
+    for info in infos:
+        reason = address_refusal(info[4][0], allow)
+        if reason:
+            hint = "" if "metadata" in reason else PRIVATE_HINT
+            return f"{host} resolves to {info[4][0]}, {reason}{hint}"
+    return None
 
 
 @dataclass
@@ -241,13 +383,19 @@ def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
     return start, (int(total) if total.isdigit() else None)
 
 
+_PROTOCOL_HEADERS = frozenset({"Accept-Encoding", "Range", "If-Range"})
+
+
 def _http_opener(url: str, headers: dict[str, str], allow_private: bool, shown: str):
-    session = _session(allow_private)
+    session = guarded_session(allow_private)
     query = urlsplit(url).query
 
     def stream(resp: requests.Response) -> Iterator[bytes]:
+        # read1: what has arrived, at most a chunk; read(n) would sit until n bytes came, and the bytes
+        # of a trickle would be lost with the connection instead of kept for a resume.
         try:
-            yield from resp.raw.stream(CHUNK_BYTES, decode_content=False)
+            while chunk := resp.raw.read1(CHUNK_BYTES, decode_content=False):
+                yield chunk
         except (requests.RequestException, Urllib3Error, OSError) as exc:
             raise _Transient(_describe(exc, query)) from None
 
@@ -264,9 +412,11 @@ def _http_opener(url: str, headers: dict[str, str], allow_private: bool, shown: 
                 raise _fail(shown, f"redirected to an unsupported scheme {parts.scheme!r}")
             _check_host(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), allow_private, shown)
             try:
+                watch = _WATCH.get()
+                connect = CONNECT_TIMEOUT if watch is None else max(0.1, min(CONNECT_TIMEOUT, watch.remaining()))
                 resp = session.get(current, headers=hdrs, stream=True, allow_redirects=False,
-                                   timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
-            except _Refused as exc:
+                                   timeout=(connect, READ_TIMEOUT))
+            except Refused as exc:
                 raise _fail(shown, f"refused: {exc}") from None
             except requests.RequestException as exc:
                 raise _Transient(_describe(exc, query)) from None
@@ -275,8 +425,9 @@ def _http_opener(url: str, headers: dict[str, str], allow_private: bool, shown: 
                 resp.close()
                 new = urlsplit(target)
                 if (new.scheme, new.hostname, new.port) != (parts.scheme, parts.hostname, parts.port):
-                    # Credentials are for the first host only (and a presigned CDN URL rejects them).
-                    hdrs = {k: v for k, v in hdrs.items() if k.lower() not in ("authorization", "cookie")}
+                    # The caller's headers (tokens, cookies, API keys of any name) are for the first
+                    # host only, and a presigned CDN URL rejects them: keep only the protocol's own.
+                    hdrs = {k: v for k, v in hdrs.items() if k in _PROTOCOL_HEADERS}
                 log.debug("download %s redirected to %s", shown, shown_url(target))
                 current = target
                 continue
@@ -367,12 +518,17 @@ def _s3_opener(url: str, shown: str):
     return open_body
 
 
+_REPO_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
 def _hf_resolve(url: str, headers: dict[str, str], shown: str) -> tuple[str, dict[str, str]]:
     """hf:// URL -> (https resolve URL on HF_ENDPOINT, headers with the token)."""
     from huggingface_hub import constants, hf_hub_url
     from huggingface_hub.utils import build_hf_headers
 
     segs = unquote(url[len("hf://"):]).split("/")
+    if any(seg in (".", "..") or "\\" in seg for seg in segs):
+        raise _fail(shown, "an hf:// URL may not hold '.' or '..' segments or backslashes")
     repo_type = {"datasets": "dataset", "spaces": "space", "models": None}.get(segs[0], "model")
     if segs[0] in ("datasets", "spaces", "models"):
         segs = segs[1:]
@@ -384,6 +540,8 @@ def _hf_resolve(url: str, headers: dict[str, str], shown: str) -> tuple[str, dic
         name, revision = name.split("@", 1)
     elif "@" in path:
         path, revision = path.rsplit("@", 1)
+    if not (_REPO_PART.fullmatch(owner) and _REPO_PART.fullmatch(name)) or not path:
+        raise _fail(shown, "an hf:// URL names a repo as <owner>/<name> (letters, digits, '-', '_', '.')")
     endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
     resolved = hf_hub_url(f"{owner}/{name}", path, repo_type=None if repo_type == "model" else repo_type,
                           revision=revision or None, endpoint=endpoint)
@@ -438,17 +596,19 @@ def _identity(url: str) -> str:
 
 
 def _receive(open_body, part: _Partial, shown: str, max_bytes: int,
-             progress: Callable[[int, int | None], None] | None, stop: threading.Event) -> None:
+             progress: Callable[[int, int | None], None] | None, watch: _Watch) -> None:
     failures = 0
     while True:
-        if stop.is_set():
-            raise JobError("cancelled", f"download of {shown} stopped: the job ended")
+        watch.check(shown, part.size)
         before = part.size
         try:
             body = open_body(part.size, part.validator if part.size else None)
             try:
-                if body.start != part.size:  # the server sent the whole file again
-                    part.restart()
+                if body.start != part.size:
+                    if body.start != 0:
+                        raise _fail(shown, f"asked for the bytes from {part.size} on, the server sent bytes "
+                                           f"from {body.start} on (a misaligned range reply)")
+                    part.restart()  # the server sent the whole file again
                 part.remember(body.validator)
                 if body.total is not None and body.total > max_bytes:
                     raise _fail(shown, f"the file is {body.total} bytes, over the limit of {max_bytes} bytes")
@@ -458,8 +618,7 @@ def _receive(open_body, part: _Partial, shown: str, max_bytes: int,
                     f.seek(part.size)
                     f.truncate()
                     for chunk in body.chunks:
-                        if stop.is_set():
-                            raise JobError("cancelled", f"download of {shown} stopped: the job ended")
+                        watch.check(shown, part.size)
                         if part.size + len(chunk) > max_bytes:
                             raise _fail(shown, f"the download exceeds the limit of {max_bytes} bytes")
                         f.write(chunk)
@@ -469,28 +628,33 @@ def _receive(open_body, part: _Partial, shown: str, max_bytes: int,
                             progress(part.size, body.total)
                     f.flush()
                     os.fsync(f.fileno())
+                watch.check(shown, part.size)  # a body without a length "ends" when the watcher cut it
                 if body.total is not None and part.size < body.total:
                     raise _Transient(f"connection closed after {part.size} of {body.total} bytes")
                 return
             finally:
                 body.close()
         except _Transient as exc:
-            failures = 1 if part.size > before else failures + 1
+            watch.check(shown, part.size)  # the watcher's shutdown looks like a dropped connection
+            failures = 1 if part.size - before >= PROGRESS_BYTES else failures + 1
             if failures > RETRIES:
                 raise _GaveUp(f"{exc.reason} (gave up after {RETRIES} retries; "
                               f"{part.size} bytes kept for a later resume)") from None
             delay = exc.retry_after if exc.retry_after is not None else min(
                 MAX_BACKOFF_SECONDS, BACKOFF_SECONDS * 2 ** (failures - 1))
+            delay = max(0.0, min(delay, watch.remaining()))
             log.warning("download %s: %s; retry %d/%d in %.1fs (resuming at byte %d)",
                         shown, exc.reason, failures, RETRIES, delay, part.size)
-            stop.wait(delay)
+            watch.stop.wait(delay)
 
 
 def download(url: str, dest: str | os.PathLike, *, max_bytes: int, sha256: str | None = None,
              allow_private: bool = False, headers: dict[str, str] | None = None,
              progress: Callable[[int, int | None], None] | None = None,
-             stop: threading.Event | None = None) -> Path:
-    """Download `url` to `dest` (atomically) and return `dest`; see the module docstring."""
+             stop: threading.Event | None = None, timeout_s: float | None = None) -> Path:
+    """Download `url` to `dest` (atomically) and return `dest`; see the module docstring.
+
+    `timeout_s` is the overall deadline (default: env `DOWNLOAD_TIMEOUT_S`, else 2 hours)."""
     shown = shown_url(url) if url.startswith(("http://", "https://")) else redact_text(url.split("?", 1)[0])
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in SCHEMES:
@@ -523,7 +687,8 @@ def download(url: str, dest: str | os.PathLike, *, max_bytes: int, sha256: str |
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = _Partial(dest, _identity(url))
     try:
-        _receive(open_body, part, shown, max_bytes, progress, stop or threading.Event())
+        with _Watch(stop or threading.Event(), timeout_s or download_timeout()) as watch:
+            _receive(open_body, part, shown, max_bytes, progress, watch)
     except _GaveUp as exc:
         raise _fail(shown, str(exc)) from None
     except JobError:

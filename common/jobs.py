@@ -25,11 +25,13 @@ from pydantic import BaseModel, ValidationError
 
 from common.redaction import (
     MAX_ECHO_CHARS,
+    current_scope,
     is_sensitive_key,
     redact,
     redact_text,
     register_secret,
     secret_scope,
+    use_scope,
 )
 
 log = logging.getLogger("jobs")
@@ -195,6 +197,9 @@ class Progress:
         self._last_stage: str | None = None
         self._closed = False
         self._lock = threading.Lock()
+        # the job's secret scope: updates also come from threads that did not inherit it (boto3's
+        # transfer threads report bytes sent)
+        self._scope = current_scope()
         self.sent: list[dict] = []
 
     def update(self, stage: str, percent: float | None = None, message: str | None = None, *,
@@ -210,9 +215,10 @@ class Progress:
         if percent is not None:
             data["percent"] = round(max(0.0, min(100.0, float(percent))), 1)
         if message:
-            data["message"] = redact_text(str(message), limit=MAX_ECHO_CHARS)
+            data["message"] = str(message)
         data.update(extra)
-        data = redact(data)
+        with use_scope(current_scope() or self._scope):
+            data = _redact_update(data)
         self.sent.append(data)
         log.info("progress %s", data)
         if self.send_to_runpod and self.job.get("id"):
@@ -237,6 +243,12 @@ class Progress:
     def close(self) -> None:
         with self._lock:
             self._closed = True
+
+
+def _redact_update(data: dict) -> dict:
+    if "message" in data:
+        data["message"] = redact_text(data["message"], limit=MAX_ECHO_CHARS)
+    return redact(data)
 
 
 def finish(result: dict, timings: Timings) -> dict:

@@ -6,6 +6,7 @@ environment. Anything that leaves the process goes through `redact()` first.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import re
@@ -89,7 +90,7 @@ class _Secrets:
         self._limit = limit
         self._items: dict[str, None] = {}
         self._lock = threading.Lock()
-        self._view: tuple[str, ...] = ()
+        self._view: tuple[str, ...] | None = ()  # longest first; None once stale
 
     def add(self, value: str) -> None:
         with self._lock:
@@ -97,10 +98,14 @@ class _Secrets:
             self._items[value] = None
             while self._limit is not None and len(self._items) > self._limit:
                 del self._items[next(iter(self._items))]
-            self._view = tuple(sorted(self._items, key=len, reverse=True))
+            self._view = None
 
     def view(self) -> tuple[str, ...]:
-        return self._view
+        view = self._view
+        if view is None:
+            with self._lock:
+                view = self._view = tuple(sorted(self._items, key=len, reverse=True))
+        return view
 
 
 _env = _Secrets(None)  # the worker's environment: global and unbounded (the environment is finite)
@@ -125,6 +130,21 @@ def secret_scope() -> Iterator[None]:
     finally:
         with _live_lock:
             _live.discard(scope)
+        _job.reset(token)
+
+
+def current_scope() -> object | None:
+    """The secret scope of the running job (opaque), to hand to `use_scope` in another thread."""
+    return _job.get()
+
+
+@contextmanager
+def use_scope(scope: object | None) -> Iterator[None]:
+    """Redact (and register) with `scope`, from a thread that did not inherit the job's context."""
+    token = _job.set(scope)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
         _job.reset(token)
 
 
@@ -173,10 +193,10 @@ def clip(text: str, limit: int = MAX_ECHO_CHARS) -> str:
 
 
 def _mask(text: str, groups: Iterable[tuple[str, ...]]) -> str:
-    for secrets in groups:
-        for secret in secrets:
-            if secret in text:
-                text = text.replace(secret, MASK)
+    # longest first across all groups, so a secret that contains another is masked whole
+    for secret in heapq.merge(*groups, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, MASK)
     low = text.lower()
     exact = len(low) == len(text)  # else some character lowercases to several: try every pattern
     for pattern, repl, words in _PATTERNS:

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     url = f"http://127.0.0.1:{httpd.server_address[1]}/ds.zip"
     print(f"dataset: {args.files} images ({(www / 'ds.zip').stat().st_size / 1e6:.1f} MB zip), work dir {tmp}\n")
 
-    from handlers.diffusion_pipe_trainer import captions, configs, dataset, training
+    from handlers.diffusion_pipe_trainer import buckets, captions, configs, dataset, training
     from handlers.diffusion_pipe_trainer.joycaption import caption_batches
     from handlers.diffusion_pipe_trainer.models import JOYCAPTION_DIR, REGISTRY
     from handlers.diffusion_pipe_trainer.schema import parse_request
@@ -205,16 +205,22 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(3):
         first: list[float] = []
         t = time.perf_counter()
-        # what the handler does between "dataset ready" and the launch: configs + run
+        # what the handler does between "dataset ready" and the launch: configs, the engine's buckets, run
         configs.write_configs(tmp / "cfg", cfg, ds)
-        asyncio.run(training.run(tmp / "cfg" / "config.toml", progress=TrainProgress(1, 1), log_file=tmp / "t.log",
-                                 on_update=lambda p: None, on_first_line=lambda f=first: f.append(time.perf_counter())))
+        files = sorted(p for p in media.folder.glob("*.png") if p.with_suffix(".txt").is_file())
+        plan = buckets.plan(ds, [buckets.Directory(buckets.media_of(files, "images"), 1)], micro_batch=1,
+                            grad_accum=1, world_size=1)
+        cmd = training.command(tmp / "cfg" / "config.toml", resume=False, gpu_ids=[0],
+                               master_port=training.free_port())
+        asyncio.run(training.run(cmd, gpu_ids=[0], progress=TrainProgress(1, plan.steps_per_epoch),
+                                 log_file=tmp / "t.log", on_update=lambda p: None,
+                                 on_first_line=lambda f=first: f.append(time.perf_counter())))
         samples.append(first[0] - t)
     bare = []
     for _ in range(3):
         t = time.perf_counter()
-        p = subprocess.Popen([sys.executable, str(FAKE_ENGINE), "--num_gpus=1", "train.py", "--deepspeed", "--config",
-                              str(tmp / "cfg" / "config.toml")], cwd=engine, stdout=subprocess.PIPE)
+        p = subprocess.Popen([sys.executable, str(FAKE_ENGINE), "--include=localhost:0", "train.py", "--deepspeed",
+                              "--config", str(tmp / "cfg" / "config.toml")], cwd=engine, stdout=subprocess.PIPE)
         p.stdout.readline()
         bare.append(time.perf_counter() - t)
         p.wait()

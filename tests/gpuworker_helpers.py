@@ -56,7 +56,8 @@ def start_swarmui(tmp: Path, *, env: dict | None = None, required_auth: str = ""
     port = free_port()
     cmd = fake.launch_command().format(port=port, data_dir=tmp / "Data", settings_file=tmp / "Data/Settings.fds",
                                        backends_file=tmp / "Data/Backends.fds").split()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+    env = {"FAKE_SWARMUI_WS_CLOSE_WAIT": "0.05", **(env or {})}  # SwarmUI waits 2 s before closing
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

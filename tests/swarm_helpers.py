@@ -73,6 +73,11 @@ def worker_env(tmp: Path, **overrides: str) -> dict[str, str]:
         "SWARM_IDLE_POLL_SECONDS": "0.1",
         "SWARM_LEASE_MIN_SECONDS": "0.1",
         "FAKE_SWARMUI_STEP_SECONDS": "0.01",
+        # SwarmUI's 2 s wait before closing a generation socket and its 10 s refresh debounce, shortened
+        # (the worker's knowledge of the debounce with them)
+        "FAKE_SWARMUI_WS_CLOSE_WAIT": "0.05",
+        "FAKE_SWARMUI_REFRESH_DEBOUNCE": "0.5",
+        "SWARMUI_REFRESH_DEBOUNCE_SECONDS": "0.5",
     }
     env.update(overrides)
     return env

@@ -309,6 +309,25 @@ def test_over_long_names_are_unsafe_with_a_short_message(tmp_path, name):
     assert "name too long" in err.message and len(err.message) < 300
 
 
+def test_gnu_sparse_maps_are_refused_before_they_are_read(tmp_path):
+    # pax sparse 1.0: the member's data starts with a count of map entries that tarfile believes
+    info = tarfile.TarInfo("GNUSparseFile.0/big.bin")
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "big.bin",
+                        "GNU.sparse.realsize": "10"}
+    data = b"100000000\n" + b"0\n" * (MB // 2)
+    archive = _tar(tmp_path / "sparse.tar", [(info, data)], mode="w")
+    err = _refused(archive, tmp_path / "out")
+    assert "big.bin: GNU sparse file" in err.message
+    # old GNU sparse ('S'), whose extension blocks chain on without a bound
+    header = bytearray(tarfile.TarInfo("s.bin").tobuf(tarfile.GNU_FORMAT))
+    header[156:157] = tarfile.GNUTYPE_SPARSE
+    header[148:156] = b"        "
+    header[148:156] = f"{sum(header):06o}\0 ".encode()
+    (tmp_path / "s.tar").write_bytes(bytes(header) + bytes(1024))
+    err = _refused(tmp_path / "s.tar", tmp_path / "sout")
+    assert "s.bin: GNU sparse file" in err.message
+
+
 def test_skipped_tar_members_count_against_the_caps(tmp_path):
     # a dotfile of zeros is skipped, but decompressing it is the cost a bomb is after
     archive = _tar(tmp_path / "junk.tgz", [(_member("__MACOSX/._big"), bytes(40 * MB)), (_member("a.png"), b"x")])

@@ -221,6 +221,19 @@ def test_swarm_bad_test_input_names_the_action(docker, cpu_images, swarm_volume,
         proc.stderr[-3000:]
 
 
+def test_swarm_prewarm_runs_in_the_image_against_the_stand_in(docker, cpu_images):
+    """The GPU target's build step (`python -m handlers.swarm_worker.prewarm`), with the image's own
+    Python and packages; the stand-in needs `--cpu` (no GPU) and installs on its first start."""
+    env = {**swarm_env(), "FAKE_SWARMUI_NO_GPU": "1", "FAKE_SWARMUI_LIB_DIR": "/tmp/lib"}
+    proc = docker.run(cpu_images["swarm-worker"], "python3", "-m", "handlers.swarm_worker.prewarm", "--timeout", "60",
+                      env=env, volumes={str(REPO / "tests"): "/app/tests:ro"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "first boot installed 3 package(s)" in proc.stderr and "pre-warm done" in proc.stderr
+    offline = docker.run(cpu_images["swarm-worker"], "python3", "-m", "handlers.swarm_worker.prewarm", "--timeout",
+                         "60", env={**env, "FAKE_SWARMUI_PIP_OFFLINE": "1"}, volumes={str(REPO / "tests"): "/app/tests:ro"})
+    assert offline.returncode == 1 and "SwarmUI still installs at start" in offline.stderr, offline.stderr[-3000:]
+
+
 # --- the RunPod Hub's single-file Dockerfile ----------------------------------------------------
 
 def test_hub_dockerfile_builds_and_answers_its_test_input(docker, cpu_images, cn_volume, image_version):

@@ -331,6 +331,110 @@ def test_error_messages_never_contain_the_query_string(switch_off, server, tmp_p
         assert secret not in str(err)
 
 
+# --- deadlines, trickles, misaligned ranges, redirects (issue 12, item 3) --------------------------
+
+def _in_thread(fn):
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            errors.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    return worker, errors
+
+
+def test_stop_ends_a_read_blocked_on_a_dripping_server_within_a_second(server, tmp_path):
+    url, path = _route(server, "drip.bin", b"x" * 200, drip=1.0)  # one byte a second: 200 s in all
+    stop = threading.Event()
+    worker, errors = _in_thread(lambda: download(url, tmp_path / "drip.bin", max_bytes=MB, stop=stop))
+    while not server.seen(path):
+        time.sleep(0.01)
+    time.sleep(0.5)
+    stop.set()
+    stopped_at = time.monotonic()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "the download thread kept reading after stop"
+    assert time.monotonic() - stopped_at < 1.5
+    assert isinstance(errors[0], JobError) and errors[0].code == "cancelled"
+
+
+def test_overall_deadline_ends_a_trickling_download_and_keeps_the_partial(server, tmp_path, monkeypatch):
+    url, _ = _route(server, "trickle.bin", b"y" * 200, drip=0.2)
+    monkeypatch.setenv("DOWNLOAD_TIMEOUT_S", "1.5")
+    started = time.monotonic()
+    worker, errors = _in_thread(lambda: download(url, tmp_path / "trickle.bin", max_bytes=MB))
+    worker.join(timeout=15)
+    assert not worker.is_alive() and time.monotonic() - started < 3
+    err = errors[0]
+    assert isinstance(err, JobError) and err.code == "download_failed"
+    assert "took longer than 1.5 s (DOWNLOAD_TIMEOUT_S)" in err.message
+    assert 0 < (tmp_path / "trickle.bin.partial").stat().st_size < 200  # kept for a later resume
+
+
+def test_a_server_that_sends_a_byte_and_drops_uses_up_the_retries(server, tmp_path, monkeypatch):
+    url, path = _route(server, "dropper.bin", os.urandom(2000), drop_after=1, drops=10**6)
+    monkeypatch.setattr(downloads, "RETRIES", 3)
+    err = _download_error(url, tmp_path / "dropper.bin", max_bytes=MB)
+    assert "gave up after 3 retries" in err.message
+    assert len(server.seen(path)) == 4
+
+
+def test_a_misaligned_range_reply_is_refused_not_appended(server, tmp_path):
+    data = os.urandom(2 * MB)
+    url, path = _route(server, "shifted.bin", data, drop_after=MB + 100, misalign=7)
+    err = _download_error(url, tmp_path / "shifted.bin", max_bytes=10 * MB)
+    assert "misaligned range reply" in err.message
+    assert not (tmp_path / "shifted.bin").exists()
+    first, second = server.seen(path)
+    assert "Range" in second.headers
+
+
+def test_cross_host_redirect_drops_every_caller_header(server, tmp_path):
+    data = b"cdn bytes"
+    server.add("/cdn/obj", Route(data))
+    url, _ = _route(server, "moved.bin", b"", redirect=server.url("/cdn/obj", host="localhost"))
+    caller = {"Authorization": "Bearer abcdefgh12345", "Cookie": "session=s3cr3t", "X-Api-Key": "key-123456",
+              "Proxy-Authorization": "Basic cHc6cHc=", "X-Amz-Security-Token": "sts-token-123"}
+    assert download(url, tmp_path / "moved.bin", max_bytes=MB, headers=caller).read_bytes() == data
+    (first,) = server.seen("/moved.bin")
+    assert first.headers["X-Api-Key"] == "key-123456"
+    (blob,) = server.seen("/cdn/obj")
+    assert not {k.lower() for k in caller} & {k.lower() for k in blob.headers}
+
+
+@pytest.mark.parametrize("url", [
+    "hf://acme/loras/../../api/whoami-v2",
+    "hf://acme/loras/%2e%2e/%2E%2E/api/whoami-v2",
+    "hf://../../api/whoami-v2/x",
+    "hf://datasets/acme/../../../api/whoami-v2",
+    "hf://acme/loras?x=1/w.safetensors",
+])
+def test_hf_paths_cannot_climb_to_other_hub_routes(server, tmp_path, monkeypatch, url):
+    monkeypatch.setenv("HF_ENDPOINT", server.url(""))
+    monkeypatch.setenv("HF_TOKEN", "hf_TestToken1234567890")
+    before = len(server.requests)
+    _download_error(url, tmp_path / "x", max_bytes=MB)
+    assert len(server.requests) == before  # refused before anything was sent
+
+
+def test_debug_logs_never_print_a_dataset_urls_signature(server, tmp_path, caplog):
+    import logging
+
+    from common.redaction import RedactingFormatter
+
+    url, _ = _route(server, "dataset.zip", b"zip bytes")
+    signed = url + "?X-Amz-Credential=AKIDEXAMPLE%2F20261202&X-Amz-Signature=0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+    with caplog.at_level(logging.DEBUG):
+        download(signed, tmp_path / "dataset.zip", max_bytes=MB)
+    lines = "\n".join(RedactingFormatter("%(name)s %(message)s").format(r) for r in caplog.records)
+    assert "urllib3" in lines and "/dataset.zip?" in lines  # urllib3 logs the request line at DEBUG
+    assert "0f1e2d3c4b5a" not in lines and "AKIDEXAMPLE" not in lines
+
+
 # --- hf:// and s3:// -----------------------------------------------------------------------------
 
 def test_hf_url_resolves_on_the_endpoint_with_token_dropped_on_cdn_redirect(server, tmp_path, monkeypatch):

@@ -82,6 +82,17 @@ def test_trainer_job_followed_to_completion_prints_the_download_url(capsys):
     no_key(r)
 
 
+def test_following_rides_out_a_network_outage(api, capsys):
+    """Lost answers while following a long job are polled through (and said), not the end of the follow."""
+    r = run_cli(capsys, "runpod", "run", "slow", "--data", '{"seconds": 1}', "--json")
+    job_id = r.json["id"]
+    api.inject(0, 4)  # more lost answers in a row than one call's quick retries
+    r = run_cli(capsys, "runpod", "status", "slow", job_id, "--wait", "--poll", "0.05", "--json")
+    assert r.code == 0, r.err
+    assert r.json["status"] == "COMPLETED"
+    assert "polling on through the outage" in r.err and "reachable again" in r.err
+
+
 def test_async_run_then_status_wait_json(capsys, tmp_path):
     job_file = tmp_path / "job.json"
     job_file.write_text(json.dumps({"input": {"model_type": "sdxl"}, "policy": {"executionTimeout": 900000}}))

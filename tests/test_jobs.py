@@ -209,3 +209,16 @@ def test_to_thread_stoppable_tells_the_thread_when_nobody_waits_any_more():
         return await asyncio.to_thread(stopped.wait, 5)
 
     assert asyncio.run(go()) is True
+
+
+def test_progress_from_a_thread_without_the_jobs_context_still_masks_its_secrets():
+    from common.redaction import register_secret, secret_scope
+
+    with secret_scope():
+        register_secret("job-only-secret-99")
+        progress = Progress({"id": "j"}, min_interval=0, send_to_runpod=False)
+    # e.g. boto3's transfer threads, which report bytes sent and never saw the job's context
+    worker = threading.Thread(target=lambda: progress.update("upload", 10, "key job-only-secret-99 in use"))
+    worker.start()
+    worker.join()
+    assert progress.sent[0]["message"] == "key *** in use"

@@ -220,3 +220,13 @@ def test_signature_values_echoed_by_a_storage_server_are_masked():
         register_secret(url)
         out = redact_text(body)
     assert "5d672d79" not in out and "AKIDEXAMPLE0" not in out and "SignatureDoesNotMatch" in out
+
+
+def test_a_secret_containing_another_is_masked_whole_across_scopes(monkeypatch):
+    from common.redaction import secret_scope
+
+    monkeypatch.setenv("LONG_SERVICE_TOKEN", "prefix12-and-the-rest-of-it")
+    register_env_secrets()
+    with secret_scope():
+        register_secret("prefix12")  # the job's secret is the start of the environment's
+        assert redact_text("x prefix12-and-the-rest-of-it y") == f"x {MASK} y"

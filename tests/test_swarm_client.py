@@ -41,7 +41,7 @@ def wait_port(port: int, timeout: float = 20) -> None:
 
 
 def start_fake(tmp: Path, *, required_auth: str = "", bypass_ips: str | None = None,
-               env: dict | None = None) -> tuple[subprocess.Popen, str]:
+               env: dict | None = None, backends_fds: str | None = None) -> tuple[subprocess.Popen, str]:
     models = tmp / "models"
     (models / "Stable-Diffusion" / "OfficialStableDiffusion").mkdir(parents=True, exist_ok=True)
     (models / "Stable-Diffusion" / "OfficialStableDiffusion" / "sd_xl_base_1.0.safetensors").write_bytes(b"x")
@@ -51,10 +51,13 @@ def start_fake(tmp: Path, *, required_auth: str = "", bypass_ips: str | None = N
     (models / "Lora" / "style.safetensors").write_bytes(b"x")
     fake.write_settings(tmp / "Data", model_root=models, output_dir=tmp / "Output", required_auth=required_auth,
                         bypass_ips=bypass_ips)
+    if backends_fds is not None:
+        (tmp / "Data" / "Backends.fds").write_text(backends_fds)
     port = free_port()
     cmd = fake.launch_command().format(port=port, data_dir=tmp / "Data", settings_file=tmp / "Data/Settings.fds",
                                        backends_file=tmp / "Data/Backends.fds").split()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+    env = {"FAKE_SWARMUI_WS_CLOSE_WAIT": "0.05", **(env or {})}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     wait_port(port)
     return proc, f"http://127.0.0.1:{port}"
@@ -237,3 +240,117 @@ def test_unreachable_server_and_param_validation():
         params_for({"prompt": "x", "videomodel": "wan"})
     assert isinstance(params_for({"prompt": "x", "customparam": 5}), T2IParams)
     assert params_for({"prompt": "x", "customparam": 5}).to_body()["customparam"] == 5
+
+
+def test_websocket_outputs_follow_batch_index_and_discard_indices(swarm):
+    """SwarmUI sends flat image messages in the order images finish, then `discard_indices`."""
+    url, _ = swarm
+
+    async def go(prompt, websocket=True):
+        events = []
+        async with SwarmUIClient(url) as c:
+            result = await c.generate({"prompt": prompt, "images": 3, "steps": 1, "seed": 10}, websocket=websocket,
+                                      on_event=events.append)
+        return result, events
+
+    result, events = run(go("FAKE_OUT_OF_ORDER"))
+    images = [e for e in events if "image" in e]
+    assert [e["batch_index"] for e in images] == ["2", "1", "0"] and all(e["request_id"] for e in images)
+    assert [json.loads(m)["sui_image_params"]["seed"] for m in result.metadata] == [10, 11, 12]
+    tail = [next(iter(e)) for e in events[-4:]]
+    assert tail == ["keep_alive", "discard_indices", "socket_intention", "status"]
+
+    kept, _ = run(go("FAKE_DISCARD_FIRST"))
+    assert len(kept.outputs) == 2 and [json.loads(m)["sui_image_params"]["seed"] for m in kept.metadata] == [11, 12]
+    over_http, _ = run(go("FAKE_DISCARD_FIRST", websocket=False))
+    assert len(over_http.outputs) == 2
+
+
+def test_api_framework_errors_as_swarmui_answers_them(swarm):
+    url, _ = swarm
+
+    async def go():
+        async with SwarmUIClient(url) as c:
+            sid = await c.session_id()
+        async with aiohttp.ClientSession() as s:
+            async def post(route, **kw):
+                async with s.post(f"{url}/API/{route}", allow_redirects=False, **kw) as r:
+                    return r.status, (await r.json() if r.content_type == "application/json" else r.headers)
+
+            return {
+                "no_session": await post("ListBackends", json={}),
+                "bad_route": await post("NoSuchRoute", json={"session_id": sid}),
+                "bad_route_unknown_session": await post("NoSuchRoute", json={"session_id": "NOPE"}),
+                "text_body": await post("ListBackends", data=json.dumps({"session_id": sid}),
+                                        headers={"Content-Type": "text/plain"}),
+                "ws_route_over_http": await post("GenerateText2ImageWS", json={"session_id": sid, "images": 1}),
+                "backends": await post("ListBackends", json={"session_id": sid}),
+            }, await s.get(f"{url}/API/ListBackends", allow_redirects=False)
+
+    out, get = run(go())
+    assert out["no_session"] == (400, {"error_id": "basic_api", "error": "missing session id"})
+    assert out["bad_route"][0] == 400 and out["bad_route"][1]["error_id"] == "bad_route"
+    assert out["bad_route_unknown_session"][0] == 401  # the session is checked before the route
+    assert out["text_body"][0] == 400 and out["text_body"][1]["error_id"] == "basic_api"
+    assert out["ws_route_over_http"][1]["error_id"] == "bad_request_method"
+    assert get.status == 302 and get.headers["Location"] == "/Error/NoGetAPI"
+    backend = out["backends"][1]["0"]
+    for key in ("type", "status", "id", "settings", "modcount", "features", "enabled", "title", "max_usages",
+                "seconds_since_used", "time_since_used", "can_load_models"):
+        assert key in backend, key
+    assert backend["type"] == "comfyui_selfstart" and backend["max_usages"] == 0
+
+
+def test_sessions_survive_a_restart_in_the_same_data_folder(tmp_path):
+    async def new_session(url):
+        async with SwarmUIClient(url) as c:
+            return await c.session_id()
+
+    async def valid(url, sid):
+        async with aiohttp.ClientSession() as s, s.post(f"{url}/API/GetCurrentStatus",
+                                                        json={"session_id": sid}) as r:
+            return r.status
+
+    proc, url = start_fake(tmp_path)
+    sid = run(new_session(url))
+    proc.terminate()
+    proc.wait(10)
+    proc, url = start_fake(tmp_path)
+    try:
+        assert run(valid(url, sid)) == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _backend_status(tmp: Path, backends_fds: str) -> str:
+    proc, url = start_fake(tmp, backends_fds=backends_fds)
+    try:
+        with SyncSwarmUIClient(url) as c:
+            return c.list_backends()["0"]["status"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize(("extra_args", "status"), [
+    ('""', "errored"),  # FDS keeps the quotes: ComfyUI gets an empty argument and exits
+    ("--bogus-flag", "errored"),
+    ("--cpu", "running"),
+    ("\\x", "running"),  # FDS's way to write an empty value
+    (None, "running"),
+])
+def test_stand_in_refuses_comfyui_arguments_comfyui_would_refuse(tmp_path, extra_args, status):
+    lines = ["0:", "\ttype: comfyui_selfstart", "\ttitle: ComfyUI", "\tenabled: true", "\tsettings:",
+             "\t\tStartScript: dlbackend/ComfyUI/main.py"]
+    if extra_args is not None:
+        lines.append(f"\t\tExtraArgs: {extra_args}")
+    assert _backend_status(tmp_path, "\n".join(lines) + "\n") == status
+
+
+def test_fds_parsing_follows_frenetic_utilities():
+    parsed = fake.parse_fds('a: ""\nb: x\\sy\\tz\nsec:\n\tc: \\x  padded\\x\n\td: 1\ne= aGk=\n# comment\n')
+    assert parsed == {"a": '""', "b": "x\\y\tz", "sec": {"c": "  padded", "d": "1"}, "e": b"hi"}
+    with pytest.raises(fake.FDSError, match="Spacing grew"):
+        fake.parse_fds("a: 1\n\t\tb: 2\n")
+    assert fake.dotnet_split_args('"" --port 5 "a b"') == ["", "--port", "5", "a b"]

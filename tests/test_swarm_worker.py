@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -140,6 +142,11 @@ def test_generate_text_to_image_inline(worker):
     _, tmp = worker
     assert not list((tmp / "work" / "Output").rglob("*a red fox*"))
     assert len(list((tmp / "job-outputs" / "gen-t2i").iterdir())) == 2
+    # outputs in batch order with their metadata, whatever order SwarmUI finished them in
+    assert [o["metadata"]["sui_image_params"]["seed"] for o in out["outputs"]] == [7, 8]
+    shuffled = call({"action": "generate", "params": {"prompt": "FAKE_OUT_OF_ORDER", "steps": 1, "images": 3,
+                                                      "seed": 1}}, "gen-order")
+    assert [o["metadata"]["sui_image_params"]["seed"] for o in shuffled["outputs"]] == [1, 2, 3]
 
 
 def test_cancelled_generate_job_interrupts_its_generation_alone(worker):
@@ -240,10 +247,13 @@ def test_status_reports_swarmui_and_lease(worker):
 
 def test_swarmui_settings_close_the_loopback_bypass(worker):
     env, tmp = worker
-    settings = fake.parse_fds((tmp / "work" / "Data" / "Settings.fds").read_text())
-    assert settings["Network"]["AuthBypassIPs"] == "" and settings["Network"]["RequiredAuthorization"].startswith(
+    text = (tmp / "work" / "Data" / "Settings.fds").read_text()
+    settings = fake.parse_fds(text)
+    assert settings["Network"]["AuthBypassIPs"] == "none" and settings["Network"]["RequiredAuthorization"].startswith(
         "Bearer ")
+    assert settings["Network"]["PortCanChange"] == "false"
     assert settings["Paths"]["ModelRoot"] == str(tmp / "work" / "model_tree")
+    assert '""' not in text
 
     async def direct():
         async with SwarmUIClient(f"http://127.0.0.1:{env['SWARMUI_INTERNAL_PORT']}") as c:
@@ -271,27 +281,27 @@ async def _collect_lease(job_input: dict, during=None) -> tuple[list[dict], floa
     return items, time.monotonic() - start
 
 
-def test_lease_startup_grace_expires_and_busy(worker):
+def test_lease_startup_grace_expires_and_a_second_lease_waits(worker):
     async def go():
-        async def second(first):
-            return await _collect_lease({})
-
         from handlers.swarm_worker.handler import lease_session
 
         gen = lease_session({"id": "l1", "input": {"action": "lease", "idle_seconds": 5,
                                                     "startup_grace_seconds": 1.5, "max_lease_seconds": 60}})
         first = await gen.__anext__()
-        busy, _ = await _collect_lease({})
+        # taken in the same batch as the first: it waits for the worker instead of failing the job
+        second = asyncio.create_task(_collect_lease({"startup_grace_seconds": 0.5}))
         rest = [item async for item in gen]
-        return first, busy, rest
+        first_ended = time.monotonic()
+        items, _ = await second
+        return first, rest, first_ended, items
 
-    first, busy, rest = asyncio.run(go())
+    first, rest, first_ended, second = asyncio.run(go())
     assert first["protocol"] == 2 and first["success"] is True and len(first["token"]) >= 60
     assert first["startup_grace_seconds"] == 1.5 and first["idle_seconds"] == 5 and first["max_lease_seconds"] == 60
     assert set(first) >= {"public_url", "token", "worker_id", "version", "lease"}
-    assert busy == [{"success": False, "error": f"this worker already holds lease {first['lease']}",
-                     "error_id": "lease_busy", "worker_id": first["worker_id"]}]
     assert rest[-1]["released"] is True and rest[-1]["reason"] == "startup_grace_expired"
+    assert second[0]["success"] is True and second[0]["lease"] == first["lease"] + 1
+    assert second[0]["token"] != first["token"] and second[-1]["reason"] == "startup_grace_expired"
 
 
 def test_lease_idle_release_revokes_token_and_wipes_outputs(worker):
@@ -518,3 +528,187 @@ def test_default_launch_command_uses_the_image_install(tmp_path, monkeypatch):
     monkeypatch.setenv("SWARM_ACCESS_TOKEN", "short")
     with pytest.raises(ValueError, match="SWARM_ACCESS_TOKEN"):
         WorkerConfig.from_env()
+
+
+# -- SwarmUI as it really behaves (issue 15) ----------------------------------------------------------------
+
+
+def test_backends_fds_leaves_empty_values_out_and_comfyui_starts(worker):
+    env, tmp = worker
+    assert call({"action": "ready"})["ready"] is True
+    text = (tmp / "work" / "Data" / "Backends.fds").read_text()
+    settings = fake.parse_fds(text)["0"]["settings"]
+    assert "ExtraArgs" not in settings and '""' not in text  # FDS has no quoting: "" would reach ComfyUI
+    assert settings["StartScript"] == "dlbackend/ComfyUI/main.py"
+    assert fake.comfy_launch_error(settings, 7820, tmp) is None
+    backends = asyncio.run(runtime().call(runtime().process.client.list_backends()))
+    assert backends["0"]["status"] == "running"
+
+
+def test_fds_values_survive_the_round_trip():
+    from handlers.swarm_worker.swarm_files import backends_fds, fds
+
+    data = {"A": "C:\\models\\x", "B": " padded ", "C": "tab\there", "D": "", "E": None, "F": True,
+            "S": {"Inner": 3, "Empty": {}}}
+    assert fake.parse_fds(fds(data)) == {"A": "C:\\models\\x", "B": " padded ", "C": "tab\there", "F": "true",
+                                         "S": {"Inner": "3"}}
+    with pytest.raises(ValueError, match="plain name"):
+        fds({"a:b": 1})
+    assert fake.parse_fds(backends_fds("--cpu"))["0"]["settings"]["ExtraArgs"] == "--cpu"
+
+
+def test_worker_refuses_to_start_on_a_taken_port(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with configured_worker(tmp_path, SWARMUI_INTERNAL_PORT=str(port), SWARMUI_STARTUP_TIMEOUT="8",
+                               SWARMUI_MAX_RESTARTS="0"):
+            ready = call({"action": "ready"})
+    # with PortCanChange SwarmUI would have moved to the next port and the worker waited on the wrong one
+    assert ready["ready"] is False and "exited with code 1 while starting" in ready["error"]
+
+
+def test_a_very_long_log_line_does_not_stall_swarmui(tmp_path):
+    with configured_worker(tmp_path, FAKE_SWARMUI_LONG_LOG_LINE=str(400_000), SWARMUI_STARTUP_TIMEOUT="10"):
+        assert call({"action": "ready"})["ready"] is True
+        tail = runtime().process.tail(50)
+        assert any(line.endswith("…(line cut)") and len(line) < 5000 for line in tail)
+        assert (tmp_path / "work" / "swarmui.log").stat().st_size > 400_000  # the log file keeps it all
+
+
+def test_a_failed_status_check_counts_as_busy(worker):
+    assert call({"action": "ready"})["ready"] is True
+    rt = runtime()
+
+    async def failing():
+        raise SwarmUIError("HTTP 500", status=500, route="GetGlobalStatus")
+
+    async def check():
+        original = rt.process.client.global_status
+        rt.process.client.global_status = failing
+        try:
+            return await rt.swarm_busy()
+        finally:
+            rt.process.client.global_status = original
+
+    assert asyncio.run(rt.call(check())) is True
+
+
+def test_refresh_waits_out_swarmuis_debounce_and_may_take_long(tmp_path):
+    # SwarmUI skips TriggerRefresh within its debounce of its start or of the last refresh, and a real
+    # refresh outlasts the ordinary API timeout (here 1 s against a 2 s rescan).
+    token = "refresh-test-token-0123456789"
+    with configured_worker(tmp_path, FAKE_SWARMUI_REFRESH_DEBOUNCE="3", SWARMUI_REFRESH_DEBOUNCE_SECONDS="3",
+                           FAKE_SWARMUI_REFRESH_SECONDS="2", SWARMUI_HTTP_TIMEOUT="1",
+                           SWARM_ACCESS_TOKEN=token) as env:
+        assert call({"action": "ready"})["ready"] is True
+        models = tmp_path / "volume" / "SwarmUI" / "Models"
+        (models / "Lora" / "fresh.safetensors").write_bytes(b"w")
+        out = call({"action": "models", "subtypes": ["LoRA"]})
+        assert out["success"] is True and "fresh.safetensors" in out["models"]["LoRA"]
+        # a generation naming a model put on the volume since is refreshed for, not refused
+        (models / "Stable-Diffusion" / "late_model.safetensors").write_bytes(b"w")
+        gen = call({"action": "generate", "params": {"prompt": "x", "model": "late_model", "steps": 1}})
+        assert gen["success"] is True, gen
+
+        # a client's own TriggerRefresh through the gateway, right after the worker's refresh
+        (models / "Lora" / "for_the_client.safetensors").write_bytes(b"w")
+
+        async def client_refresh():
+            async with SwarmUIClient(f"http://127.0.0.1:{env['SWARM_PUBLIC_PORT']}", token=token) as c:
+                await c.trigger_refresh(timeout=30)
+                return (await c.list_models("LoRA")).names
+
+        assert "for_the_client.safetensors" in asyncio.run(client_refresh())
+
+
+def test_lease_end_interrupts_the_leases_generations_only(worker):
+    from handlers.swarm_worker.handler import handler
+
+    async def live_gens() -> int:
+        rt = runtime()
+        return (await rt.call(rt.process.client.global_status()))["status"]["live_gens"]
+
+    async def go():
+        rt = runtime()
+        job = asyncio.create_task(handler({"id": "gen-beside-lease", "input": {"action": "generate", "params": {
+            "prompt": "beside the lease", "model": SDXL, "steps": 150}}}))  # 1.5 s
+        lease_task = asyncio.create_task(handler({"id": "lease-x", "input": {
+            "action": "lease", "idle_seconds": 60, "startup_grace_seconds": 60}}))
+        deadline = time.monotonic() + 10
+        while (rt.lease is None or rt.lease.published is None) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        client = SwarmUIClient(rt.cfg.public_base_url(), token=rt.lease.token)
+        leased = asyncio.create_task(client.generate({"prompt": "the lease's", "steps": 2000}))  # 20 s
+        while await live_gens() < 2:
+            assert time.monotonic() < deadline, "both generations should be running"
+            await asyncio.sleep(0.02)
+        lease_task.cancel()  # the client released its lease
+        with pytest.raises(asyncio.CancelledError):
+            await lease_task
+        with pytest.raises(SwarmUIError):
+            await leased  # its socket was closed with the lease
+        await client.close()
+        out = await job
+        await asyncio.sleep(0.1)
+        return out, await live_gens()
+
+    assert call({"action": "ready"})["ready"] is True
+    out, live = asyncio.run(go())
+    assert out["success"] is True  # the generate job beside the lease was not interrupted
+    assert live == 0  # the lease's generation stopped instead of running its 20 s
+
+
+# -- the image build's pre-warm (against the stand-in: no GPU, SwarmUI's first-start installs) -----------
+
+
+def _prewarm(tmp: Path, **extra: str) -> subprocess.CompletedProcess:
+    from tests.swarm_helpers import ROOT, worker_env
+
+    (tmp / "t").mkdir(exist_ok=True)
+    env = {**os.environ, **worker_env(tmp), "FAKE_SWARMUI_NO_GPU": "1", "FAKE_SWARMUI_LIB_DIR": str(tmp / "lib"),
+           "TMPDIR": str(tmp / "t"), **extra}
+    return subprocess.run([sys.executable, "-m", "handlers.swarm_worker.prewarm", "--timeout", "20"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_prewarm_boots_on_the_cpu_and_leaves_nothing_to_install(tmp_path):
+    proc = _prewarm(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "first boot installed 3 package(s): Installing 'rembg'" in proc.stderr
+    assert "ComfyUI arguments for this boot: --cpu" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "lib").iterdir()) == ["onnxruntime", "rembg", "ultralytics"]
+    assert not list((tmp_path / "t").iterdir())  # its data folder and logs are gone
+
+
+def test_prewarm_fails_the_build_when_swarmui_would_still_install_at_start(tmp_path):
+    proc = _prewarm(tmp_path, FAKE_SWARMUI_PIP_OFFLINE="1")
+    assert proc.returncode == 1
+    assert "SwarmUI still installs at start after the pre-warm boot" in proc.stderr
+    assert "Installing 'rembg'" in proc.stderr
+
+
+def test_prewarm_fails_the_build_when_swarmui_does_not_come_up(tmp_path):
+    proc = _prewarm(tmp_path, FAKE_SWARMUI_FAIL_START="1")
+    assert proc.returncode == 1 and "pre-warm failed: SwarmUI exited with code 1 while starting" in proc.stderr
+    assert "simulated startup failure" in proc.stderr  # SwarmUI's own last lines, for the build log
+
+
+def test_prewarm_cpu_flag_is_for_that_boot_only(tmp_path, monkeypatch):
+    from handlers.swarm_worker.config import WorkerConfig
+    from handlers.swarm_worker.prewarm import installs_in, prewarm_config
+
+    monkeypatch.setenv("SWARMUI_COMFY_EXTRA_ARGS", "--lowvram")
+    monkeypatch.setenv("SWARMUI_DIR", "/opt/SwarmUI")
+    monkeypatch.delenv("SWARMUI_LAUNCH_CMD", raising=False)
+    runtime_cfg = WorkerConfig.from_env()
+    cfg = prewarm_config(runtime_cfg, tmp_path, 900)
+    assert cfg.comfy_extra_args == "--lowvram --cpu" and runtime_cfg.comfy_extra_args == "--lowvram"
+    assert cfg.launch_cmd.endswith("--loglevel Debug") and cfg.model_roots == [Path("/opt/SwarmUI/Models")]
+    assert installs_in(["12:00:00.000 [Debug] [Load ComfyUI Self-Starting #0] Updating 'av' for ComfyUI...",
+                        "12:00:01.000 [Debug] [Load ComfyUI Self-Starting #0] Done Updating 'av' for ComfyUI.",
+                        "12:00:01.000 [Debug] [Load ComfyUI Self-Starting #0] Will validate required libs..."]) == [
+        "Updating 'av'"]

@@ -156,7 +156,7 @@ def invalid(raw: dict) -> str:
     ({"model_type": "sdxl", "dataset": IMG, "training": {"epochs": 0}}, "training.epochs"),
     ({"model_type": "sdxl", "dataset": IMG, "training": {"lora_dtype": "int4"}}, "training.lora_dtype"),
     ({"model_type": "sdxl", "dataset": IMG, "training": {"frame_buckets": [1, 33]}}, "SDXL is an image model"),
-    ({"model_type": "sdxl", "dataset": IMG, "training": {"weird": {"x": 1}}}, "weird: only"),
+    ({"model_type": "sdxl", "dataset": IMG, "training": {"weird": {"x": 1}}}, "weird: diffusion-pipe reads no such key"),
     ({"model_type": "sdxl", "dataset": IMG, "bogus": 1}, "bogus: unknown field"),
     ({"model_type": "sdxl", "dataset": IMG, "resume": "../etc"}, "resume: must be a job id"),
 ])
@@ -169,3 +169,88 @@ def test_bad_requests_name_field_and_reason(raw, expected, monkeypatch):
 def test_secret_values_are_not_echoed_in_errors():
     msg = invalid({"model_type": "sdxl", "dataset": IMG, "api_keys": {"gemini_api_key": 12345678901}})
     assert "12345678901" not in msg and "api_keys.gemini_api_key" in msg
+
+
+# --- routing: every key to where diffusion-pipe reads it (handlers/diffusion_pipe_trainer/engine_keys.py) --------
+
+def test_model_and_dataset_keys_are_routed_where_the_engine_reads_them():
+    cfg, ds = render("sdxl", {"debiased_estimation_loss": True, "min_snr_gamma": 5, "skip_empty_caption": False,
+                              "cache_shuffle_num": 2, "lr_scheduler": "linear", "huber_delta": 0.5})
+    assert cfg["model"]["debiased_estimation_loss"] is True and cfg["model"]["min_snr_gamma"] == 5  # models/sdxl.py
+    assert ds["skip_empty_caption"] is False and ds["cache_shuffle_num"] == 2  # utils/dataset.py
+    assert cfg["lr_scheduler"] == "linear" and cfg["huber_delta"] == 0.5  # top level
+    for key in ("debiased_estimation_loss", "skip_empty_caption", "cache_shuffle_num", "min_snr_gamma"):
+        assert key not in {k for k, v in cfg.items() if not isinstance(v, dict)}
+    cfg, ds = render("wan13", {"text_encoder_fp8": True, "cache_text_embeddings": False, "min_t": 0.1,
+                               "size_buckets": [[512, 512, 1], [512, 512, 33]], "model": {"shift": 3.0}})
+    assert cfg["model"]["text_encoder_fp8"] is True and cfg["model"]["cache_text_embeddings"] is False
+    assert cfg["model"]["min_t"] == 0.1 and cfg["model"]["shift"] == 3.0
+    assert ds["size_buckets"] == [[512, 512, 1], [512, 512, 33]] and "size_buckets" not in cfg
+
+
+@pytest.mark.parametrize("model_type, training, expected", [
+    # keys the engine reads nowhere, or not for this model
+    ("sdxl", {"transformer_dtype": "float8"}, "training.transformer_dtype: diffusion-pipe's sdxl model reads no"),
+    ("sdxl", {"model": {"flux_shift": True}}, "training.model.flux_shift: diffusion-pipe's sdxl model reads no"),
+    ("flux", {"min_t": 0.2}, "training.min_t: diffusion-pipe's flux model reads no such key"),
+    ("qwen", {"text_encoder_fp8": True}, "diffusion-pipe's qwen_image model reads no such key"),
+    ("sdxl", {"learning_rte": 1e-4}, "learning_rte: diffusion-pipe reads no such key"),
+    ("sdxl", {"regenerate_cache": True}, "regenerate_cache: not accepted, train.py:305-308"),
+    ("sdxl", {"steps_per_print": 10}, "steps_per_print: not accepted"),
+    ("sdxl", {"eval_every_n_epochs": 1}, "eval_every_n_epochs: not accepted, evaluation"),
+    ("sdxl", {"micro_batch_size_per_gpu": 2}, "use training.batch_size"),
+    # worker-owned paths
+    ("qwen", {"vae_path": "/etc"}, "vae_path: not accepted, the worker fetches the weights"),
+    ("qwen", {"text_encoder_path": "/x"}, "text_encoder_path: not accepted"),
+    ("wan13", {"model": {"llm_path": "/x"}}, "model.llm_path: not accepted"),
+    ("wan13", {"transformer_path": "/x"}, "transformer_path: not accepted"),
+    ("flux", {"model": {"transformer_path": "/x"}}, "model.transformer_path: not accepted"),
+    ("sdxl", {"model": {"checkpoint_path": "/x"}}, "model.checkpoint_path: not accepted"),
+    ("sdxl", {"adapter": {"init_from_existing": "/runpod-volume/other/epoch3"}}, "adapter.init_from_existing"),
+    ("flux", {"adapter": {"fuse_adapters": [{"path": "/x"}]}}, "adapter.fuse_adapters: not accepted"),
+    ("z_image_turbo", {"model": {"merge_adapters": ["/x"]}}, "model.merge_adapters: not accepted"),
+    # engine limits
+    ("sdxl", {"resolutions": [512, 640, 768, 896]}, "resolutions: a list of 1 to 3 sizes"),
+    ("sdxl", {"adapter": {"type": "lokr"}}, "SDXL cannot save a LoKr adapter"),
+    ("flux", {"adapter": {"type": "lokr"}}, "Flux cannot save a LoKr adapter"),
+    ("sdxl", {"adapter": {"type": "dora"}}, "adapter.type: must be 'lora' or 'lokr'"),
+    ("sdxl", {"lr_scheduler": "onecycle"}, "lr_scheduler: must be one of"),
+    ("sdxl", {"blocks_to_swap": 4, "pipeline_stages": 2}, "blocks_to_swap: diffusion-pipe swaps blocks only"),
+    # optimizers: names train.py knows, and only the keyword arguments each takes
+    ("sdxl", {"optimizer_type": "Lion"}, "training.optimizer_type: must be one of the optimizers"),
+    ("sdxl", {"optimizer": {"type": "os.system"}}, "optimizer.type: must be one of the optimizers"),
+    ("sdxl", {"optimizer_type": "sgd", "optimizer_betas": [0.9, 0.9]}, "the sgd optimizer takes no 'betas'"),
+    ("sdxl", {"optimizer_type": "automagic", "optimizer_eps": 1e-6}, "the automagic optimizer takes no 'eps' in this form"),
+    ("sdxl", {"optimizer": {"momentum": 0.9}}, "training.optimizer.momentum: the adamw_optimi optimizer takes no"),
+    ("sdxl", {"optimizer": {"lr": 1}}, "optimizer.lr: use training.learning_rate"),
+    # bounds on every count
+    ("sdxl", {"max_steps": 10**9}, "training.max_steps"),
+    ("sdxl", {"caching_batch_size": 1000}, "training.caching_batch_size"),
+    ("wan13", {"frame_buckets": list(range(1, 40))}, "training.frame_buckets"),
+    ("wan13", {"frame_buckets": [1, 100000]}, "training.frame_buckets"),
+    ("sdxl", {"resolutions": [100000]}, "resolutions: each entry is a size from 64 to 4096"),
+    ("sdxl", {"blocks_to_swap": 10**6}, "blocks_to_swap: must be a number from 0 to 200"),
+    ("sdxl", {"num_ar_buckets": 10**6}, "num_ar_buckets: must be a number from 1 to 64"),
+    ("sdxl", {"partition_split": list(range(100))}, "partition_split: at most 64 entries"),
+    ("sdxl", {"warmup_steps": 10**8}, "training.warmup_steps"),
+])
+def test_keys_the_engine_would_ignore_or_fail_on_are_refused(model_type, training, expected):
+    ds = VID if model_type == "wan14b_i2v" else IMG
+    assert expected in invalid({"model_type": model_type, "dataset": ds, "training": training, "api_keys": KEYS})
+
+
+@pytest.mark.parametrize("optimizer, written", [
+    ("adamw_optimi", {"betas", "eps", "weight_decay"}),
+    ("AdamW8bitKahan", {"betas", "eps", "weight_decay"}),
+    ("sgd", {"weight_decay"}),
+    ("automagic", {"weight_decay"}),  # automagic's eps is a pair (optimizers/automagic.py:42)
+])
+def test_optimizer_table_holds_only_what_its_constructor_takes(optimizer, written):
+    cfg, _ = render("sdxl", {"optimizer_type": optimizer})
+    assert set(cfg["optimizer"]) == {"type", "lr"} | written
+    assert cfg["optimizer"]["type"] == optimizer
+
+
+def test_lokr_is_accepted_where_the_model_saves_it():
+    cfg, _ = render("wan13", {"adapter": {"type": "lokr", "decompose_factor": 4}})
+    assert cfg["adapter"]["type"] == "lokr" and cfg["adapter"]["decompose_factor"] == 4

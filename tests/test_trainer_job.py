@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import time
 from pathlib import Path
 
@@ -193,7 +195,7 @@ def test_hang_past_timeout_is_a_timeout(trainer_env, dataset_server, monkeypatch
     monkeypatch.setenv("FAKE_DIFFUSION_PIPE_MODE", "hang")
     seed_weights(trainer_env, "z_image_turbo")
     url = dataset_server.put_zip("hang.zip", image_zip(2, captioned=(0, 1)))
-    res = run_handler({"model_type": "z_image_turbo", "timeout_s": 4,
+    res = run_handler({"model_type": "z_image_turbo", "timeout_s": 4, "training": {"gradient_accumulation_steps": 1},
                        "dataset": {"type": "precaptioned", "images_url": url}}, job_id="hang")
     assert res["error_code"] == "timeout" and "time limit" in res["error"], res
 
@@ -236,7 +238,7 @@ def test_upload_after_training_is_not_cut_off_by_the_time_limit(trainer_env, dat
     seed_weights(trainer_env, "sdxl")
     put_server.delay_s = 6.0  # training ends inside the limit, the upload's answer arrives after it
     url = dataset_server.put_zip("quick.zip", image_zip(2, captioned=(0, 1)))
-    res = run_handler({"model_type": "sdxl", "timeout_s": 6, "training": {"epochs": 1},
+    res = run_handler({"model_type": "sdxl", "timeout_s": 6, "training": {"epochs": 1, "gradient_accumulation_steps": 1},
                        "dataset": {"type": "precaptioned", "images_url": url},
                        "output": {"upload_url": put_server.url("late.zip")}}, job_id="late-upload")
     assert res.get("status") == "success", res
@@ -278,6 +280,8 @@ def test_resume_continues_the_last_checkpoint(trainer_env, dataset_server, put_s
                          "training": {"epochs": 3, "gradient_accumulation_steps": 1, "checkpoint_every_n_epochs": 1,
                                       "save_every_n_epochs": 1}}, job_id="first")
     assert first["error_code"] == "engine_failed"
+    run_dir = next((trainer_env / "training_outputs" / "first").iterdir())
+    (run_dir / "epoch3" / "tmp").mkdir(parents=True)  # a kill while saving epoch 3 would leave this behind
     monkeypatch.setenv("FAKE_DIFFUSION_PIPE_MODE", "success")
     before = len(dataset_server.requests)
     res = run_handler({"model_type": "sdxl", "resume": "first",
@@ -288,6 +292,7 @@ def test_resume_continues_the_last_checkpoint(trainer_env, dataset_server, put_s
     assert len(dataset_server.requests) == before  # the earlier job's dataset is reused
     assert res["latest_epoch"] == "epoch3" and res["saved_epochs"] == ["epoch2", "epoch3"]
     assert res["dataset"]["resumed_from"] == "first"
+    assert any("removed half-written saves" in w and "epoch3" in w for w in res["warnings"])
     log = (trainer_env / "jobs" / "second" / "logs" / "train.log").read_text()
     assert "Resuming training from checkpoint. Resuming at epoch: 2, step: 5" in log
     assert "training_outputs/first/" in res["output"]["network_volume_path"]
@@ -417,11 +422,11 @@ def test_video_lengths_are_checked_against_the_frame_buckets(trainer_env, datase
     mixed = {"long.mp4": mp4(1, frames=40), "long.txt": b"a", "short.mp4": mp4(2, frames=8), "short.txt": b"b"}
     res = job(mixed, "len-mixed")
     assert res["status"] == "dry_run", res
-    assert res["dataset"]["warnings"] == ["shorter than 33 frames at 16 fps, the engine will skip: short.mp4 (8 frames)"]
+    assert res["warnings"] == ["shorter than 33 frames at 16 fps, the engine will skip: short.mp4 (8 frames)"]
     res = job({"short.mp4": mp4(2, frames=8), "short.txt": b"b"}, "len-short")
     assert res["error_code"] == "invalid_input" and "lower training.frame_buckets" in res["error"], res
     res = job({"short.mp4": mp4(2, frames=8), "short.txt": b"b"}, "len-ok", frame_buckets=[1, 5])
-    assert res["status"] == "dry_run" and res["dataset"]["warnings"] == []
+    assert res["status"] == "dry_run" and res["warnings"] == []
     res = job({"broken.mp4": b"\x00\x00\x00\x18ftypmp42 truncated", "broken.txt": b"c"}, "len-broken")
     assert res["error_code"] == "invalid_input" and "cannot be read: broken.mp4" in res["error"], res
     res = job(mixed, "len-one", frame_buckets=[1])
@@ -437,10 +442,86 @@ def test_private_hub_dataset_is_read_with_the_jobs_token(trainer_env, hub_server
 
     api.upload_file(path_or_fileobj=make_zip(image_zip(2, captioned=(0, 1), nested=False)), path_in_repo="ds.zip",
                     repo_id="tester/private-ds")
-    job = {"model_type": "sdxl", "dry_run": True,
+    job = {"model_type": "sdxl", "dry_run": True, "training": {"gradient_accumulation_steps": 1},
            "dataset": {"type": "precaptioned", "images_url": "hf://tester/private-ds/ds.zip"}}
     res = run_handler(job, job_id="hf-ds-anon")
     assert res["error_code"] == "download_failed", res  # private: no token, no dataset
     res = run_handler({**job, "api_keys": {"huggingface_token": hub_server.token}}, job_id="hf-ds")
     assert res.get("status") == "dry_run", res
     assert res["dataset"]["images"] == 2 and hub_server.token not in json.dumps(res)
+
+
+# ---------------------------------------------------------------- engine conformance at job level
+
+
+def test_dry_run_shows_the_exact_command_and_the_images_that_never_train(trainer_env, dataset_server):
+    files = {f"wide_{i}.png": png(i, (80, 40)) for i in range(5)} | {"tall.png": png(9, (30, 60))}
+    files |= {name.replace(".png", ".txt"): b"ohwx, a photo" for name in list(files)}
+    url = dataset_server.put_zip("buckets.zip", files)
+    res = run_handler({"model_type": "sdxl", "dry_run": True, "dataset": {"type": "precaptioned", "images_url": url},
+                       "training": {"epochs": 2}}, job_id="buckets")
+    assert res["status"] == "dry_run", res
+    cmd = res["command"]
+    config = str(trainer_env / "jobs" / "buckets" / "config" / "config.toml")
+    assert cmd[1:3] == [str(Path(__file__).parent / "fakes" / "diffusion_pipe_train.py"), "--include=localhost:0"]
+    port = cmd[3].removeprefix("--master_port=")
+    assert cmd[4:] == ["train.py", "--deepspeed", "--config", config, f"--master_port={port}"]
+    # 5 wide images, global batch 1 x 4 accumulation: 4 train, 1 never; the tall one's bucket is dropped whole
+    assert res["estimated_steps_per_epoch"] == 1 and res["estimated_total_steps"] == 2
+    assert len(res["warnings"]) == 2 and all("never trained" in w for w in res["warnings"])
+    assert any(w.endswith("drops it whole: tall.png") for w in res["warnings"])
+    assert any(re.search(r"keeps 4 .* left out: wide_[0-4]\.png$", w) for w in res["warnings"]), res["warnings"]
+
+
+def test_wan_without_flash_attn_is_refused_before_any_download(trainer_env, dataset_server, monkeypatch):
+    """models/wan/attention.py asserts flash-attn 2 on Wan's path: found out now, not after the model download."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in os.environ["PYTHONPATH"].split(os.pathsep)
+                                                     if not p.endswith("engine-site")))
+    url = dataset_server.put_zip("noflash.zip", image_zip(4, captioned=(0, 1, 2, 3)))
+    before = len(dataset_server.requests)
+    res = run_handler({"model_type": "wan13", "dataset": {"type": "precaptioned", "images_url": url}},
+                      job_id="noflash")
+    assert res["error_code"] == "engine_failed" and "flash-attn" in res["error"], res
+    assert "No module named 'flash_attn'" in res["error"]
+    assert len(dataset_server.requests) == before
+    # a dry run still shows the configs, and says what a real job would meet
+    res = run_handler({"model_type": "wan13", "dry_run": True, "training": {"gradient_accumulation_steps": 1},
+                       "dataset": {"type": "precaptioned", "images_url": url}}, job_id="noflash-dry")
+    assert res["status"] == "dry_run" and any("refused: flash-attn" in w for w in res["warnings"]), res
+    # SDXL does not need it
+    res = run_handler({"model_type": "sdxl", "dry_run": True, "training": {"gradient_accumulation_steps": 1},
+                       "dataset": {"type": "precaptioned", "images_url": url}}, job_id="noflash-sdxl")
+    assert res["status"] == "dry_run" and res["warnings"] == [], res
+
+
+def test_multi_gpu_limits_are_checked_before_any_download(trainer_env, dataset_server, monkeypatch, tmp_path):
+    from tests.test_trainer_engine import fake_nvidia_smi
+
+    monkeypatch.setenv("PATH", str(fake_nvidia_smi(tmp_path, gpus=4, p2p="OK")) + os.pathsep + os.environ["PATH"])
+    monkeypatch.delenv("TRAINER_NUM_GPUS")
+    url = dataset_server.put_zip("multi.zip", image_zip(8, captioned=tuple(range(8))))
+    before = len(dataset_server.requests)
+    job = {"model_type": "wan14b_t2v", "dataset": {"type": "precaptioned", "images_url": url}}
+    monkeypatch.setenv("TRAINER_HOST_RAM_GB", "128")  # 14B on 4 GPUs: 4 x ~72 GB of host RAM
+    res = run_handler(job, job_id="ram")
+    assert res["error_code"] == "invalid_input" and "288 GB for 4 GPU(s)" in res["error"], res
+    res = run_handler({**job, "training": {"pipeline_stages": 3}}, job_id="stages")
+    assert res["error_code"] == "invalid_input" and "pipeline_stages: 3 does not divide the 4 GPU(s)" in res["error"]
+    assert len(dataset_server.requests) == before
+    # data parallel over all 4 by default: global batch 1 x 1 x 4, so 8 images make 2 steps an epoch
+    res = run_handler({"model_type": "sdxl", "dry_run": True, "training": {"gradient_accumulation_steps": 1},
+                       "dataset": {"type": "precaptioned", "images_url": url}}, job_id="dp")
+    assert res["gpus"] == [0, 1, 2, 3] and "--include=localhost:0,1,2,3" in res["command"]
+    assert res["estimated_steps_per_epoch"] == 2, res
+
+
+def test_every_job_has_a_time_limit(monkeypatch):
+    from handlers.diffusion_pipe_trainer.handler import DEFAULT_TIMEOUT_S, _timeout
+    from handlers.diffusion_pipe_trainer.schema import parse_request
+
+    req = parse_request({"model_type": "sdxl", "dataset": {"type": "images", "images_url": "https://e/x.zip"}})
+    monkeypatch.delenv("TRAINING_TIMEOUT_S", raising=False)
+    assert _timeout(req) == DEFAULT_TIMEOUT_S == 24 * 3600
+    monkeypatch.setenv("TRAINING_TIMEOUT_S", "7200")
+    assert _timeout(req) == 7200
+    assert _timeout(req.model_copy(update={"timeout_s": 60.0})) == 60

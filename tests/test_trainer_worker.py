@@ -11,6 +11,7 @@ from tests.test_trainer_job import image_zip, seed_weights
 
 def _worker_env(**extra: str) -> dict[str, str]:
     keep = ("DIFFUSION_PIPE_WORKING_DIR", "DIFFUSION_PIPE_DIR", "DIFFUSION_PIPE_LAUNCHER", "TRAINER_NUM_GPUS",
+            "TRAINER_HOST_RAM_GB",
             "TRAINER_KILL_GRACE_S", "TRAINER_PROGRESS_INTERVAL_S", "ALLOW_PRIVATE_DOWNLOADS", "PYTHONPATH")
     return {**{k: os.environ[k] for k in keep}, **extra}
 
@@ -48,7 +49,8 @@ def test_cancel_stops_training_and_its_process_group(trainer_env, dataset_server
         "diffusion_pipe_trainer", server, log_path=tmp_path / "worker.log",
         env=_worker_env(FAKE_DIFFUSION_PIPE_MODE="hang", FAKE_DIFFUSION_PIPE_PIDFILE=str(pidfile)),
     ) as proc:
-        job_id = server.submit({"model_type": "sdxl", "dataset": {"type": "precaptioned", "images_url": url}})
+        job_id = server.submit({"model_type": "sdxl", "dataset": {"type": "precaptioned", "images_url": url},
+                                "training": {"gradient_accumulation_steps": 1}})
         deadline = time.monotonic() + 60
         while not any(p.get("step") for p in server.jobs[job_id].progress):
             assert time.monotonic() < deadline and proc.poll() is None, proc.log_tail()

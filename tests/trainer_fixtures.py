@@ -131,17 +131,23 @@ def trainer_env(tmp_path, monkeypatch, trainer_models) -> Path:
     engine = tmp_path / "diffusion-pipe"
     engine.mkdir()
     (engine / "train.py").write_text("# diffusion-pipe's entry point would be here; the stand-in launcher runs\n")
+    # The image installs flash-attn, which Wan needs; here an empty module stands in for it (the worker only
+    # checks that `import flash_attn` works). Tests of the check take it off PYTHONPATH.
+    site = tmp_path / "engine-site"
+    (site / "flash_attn").mkdir(parents=True)
+    (site / "flash_attn" / "__init__.py").write_text('"""STAND-IN for flash-attn (tests only)."""\n')
     env = {
         "DIFFUSION_PIPE_WORKING_DIR": str(work),
         "DIFFUSION_PIPE_DIR": str(engine),
         "DIFFUSION_PIPE_LAUNCHER": f"{sys.executable} {FAKE_ENGINE}",
         "TRAINER_NUM_GPUS": "1",
+        "TRAINER_HOST_RAM_GB": "1024",  # the test machine's RAM is no pod's; tests of the RAM check set their own
         "TRAINER_KILL_GRACE_S": "3",
         "TRAINER_PROGRESS_INTERVAL_S": "0",
         "HF_UPDATES_INTERVAL_S": "0",
         "JOYCAPTION_SEED": "0",
         "ALLOW_PRIVATE_DOWNLOADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), str(site), os.environ.get("PYTHONPATH", "")]),
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)

@@ -131,6 +131,14 @@ def _ws_url(http_url: str) -> str:
     return http_url
 
 
+def _batch_index(value: Any) -> int | None:
+    """SwarmUI sends batch indices as strings ("0") in image messages and as numbers in `discard_indices`."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _raise_for_body(route: str, status: int, body: Any) -> None:
     if isinstance(body, dict) and body.get("error"):
         raise SwarmUIError(str(body["error"]), error_id=body.get("error_id"), status=status, route=route)
@@ -258,8 +266,11 @@ class SwarmUIClient:
     async def interrupt_all(self, *, other_sessions: bool = True) -> dict:
         return await self.call("InterruptAll", {"other_sessions": other_sessions})
 
-    async def trigger_refresh(self, *, strong: bool = True) -> dict:
-        return await self.call("TriggerRefresh", {"strong": strong})
+    async def trigger_refresh(self, *, strong: bool = True, timeout: float | None = None) -> dict:
+        """Rescan the model folders. It takes SwarmUI's refresh write lock and can take minutes on a big
+        volume (hence `timeout`); SwarmUI silently skips a refresh within 10 s of the previous one or of
+        its start (mcmonkeyprojects/SwarmUI src/WebAPI/T2IAPI.cs TriggerRefresh)."""
+        return await self.call("TriggerRefresh", {"strong": strong}, timeout=timeout)
 
     # -- generation -------------------------------------------------------------------------------------
 
@@ -284,7 +295,7 @@ class SwarmUIClient:
                 images = list(result.get("images") or [])
                 return GenerationResult(outputs=images, metadata=[None] * len(images))
             except BaseException:
-                await self._interrupt_session(sid)
+                await self.interrupt_session(sid)
                 raise
         if not websocket:
             result = await self.call("GenerateText2Image", body, timeout=timeout)
@@ -300,7 +311,7 @@ class SwarmUIClient:
                 raise
         raise AssertionError("unreachable")
 
-    async def _interrupt_session(self, sid: str) -> None:
+    async def interrupt_session(self, sid: str) -> None:
         """Best effort: stop what the session `sid` is generating (nothing to stop is fine too)."""
         try:
             await asyncio.shield(self._post_raw("InterruptAll", {"session_id": sid, "other_sessions": False}, 10))
@@ -321,8 +332,13 @@ class SwarmUIClient:
             raise SwarmUIUnavailable(f"generation did not finish within {timeout} s", route=route) from None
 
     async def _run_ws(self, route: str, body: dict[str, Any], on_event: EventCallback | None) -> GenerationResult:
+        """Read SwarmUI's messages until it closes the socket (mcmonkeyprojects/SwarmUI src/WebAPI/T2IAPI.cs
+        GenerateText2ImageWS and GenT2I_Internal): outputs are flat `{"image", "batch_index", "request_id",
+        "metadata"}` messages (T2IAPI.cs:373; SwarmUI's own remote backend reads them so,
+        src/Backends/SwarmSwarmBackend.cs:613-617); a negative batch index is not an output of the request (a grid, an
+        intermediate image); `discard_indices` names outputs refused afterwards; `keep_alive`,
+        `socket_intention` and the final status carry nothing to collect."""
         outputs: dict[int, tuple[str, str | None]] = {}
-        order: list[int] = []
         discarded: set[int] = set()
         result = GenerationResult(outputs=[])
         async with self._http().ws_connect(_ws_url(self.url(f"API/{route}")), headers=self._headers,
@@ -341,30 +357,27 @@ class SwarmUIClient:
                     continue
                 if event.get("error"):
                     raise SwarmUIError(str(event["error"]), error_id=event.get("error_id"), route=route)
-                if "gen_progress" in event:
+                if isinstance(event.get("gen_progress"), dict):
                     result.progress_events += 1
-                    prog = event["gen_progress"] or {}
-                    if isinstance(prog.get("overall_percent"), (int, float)):
-                        result.last_percent = float(prog["overall_percent"])
-                if "image" in event:
-                    item = event["image"]
-                    ref = item.get("image") if isinstance(item, dict) else item
-                    idx = int(item.get("batch_index", len(order))) if isinstance(item, dict) else len(order)
-                    if idx in outputs:
-                        idx = max(outputs) + 1
-                    outputs[idx] = (ref, item.get("metadata") if isinstance(item, dict) else None)
-                    order.append(idx)
-                if "discard_indices" in event:
-                    discarded.update(int(i) for i in event["discard_indices"] or [])
+                    percent = event["gen_progress"].get("overall_percent")
+                    if isinstance(percent, (int, float)):
+                        result.last_percent = float(percent)
+                if isinstance(event.get("image"), str):
+                    index = _batch_index(event.get("batch_index"))
+                    if index is not None and index >= 0:
+                        metadata = event.get("metadata")
+                        outputs[index] = (event["image"], metadata if isinstance(metadata, str) else None)
+                if isinstance(event.get("discard_indices"), list):
+                    discarded.update(i for i in map(_batch_index, event["discard_indices"]) if i is not None)
                 if on_event is not None:
                     ret = on_event(event)
                     if asyncio.iscoroutine(ret):
                         await ret
             close_code = ws.close_code
         if close_code not in (None, 1000, 1001):
-            raise SwarmUIUnavailable(f"WebSocket closed abnormally (code {close_code}) after {len(order)} output(s)",
+            raise SwarmUIUnavailable(f"WebSocket closed abnormally (code {close_code}) after {len(outputs)} output(s)",
                                      route=route)
-        kept = [i for i in order if i not in discarded]
+        kept = sorted(i for i in outputs if i not in discarded)
         result.outputs = [outputs[i][0] for i in kept]
         result.metadata = [outputs[i][1] for i in kept]
         return result

@@ -115,6 +115,7 @@ def _plan(spec: UploadSpec, total_size: int) -> list[tuple[str, Any]]:
         "transfer_sh": transfer_sh.resolve(spec.transfer_sh),
     }
     if spec.method == "presigned_put":
+        _check_destination("presigned_put", str(spec.upload_url))
         return [("presigned_put", str(spec.upload_url))]
     if spec.method == "litterbox":
         return [("litterbox", spec.litterbox)]
@@ -125,6 +126,7 @@ def _plan(spec: UploadSpec, total_size: int) -> list[tuple[str, Any]]:
                     "s3": "output.s3.bucket (or env S3_BUCKET)",
                     "transfer_sh": "output.transfer_sh.base_url (or env TRANSFER_SH_URL)"}[spec.method]
             raise JobError("invalid_input", f"output.method: '{spec.method}' needs {need}")
+        _check_destination(spec.method, settings)
         if spec.method == "s3" and not (settings.access_key and settings.secret_key):
             raise JobError("invalid_input", "output.method: 's3' needs output.s3.access_key and output.s3.secret_key "
                                             "(or env AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
@@ -136,7 +138,37 @@ def _plan(spec: UploadSpec, total_size: int) -> list[tuple[str, Any]]:
                 plan.append(("litterbox", spec.litterbox))
         elif resolved[method] is not None:
             plan.append((method, resolved[method]))
+    for method, settings in plan:
+        _check_destination(method, settings)
     return plan
+
+
+def _refused(field: str, url: str) -> None:
+    from common.downloads import destination_refusal
+
+    reason = destination_refusal(url)
+    if reason:
+        raise JobError("invalid_input", f"{field}: refused: {reason}", [f"{field}: refused: {reason}"])
+
+
+def _check_destination(method: str, settings: Any) -> None:
+    """What the job named gets the SSRF guard, and the operator's credentials stay with the operator's
+    destinations: refused here, before anything is sent (DESIGN.md section 4, trust)."""
+    if method == "presigned_put":
+        _refused("output.upload_url", settings)
+    elif method == "transfer_sh" and transfer_sh.job_named(settings):
+        _refused("output.transfer_sh.base_url", str(settings.base_url))
+    elif method == "s3" and s3.job_endpoint(settings):
+        if not (settings.access_key and settings.secret_key):
+            raise JobError("invalid_input", "output.s3.endpoint_url: an endpoint of your own needs your own "
+                                            "output.s3.access_key and output.s3.secret_key (the worker's keys go "
+                                            "only to its own endpoint)")
+        _refused("output.s3.endpoint_url", s3.job_endpoint(settings))
+    elif method == "huggingface" and huggingface.env_token_in_use(settings):
+        if not settings.private and not huggingface.public_allowed():
+            raise JobError("invalid_input", "output.huggingface.private: the worker's HF_TOKEN writes only to "
+                                            "private repos (give output.huggingface.token of your own, or the "
+                                            "operator sets HF_ALLOW_PUBLIC=1)")
 
 
 def check(spec: UploadSpec | dict | None) -> UploadSpec:

@@ -1,4 +1,6 @@
-"""What every upload method shares: the artifact, error kinds, retries, byte progress."""
+"""What every upload method shares: the artifact, error kinds, retries, byte progress, and `send()`,
+the one way an HTTP upload leaves the worker (SSRF guard for job-named destinations, no redirects,
+a bounded answer)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ log = logging.getLogger("uploads")
 T = TypeVar("T")
 
 USER_AGENT = "gpu-worker-images-uploader/1.0"
+MAX_ANSWER_BYTES = 64 << 10  # what is read of an upload's answer (a link, or an error page)
+EXCERPT_CHARS = 200  # what an error message quotes of it
 
 
 class UploadError(Exception):
@@ -98,12 +102,17 @@ def with_retries(method: str, fn: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
+def excerpt(body: str) -> str:
+    """A bounded, redacted one-line quote of what a server answered (it may echo a signature back)."""
+    return redact_text(" ".join(body[:EXCERPT_CHARS * 20].split()), limit=EXCERPT_CHARS)
+
+
 def raise_for_http(method: str, status: int, body: str) -> None:
     """Map an HTTP status to the right error kind (2xx passes)."""
     if 200 <= status < 300:
         return
-    excerpt = " ".join(body.split())[:200]
-    message = f"{method} answered HTTP {status}" + (f": {excerpt}" if excerpt else "")
+    excerpt_ = excerpt(body)
+    message = f"{method} answered HTTP {status}" + (f": {excerpt_}" if excerpt_ else "")
     if status == 429 or status >= 500 or status == 408:
         raise TransientUploadError(message)
     raise UploadError(message)
@@ -111,7 +120,48 @@ def raise_for_http(method: str, status: int, body: str) -> None:
 
 def http_failure(method: str, exc: Exception) -> TransientUploadError:
     """A requests exception (timeout, connection reset) as a retryable error without URL secrets."""
-    return TransientUploadError(redact_text(f"{method}: {type(exc).__name__}: {exc}"))
+    return TransientUploadError(redact_text(f"{method}: {type(exc).__name__}: {exc}", limit=EXCERPT_CHARS * 2))
+
+
+class Answer:
+    """Status, headers and the first MAX_ANSWER_BYTES of an upload's answer, decoded."""
+
+    def __init__(self, status: int, headers: dict[str, str], text: str):
+        self.status_code = status
+        self.headers = headers
+        self.text = text
+
+
+def send(method: str, http_method: str, url: str, *, job_named: bool, **kwargs: Any) -> Answer:
+    """One upload request. A destination the job named gets the SSRF guard of downloads (private
+    addresses only with ALLOW_PRIVATE_NETWORK=1, metadata addresses never), checked on the address
+    actually connected to; one from the operator's environment is trusted (metadata still refused).
+    Redirects are not followed (a streamed body cannot be sent twice, and the next hop is nobody's
+    choice); at most MAX_ANSWER_BYTES of the answer are read."""
+    import requests
+
+    from common.downloads import Refused, destination_refusal, guarded_session, private_allowed
+
+    allow = private_allowed() if job_named else True
+    if job_named:
+        reason = destination_refusal(url, allow)
+        if reason:
+            raise UploadError(f"{method}: refused: {reason}")
+    with guarded_session(allow) as session:
+        try:
+            resp = session.request(http_method, url, stream=True, allow_redirects=False, timeout=timeouts(),
+                                   **kwargs)
+        except Refused as exc:
+            raise UploadError(f"{method}: refused: {exc}") from None
+        except requests.RequestException as exc:
+            raise http_failure(method, exc) from None
+        try:
+            raw = resp.raw.read(MAX_ANSWER_BYTES, decode_content=True) or b""
+        except Exception as exc:  # the answer broke off: the upload's fate is unknown, try again
+            raise http_failure(method, exc) from None
+        finally:
+            resp.close()
+    return Answer(resp.status_code, dict(resp.headers), raw.decode(resp.encoding or "utf-8", "replace"))
 
 
 class ProgressFile:

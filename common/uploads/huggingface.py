@@ -1,4 +1,9 @@
-"""Hugging Face Hub: raw files (no zip) in one commit, direct `resolve/main/...?download=true` links."""
+"""Hugging Face Hub: raw files (no zip) in one commit, direct `resolve/main/...?download=true` links.
+
+With the operator's `HF_TOKEN` (the job gave no token of its own) a job writes only under the token
+owner's namespace or one listed in `HF_ALLOWED_NAMESPACES`, and only to private repos unless
+`HF_ALLOW_PUBLIC=1`: the token may reach the operator's organisations and their public repos.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +20,26 @@ def resolve(spec: HuggingFaceSpec | None) -> HuggingFaceSpec | None:
     """The spec with the token from env `HF_TOKEN` when missing; None when there is no token."""
     data = spec.model_dump() if spec else {}
     if not data.get("token"):
-        data["token"] = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+        data["token"] = env_token()
     if not data["token"]:
         return None
     return HuggingFaceSpec.model_validate(data)
+
+
+def env_token() -> str | None:
+    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+
+
+def env_token_in_use(spec: HuggingFaceSpec) -> bool:
+    return spec.token is not None and spec.token == env_token()
+
+
+def public_allowed() -> bool:
+    return os.environ.get("HF_ALLOW_PUBLIC", "").lower() in ("1", "true", "yes")
+
+
+def allowed_namespaces() -> set[str]:
+    return {n.strip() for n in os.environ.get("HF_ALLOWED_NAMESPACES", "").split(",") if n.strip()}
 
 
 def endpoint() -> str:
@@ -48,12 +69,29 @@ def _api(spec: HuggingFaceSpec):
 def _ensure_repo(api, spec: HuggingFaceSpec, job_id: str) -> str:
     """Create the repo when missing (private by default) and return its full `owner/name` id."""
     repo_id = spec.repo_id or re.sub(r"[^A-Za-z0-9._-]+", "-", f"outputs-{job_id}")[:96].strip(".-")
+    operator_token = env_token_in_use(spec)
     try:
-        if "/" not in repo_id:
-            repo_id = f"{api.whoami()['name']}/{repo_id}"
+        owner = api.whoami()["name"] if "/" not in repo_id or operator_token else None
+    except Exception as exc:
+        raise _classify(exc, "asking whose token this is") from None
+    if "/" not in repo_id:
+        repo_id = f"{owner}/{repo_id}"
+    if operator_token:
+        namespace = repo_id.split("/", 1)[0]
+        allowed = {owner, *allowed_namespaces()}
+        if namespace not in allowed:
+            raise UploadError(f"huggingface: the worker's HF_TOKEN writes only under {', '.join(sorted(allowed))} "
+                              f"(its owner, or HF_ALLOWED_NAMESPACES), not {namespace!r}; give "
+                              "output.huggingface.token to write elsewhere")
+    try:
         api.create_repo(repo_id, repo_type=spec.repo_type, private=spec.private, exist_ok=True)
+        # an existing repo keeps its visibility whatever `private` asked for
+        private = api.repo_info(repo_id, repo_type=spec.repo_type).private if operator_token else True
     except Exception as exc:
         raise _classify(exc, f"creating repo {repo_id}") from None
+    if operator_token and not private and not public_allowed():
+        raise UploadError(f"huggingface: {repo_id} is public; the worker's HF_TOKEN writes only to private repos "
+                          "(HF_ALLOW_PUBLIC=1 allows public ones); give output.huggingface.token to write there")
     return repo_id
 
 

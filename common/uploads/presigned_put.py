@@ -10,9 +10,8 @@ from common.uploads.base import (
     Artifact,
     ProgressFile,
     byte_reporter,
-    http_failure,
     raise_for_http,
-    timeouts,
+    send,
 )
 
 
@@ -29,17 +28,12 @@ def _content_type_is_signed(url: str) -> bool:
 
 
 def upload(artifact: Artifact, upload_url: str, *, progress=None) -> dict:
-    import requests
-
     register_secret(upload_url)
     headers = {"Content-Length": str(artifact.size), "User-Agent": USER_AGENT}
     if _content_type_is_signed(upload_url):
         headers["Content-Type"] = artifact.content_type
-    try:
-        with ProgressFile(artifact.path, byte_reporter(progress, "presigned_put", artifact.size)) as body:
-            resp = requests.put(upload_url, data=body, headers=headers, timeout=timeouts())
-    except requests.RequestException as exc:
-        raise http_failure("presigned_put", exc) from None
+    with ProgressFile(artifact.path, byte_reporter(progress, "presigned_put", artifact.size)) as body:
+        resp = send("presigned_put", "PUT", upload_url, job_named=True, data=body, headers=headers)
     raise_for_http("presigned PUT URL", resp.status_code, resp.text)
     return {
         # The object now lives where the caller pointed; its address without the signature

@@ -1,11 +1,16 @@
-"""S3 and S3-compatible storage (AWS, Cloudflare R2, MinIO, SeaweedFS) with a presigned download link."""
+"""S3 and S3-compatible storage (AWS, Cloudflare R2, MinIO, SeaweedFS) with a presigned download link.
+
+Trust: the operator's keys (env `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`) are used only with the
+operator's endpoint (env `S3_ENDPOINT_URL`, or AWS itself when none is set). An endpoint the job
+names needs the job's own keys and gets the SSRF guard of downloads.
+"""
 
 from __future__ import annotations
 
 import os
 
 from common.uploads.base import Artifact, TransientUploadError, UploadError, byte_reporter, env_float
-from common.uploads.spec import S3Spec
+from common.uploads.spec import S3Spec, same_url
 
 # Tuned with scripts/bench_uploads.py: 64 MiB parts x 4 threads instead of boto3's 8 MiB x 10
 # (8x fewer requests, less thread contention on small machines). Checksums are computed only
@@ -21,12 +26,30 @@ _TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestT
                     "500", "502", "503", "504", "429", "Throttling", "ThrottlingException"}
 
 
+def env_endpoint() -> str | None:
+    env = os.environ
+    return env.get("S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3") or env.get("BUCKET_ENDPOINT_URL") or None
+
+
+def job_endpoint(spec: S3Spec | None) -> str | None:
+    """The endpoint the job named when it is not the operator's, else None."""
+    if spec is None or spec.endpoint_url is None:
+        return None
+    if same_url(spec.endpoint_url, env_endpoint()):
+        return None
+    return str(spec.endpoint_url)
+
+
 def resolve(spec: S3Spec | None) -> S3Spec | None:
-    """The spec with environment fallbacks filled in; None when no bucket is configured."""
+    """The spec with environment fallbacks filled in; None when no bucket is configured.
+
+    The env keys are filled in only when the job gave no key of its own and no endpoint of its own:
+    keys go as a pair, and the operator's go only to the operator's endpoint."""
     env = os.environ
     data = spec.model_dump() if spec else {}
+    env_keys = not (data.get("access_key") or data.get("secret_key")) and job_endpoint(spec) is None
     fill = {
-        "endpoint_url": env.get("S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3") or env.get("BUCKET_ENDPOINT_URL"),
+        "endpoint_url": env_endpoint(),
         "bucket": env.get("S3_BUCKET"),
         "region": env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION"),
         "access_key": env.get("AWS_ACCESS_KEY_ID") or env.get("BUCKET_ACCESS_KEY_ID"),
@@ -34,6 +57,8 @@ def resolve(spec: S3Spec | None) -> S3Spec | None:
         "public_endpoint_url": env.get("S3_PUBLIC_ENDPOINT_URL"),
     }
     for key, value in fill.items():
+        if key in ("access_key", "secret_key") and not env_keys:
+            continue
         if data.get(key) is None and value:
             data[key] = value
     if not data.get("bucket"):
@@ -41,12 +66,22 @@ def resolve(spec: S3Spec | None) -> S3Spec | None:
     return S3Spec.model_validate(data)
 
 
+def _guard_each_request(request, **_):
+    """botocore `before-send` hook for a job-named endpoint: the host is resolved and checked again
+    right before each request (boto3 connects on its own, so the check cannot sit at connect time)."""
+    from common.downloads import destination_refusal
+
+    reason = destination_refusal(request.url)
+    if reason:
+        raise UploadError(f"s3: refused: {reason}")
+
+
 def client(spec: S3Spec, endpoint_url: str | None = None):
     import boto3
     from botocore.config import Config
 
     endpoint = endpoint_url or (str(spec.endpoint_url) if spec.endpoint_url else None)
-    return boto3.client(
+    s3 = boto3.client(
         "s3",
         endpoint_url=endpoint,
         region_name=spec.region or "us-east-1",
@@ -63,6 +98,9 @@ def client(spec: S3Spec, endpoint_url: str | None = None):
             max_pool_connections=max(10, transfer_settings()[1] * 2),
         ),
     )
+    if endpoint_url is None and job_endpoint(spec):
+        s3.meta.events.register("before-send.s3", _guard_each_request)
+    return s3
 
 
 def transfer_settings() -> tuple[int, int]:
@@ -87,6 +125,8 @@ def object_key(spec: S3Spec, job_id: str, name: str) -> str:
 def _classify(exc: Exception, where: str) -> UploadError:
     from botocore.exceptions import BotoCoreError, ClientError
 
+    if isinstance(exc, UploadError):  # the guard refused the endpoint (before-send)
+        return exc
     # upload_file wraps the ClientError in S3UploadFailedError; look for the original
     err: BaseException | None = exc
     for _ in range(5):

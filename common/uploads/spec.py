@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, TypeAdapter, ValidationError, model_validator
 
 Method = Literal["huggingface", "s3", "presigned_put", "litterbox", "transfer_sh", "auto"]
 
@@ -67,3 +67,14 @@ class UploadSpec(_Strict):
         if self.method == "presigned_put" and self.upload_url is None:
             raise ValueError("method 'presigned_put' needs 'upload_url' (a presigned PUT URL)")
         return self
+
+
+def same_url(named: object, env_value: str | None) -> bool:
+    """Whether a URL from the spec is the operator's `env_value` (both normalised as `HttpUrl` is)."""
+    if not env_value:
+        return False
+    try:
+        env_url = str(TypeAdapter(HttpUrl).validate_python(env_value))
+    except ValidationError:
+        return False
+    return str(named).rstrip("/") == env_url.rstrip("/")

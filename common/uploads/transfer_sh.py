@@ -11,11 +11,11 @@ from common.uploads.base import (
     ProgressFile,
     UploadError,
     byte_reporter,
-    http_failure,
+    excerpt,
     raise_for_http,
-    timeouts,
+    send,
 )
-from common.uploads.spec import TransferShSpec
+from common.uploads.spec import TransferShSpec, same_url
 
 
 def resolve(spec: TransferShSpec | None) -> TransferShSpec | None:
@@ -28,20 +28,20 @@ def resolve(spec: TransferShSpec | None) -> TransferShSpec | None:
     return TransferShSpec.model_validate(data)
 
 
-def upload(artifact: Artifact, spec: TransferShSpec, *, progress=None) -> dict:
-    import requests
+def job_named(spec: TransferShSpec) -> bool:
+    """Whether the base URL is the job's own choice rather than the operator's `TRANSFER_SH_URL`."""
+    return not same_url(spec.base_url, os.environ.get("TRANSFER_SH_URL"))
 
+
+def upload(artifact: Artifact, spec: TransferShSpec, *, progress=None) -> dict:
     url = f"{str(spec.base_url).rstrip('/')}/{quote(artifact.name)}"
     headers = {"Max-Days": str(spec.max_days), "Content-Length": str(artifact.size), "User-Agent": USER_AGENT}
-    try:
-        with ProgressFile(artifact.path, byte_reporter(progress, "transfer_sh", artifact.size)) as body:
-            resp = requests.put(url, data=body, headers=headers, timeout=timeouts())
-    except requests.RequestException as exc:
-        raise http_failure("transfer_sh", exc) from None
+    with ProgressFile(artifact.path, byte_reporter(progress, "transfer_sh", artifact.size)) as body:
+        resp = send("transfer_sh", "PUT", url, job_named=job_named(spec), data=body, headers=headers)
     raise_for_http("transfer.sh", resp.status_code, resp.text)
     link = resp.text.strip().splitlines()[0] if resp.text.strip() else ""
     if not link.startswith(("http://", "https://")):
-        raise UploadError(f"transfer.sh: answered without a link: {resp.text[:200]!r}")
+        raise UploadError(f"transfer.sh: answered without a link: {excerpt(resp.text)!r}")
     record = {"download_url": link, "expires_in_days": spec.max_days}
     if resp.headers.get("X-Url-Delete"):
         record["delete_url"] = resp.headers["X-Url-Delete"]

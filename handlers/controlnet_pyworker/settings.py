@@ -100,14 +100,6 @@ class Settings:
                                   parse=_int, group="vast")
     benchmark_runs: int = setting("BENCHMARK_RUNS", 3, "runs of the front's start-up benchmark", parse=_int,
                                   group="vast")
-    container_id: str = setting("CONTAINER_ID", "", "the instance id vast.ai signs the TLS certificate for "
-                                "(vast.ai sets it)", shown="set by vast.ai", group="tls")
-    vast_tls_dir: Path = setting("VAST_TLS_DIR", Path("/etc"), "where `start.sh` writes the TLS key and "
-                                 "certificate", parse=lambda r: Path(r or "/etc"), group="tls")
-    vast_sign_cert_url: str = setting("VAST_SIGN_CERT_URL", "https://console.vast.ai/api/v0/sign_cert/",
-                                      "who signs the instance certificate",
-                                      parse=lambda r: r or "https://console.vast.ai/api/v0/sign_cert/",
-                                      shown="vast's `sign_cert`", group="tls")
     runpod_worker_loop: bool = setting("RUNPOD_WEBHOOK_GET_JOB", False, "set by RunPod serverless: the handler "
                                        "preloads `PRELOAD_MODEL` before taking jobs", parse=bool,
                                        shown="set by RunPod", group="runpod")
@@ -138,20 +130,24 @@ class Settings:
         return None if name.lower() == "none" else name
 
 
-# Read by start.sh or by the vastai package, never by this package's Python code.
-START_VARIABLES: tuple[tuple[str, str, str], ...] = (
-    ("CONTROLNET_MODE", "`auto`", "`start.sh`: `runpod` (handler), `vast` (model server + PyWorker front), "
+# Read by start.sh, `common.vast_tls` (which start.sh runs) or the vastai package, never by this
+# package's Python code: (variable, default, read by, meaning).
+START_VARIABLES: tuple[tuple[str, str, str, str], ...] = (
+    ("CONTROLNET_MODE", "`auto`", "`start.sh`", "`runpod` (handler), `vast` (model server + PyWorker front), "
      "`server` (model server alone); `auto` picks `runpod` when RunPod's variables are set, else `vast`"),
-    ("FETCH_ON_START", "`1`", "`start.sh` fetches `PRELOAD_MODEL`'s files before serving"),
-    ("WORKER_PORT", "`3000`", "the PyWorker front's port (vast.ai)"),
-    ("PYWORKER_DIR", "`/workspace`", "the front's working directory (`.has_benchmark`)"),
-    ("USE_SSL", "`true`", "the front serves HTTPS with a vast-signed instance certificate that `start.sh` has "
-     "made (`/etc/instance.crt` / `.key`); `false`: plain HTTP, requests and images unencrypted"),
+    ("FETCH_ON_START", "`1`", "`start.sh`", "fetch `PRELOAD_MODEL`'s files before serving"),
+    ("WORKER_PORT", "`3000`", "vast.ai front", "the PyWorker front's port"),
+    ("PYWORKER_DIR", "`/workspace`", "`start.sh`", "the front's working directory (`.has_benchmark`)"),
+    ("USE_SSL", "`true`", "`start.sh`, vast.ai front", "the front serves HTTPS with a vast-signed instance "
+     "certificate that `start.sh` has made (`/etc/instance.crt` / `.key`); `false`: plain HTTP, requests and "
+     "images unencrypted"),
+    ("CONTAINER_ID", "set by vast.ai", "`common.vast_tls`", "the instance id vast.ai signs the TLS certificate for"),
+    ("VAST_TLS_DIR", "`/etc`", "`common.vast_tls`", "where the TLS key and certificate are written"),
+    ("VAST_SIGN_CERT_URL", "vast's `sign_cert`", "`common.vast_tls`", "who signs the instance certificate"),
 )
 
 GROUPS = {"all": "all", "server": "model server and RunPod handler", "model server": "model server",
-          "runpod": "RunPod handler", "vast": "vast.ai front", "both": "model server and vast.ai front",
-          "tls": "`start.sh` (vast.ai TLS)"}
+          "runpod": "RunPod handler", "vast": "vast.ai front", "both": "model server and vast.ai front"}
 
 
 def env_table() -> str:
@@ -161,7 +157,7 @@ def env_table() -> str:
         m = f.metadata
         shown = m["shown"] or f"`{f.default}`"
         lines.append(f"| `{m['env']}` | {shown} | {GROUPS[m['group']]} | {m['doc']} |")
-    lines += [f"| `{name}` | {default} | `start.sh` | {doc} |" for name, default, doc in START_VARIABLES]
+    lines += [f"| `{name}` | {default} | {reader} | {doc} |" for name, default, reader, doc in START_VARIABLES]
     lines.append("| upload settings | | uploads | see [uploads](uploads.md#environment) |")
     return "\n".join(lines)
 

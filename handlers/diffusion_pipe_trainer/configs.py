@@ -14,8 +14,9 @@ from typing import Any
 import tomlkit
 
 from common.jobs import JobError
+from handlers.diffusion_pipe_trainer import engine_keys
 from handlers.diffusion_pipe_trainer.models import ModelSpec, fill_paths
-from handlers.diffusion_pipe_trainer.schema import DATASET_KEYS, MODEL_KEYS, TrainingSpec
+from handlers.diffusion_pipe_trainer.schema import MODEL_KEYS, TrainingSpec
 
 CONFIG_NAME = "config.toml"
 DATASET_NAME = "dataset.toml"
@@ -62,24 +63,28 @@ def build_config(spec: ModelSpec, training: TrainingSpec, *, models_dir: Path, o
         "adapter": {"type": "lora"},
         "optimizer": {},
     }
+    takes = engine_keys.SEED_OPTIMIZER_KWARGS[training.optimizer()] | engine_keys.OPTIMIZER_COMMON
     for seed_key, (table, key) in SEED_KEY_MAP.items():
         value = getattr(training, seed_key)
-        if value is None:
-            continue
+        if value is None or (table == "optimizer" and key not in takes):
+            continue  # e.g. no betas/eps for sgd or automagic: their constructors would raise a TypeError
         (tables[table] if table else cfg)[key] = value
     cfg["pipeline_stages"] = 1
-    cfg["steps_per_print"] = 1
+    cfg["steps_per_print"] = 1  # DeepSpeed's per-step line (train.py:428) is what progress reads
     if "videos" in spec.media:
         cfg["video_clip_mode"] = training.video_clip_mode or spec.video_clip_mode or "single_middle"
 
+    def model_key(key: str) -> str:
+        return spec.transformer_dtype_key if key in ("transformer_dtype", "diffusion_model_dtype") else key
+
     for key, value in training.passthrough().items():
-        if key in DATASET_KEYS:
-            continue
-        if key in MODEL_KEYS:
-            if key in ("transformer_dtype", "diffusion_model_dtype"):
-                key = spec.transformer_dtype_key
-            tables["model"][key] = value
-        elif key in tables and isinstance(value, dict):
+        if key in engine_keys.DATASET:
+            continue  # build_dataset writes these
+        if key == "model":
+            tables["model"].update({model_key(k): v for k, v in value.items()})
+        elif key in MODEL_KEYS:
+            tables["model"][model_key(key)] = value
+        elif key in tables:
             tables[key].update(value)
         else:
             cfg[key] = value
@@ -98,7 +103,7 @@ def build_dataset(spec: ModelSpec, training: TrainingSpec, dirs: DatasetDirs) ->
     }
     if spec.frame_buckets is not None:
         ds["frame_buckets"] = list(training.frame_buckets or spec.frame_buckets)
-    for key in DATASET_KEYS - {"resolutions"}:
+    for key in engine_keys.DATASET.keys() - {"resolutions"}:
         if key in extra:
             ds[key] = extra[key]
     directories = []

@@ -201,8 +201,8 @@ def prepare(url: str, kind: str, downloads: Path, dest: Path, *, precaptioned: b
 ENGINE_FPS = 16  # diffusion-pipe converts every video to 16 fps before bucketing
 
 
-def video_frames(path: Path) -> int:
-    """Frames the engine sees in a video (its length at 16 fps); raises on an unreadable file."""
+def video_info(path: Path) -> tuple[int, int, int]:
+    """(width, height, frames the engine sees: the length at 16 fps) of a video; raises on an unreadable file."""
     import av
 
     with av.open(str(path)) as container:
@@ -213,7 +213,8 @@ def video_frames(path: Path) -> int:
             seconds = container.duration / 1_000_000
         else:
             seconds = (stream.frames or 0) / float(stream.average_rate or ENGINE_FPS)
-    return int(seconds * ENGINE_FPS)
+        width, height = stream.codec_context.width, stream.codec_context.height
+    return width, height, int(seconds * ENGINE_FPS)
 
 
 def check_video_lengths(media: MediaSet, frame_buckets: list[int]) -> list[str]:
@@ -234,7 +235,7 @@ def check_video_lengths(media: MediaSet, frame_buckets: list[int]) -> list[str]:
     unreadable, short = [], []
     for path in media.media:
         try:
-            frames = video_frames(path)
+            frames = video_info(path)[2]
         except Exception:
             unreadable.append(path.name)
             continue

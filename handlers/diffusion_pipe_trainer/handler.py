@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,11 @@ from typing import Any
 
 from common.jobs import JobError, Progress, Timings, error_result, run_job_async, to_thread_stoppable
 from common.redaction import redact
-from handlers.diffusion_pipe_trainer import captions, configs, dataset, model_fetch, training
+from handlers.diffusion_pipe_trainer import buckets, captions, configs, dataset, gpus, model_fetch, training
 from handlers.diffusion_pipe_trainer.models import JOYCAPTION_DIR, JOYCAPTION_REPO, REGISTRY, Fetch, ModelSpec
-from handlers.diffusion_pipe_trainer.outputs import latest_lora
+from handlers.diffusion_pipe_trainer.outputs import clear_interrupted_saves, latest_lora
 from handlers.diffusion_pipe_trainer.schema import TrainRequest, parse_request
-from handlers.diffusion_pipe_trainer.train_log import TrainProgress, steps_per_epoch_estimate
+from handlers.diffusion_pipe_trainer.train_log import TrainProgress
 from handlers.diffusion_pipe_trainer.workspace import JobDirs, job_dirs
 
 log = logging.getLogger("trainer")
@@ -35,11 +36,12 @@ def _progress_interval() -> float:
     return float(os.environ.get("TRAINER_PROGRESS_INTERVAL_S", "10"))
 
 
-def _timeout(req: TrainRequest) -> float | None:
-    if req.timeout_s:
-        return req.timeout_s
-    env = os.environ.get("TRAINER_TIMEOUT_S")
-    return float(env) if env else None
+DEFAULT_TIMEOUT_S = 24 * 3600  # RunPod's job TTL; no job holds a GPU longer unless it asks (timeout_s)
+
+
+def _timeout(req: TrainRequest) -> float:
+    """The job's time limit: its own `timeout_s`, else the worker's TRAINING_TIMEOUT_S, else 24 h."""
+    return req.timeout_s or float(os.environ.get("TRAINING_TIMEOUT_S") or DEFAULT_TIMEOUT_S)
 
 
 def _hf_token(req: TrainRequest) -> str | None:
@@ -137,6 +139,44 @@ def _earlier_job(req: TrainRequest, root: Path) -> tuple[JobDirs, dict]:
     return earlier, info
 
 
+# ---------------------------------------------------------------- GPUs, engine, RAM
+
+
+@dataclass(frozen=True)
+class _Gpus:
+    ids: list[int]
+    data_parallel: int  # GPUs / pipeline_stages: the ranks that each take a share of every global batch
+
+
+def _gpus(req: TrainRequest) -> _Gpus:
+    ids = gpus.visible_gpu_ids()
+    stages = req.training.passthrough().get("pipeline_stages", 1)
+    if len(ids) % stages:
+        # DeepSpeed asserts world_size % num_stages == 0 (deepspeed/runtime/pipe/module.py:175 at v0.18.4)
+        raise JobError("invalid_input", f"training.pipeline_stages: {stages} does not divide the {len(ids)} GPU(s) "
+                                        "of this worker")
+    return _Gpus(ids, len(ids) // stages)
+
+
+def _engine_problems(spec: ModelSpec) -> list[str]:
+    """What would make this job fail in the engine after the model download: no engine, or no flash-attn for Wan
+    (the engine runs on this same Python: the launcher starts `sys.executable -u train.py`)."""
+    problems = []
+    if not (training.engine_dir() / "train.py").is_file():
+        problems.append(f"diffusion-pipe not found: {training.engine_dir()}/train.py is missing (DIFFUSION_PIPE_DIR)")
+    elif spec.needs_flash_attn and (why := gpus.flash_attn_error(sys.executable)):
+        problems.append(f"flash-attn is not importable in the engine's Python ({why}), and diffusion-pipe's Wan "
+                        "asserts it (models/wan/attention.py:107): the image needs flash-attn 2")
+    return problems
+
+
+def _preflight(req: TrainRequest, spec: ModelSpec, gpu: _Gpus) -> None:
+    """Refuse, before any download, a job this worker cannot train."""
+    if problems := _engine_problems(spec):
+        raise JobError("engine_failed", "; ".join(problems))
+    gpus.check_ram(spec.model_name, spec.host_ram_gb, len(gpu.ids))
+
+
 # ---------------------------------------------------------------- the job
 
 
@@ -149,12 +189,15 @@ async def _body(job: dict, timings: Timings) -> dict:
 
             check(req.output)
     spec: ModelSpec = REGISTRY[req.model_type]
+    gpu = _gpus(req)
+    if not req.dry_run:
+        await asyncio.to_thread(_preflight, req, spec, gpu)
     dirs = job_dirs(str(job.get("id") or "local_test"))
     hub = await asyncio.to_thread(_start_hub_updates, req, dirs.job_id)
     dirs.create()
     progress = Progress(job, min_interval=_progress_interval(), sinks=[hub] if hub else None)
     try:
-        result = await _train(req, spec, dirs, progress, timings, started)
+        result = await _train(req, spec, gpu, dirs, progress, timings, started)
     except BaseException as exc:
         progress.close()
         if hub:
@@ -211,14 +254,27 @@ class _Plan:
     cfg_path: Path
     output_dir: Path
     texts: dict[str, str]
-    n_resolutions: int
-    dir_items: list[tuple[int, int]]
-    steps_per_epoch: int
+    buckets: buckets.Plan
     dataset_info: dict[str, Any]
+    warnings: list[str]
 
 
-async def _plan(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, progress: Progress, timings: Timings) -> _Plan:
+def _media_dirs(ds_cfg: dict[str, Any]) -> list[buckets.Directory]:
+    """The files of each [[directory]] the engine will scan (flat; media with a caption file, as it pairs them)."""
+    out = []
+    for d in ds_cfg["directory"]:
+        folder = Path(d["path"])
+        kind = "videos" if folder.name == "videos" else "images"
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in dataset.KIND_EXTS[kind]
+                       and p.with_suffix(".txt").is_file())
+        out.append(buckets.Directory(buckets.media_of(files, kind), d["num_repeats"], folder))
+    return out
+
+
+async def _plan(req: TrainRequest, spec: ModelSpec, gpu: _Gpus, dirs: JobDirs, progress: Progress,
+                timings: Timings) -> _Plan:
     summary: dict[str, Any] = {}
+    warnings: list[str] = []
     if req.resume:
         earlier, info = _earlier_job(req, dirs.root)
         data_dirs = configs.DatasetDirs(
@@ -229,12 +285,15 @@ async def _plan(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, progress: Pro
         counts = {k: int(info.get("counts", {}).get(k, 0)) for k in ("images", "videos")}
         output_dir = earlier.outputs
         summary["resumed_from"] = req.resume
+        if removed := clear_interrupted_saves(output_dir):
+            warnings.append(f"removed half-written saves a kill left behind (the engine would crash on them): "
+                            f"{', '.join(removed)}")
     else:
         with timings.stage("download"):
             sets = await _prepare_dataset(req, dirs, progress)
             if "videos" in sets and spec.frame_buckets is not None:
-                buckets = list(req.training.frame_buckets or spec.frame_buckets)
-                summary["warnings"] = await asyncio.to_thread(dataset.check_video_lengths, sets["videos"], buckets)
+                frame_buckets = list(req.training.frame_buckets or spec.frame_buckets)
+                warnings += await asyncio.to_thread(dataset.check_video_lengths, sets["videos"], frame_buckets)
         with timings.stage("caption"):
             summary.update(await _caption(req, sets, dirs, progress))
         ds = req.dataset
@@ -257,13 +316,20 @@ async def _plan(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, progress: Pro
             "model_type": req.model_type, "counts": counts, "image_repeats": data_dirs.image_repeats,
             "video_repeats": data_dirs.video_repeats, "request": req.model_dump(mode="json"),
         }), indent=2))
-    dir_items = ([(counts["images"], data_dirs.image_repeats)] * bool(data_dirs.images)
-                 + [(counts["videos"], data_dirs.video_repeats)] * bool(data_dirs.videos))
-    steps = steps_per_epoch_estimate(dir_items, len(ds_cfg["resolutions"]), req.training.batch_size,
-                                     req.training.gradient_accumulation_steps)
+        media = await asyncio.to_thread(_media_dirs, ds_cfg)
+        plan = buckets.plan(ds_cfg, media, micro_batch=req.training.batch_size,
+                            grad_accum=req.training.gradient_accumulation_steps, world_size=gpu.data_parallel,
+                            image_micro_batch=cfg.get("image_micro_batch_size_per_gpu"))
+        warnings += plan.warnings()
+        if plan.steps_per_epoch == 0:
+            raise JobError("invalid_input", "dataset: every bucket is smaller than the global batch "
+                                            f"({req.training.batch_size} x {req.training.gradient_accumulation_steps} "
+                                            f"x {gpu.data_parallel} GPU(s)), so the engine would train nothing; "
+                                            "lower training.batch_size or gradient_accumulation_steps, or raise the "
+                                            "repeats", warnings)
     dataset_info = {"images": counts["images"], "videos": counts["videos"], **summary,
                     "trigger_word": req.dataset.trigger_word if req.dataset else None}
-    return _Plan(cfg_path, output_dir, texts, len(ds_cfg["resolutions"]), dir_items, steps, dataset_info)
+    return _Plan(cfg_path, output_dir, texts, plan, dataset_info, warnings)
 
 
 async def _fetch_models(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, progress: Progress,
@@ -275,42 +341,45 @@ async def _fetch_models(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, progr
             await asyncio.to_thread(model_fetch.ensure, dirs.models, item, token=token)
 
 
-def _dry_run_result(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, plan: _Plan) -> dict:
-    steps = plan.steps_per_epoch
+def _dry_run_result(req: TrainRequest, spec: ModelSpec, gpu: _Gpus, dirs: JobDirs, plan: _Plan,
+                    command: list[str]) -> dict:
+    steps = plan.buckets.steps_per_epoch
     return {
         "configs": plan.texts, "config_dir": str(dirs.config), "dataset": plan.dataset_info,
         "model_paths": {f.repo_id: str(dirs.models / f.local_dir) for f in spec.fetch},
         "estimated_steps_per_epoch": steps,
         "estimated_total_steps": steps * req.training.epochs if not req.training.max_steps
         else min(steps * req.training.epochs, req.training.max_steps),
-        "command": training.command(plan.cfg_path, resume=bool(req.resume), num_gpus=1),
+        "gpus": gpu.ids, "command": command,
+        "warnings": plan.warnings + [f"a real job would be refused: {p}" for p in _engine_problems(spec)],
         "lora_file": spec.lora_file, "lora_format": spec.lora_format,
     }
 
 
-async def _train(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, progress: Progress, timings: Timings,
-                 started: float) -> dict:
+async def _train(req: TrainRequest, spec: ModelSpec, gpu: _Gpus, dirs: JobDirs, progress: Progress,
+                 timings: Timings, started: float) -> dict:
     base = {"job_id": dirs.job_id, "model_type": req.model_type, "model_name": spec.model_name}
     limit = _timeout(req)
     # the time limit covers everything up to the end of training; training enforces its share itself,
     # stopping the process group with the epoch and step it reached. The upload after it is not cut off.
-    before_training = asyncio.timeout_at(started + limit if limit else None)
+    before_training = asyncio.timeout_at(started + limit)
     try:
         async with before_training:
-            plan = await _plan(req, spec, dirs, progress, timings)
+            plan = await _plan(req, spec, gpu, dirs, progress, timings)
             if req.dry_run:
-                return {"status": "dry_run", **base, **_dry_run_result(req, spec, dirs, plan)}
+                command = training.command(plan.cfg_path, resume=bool(req.resume), gpu_ids=gpu.ids,
+                                           master_port=training.free_port())
+                return {"status": "dry_run", **base, **_dry_run_result(req, spec, gpu, dirs, plan, command)}
             await _fetch_models(req, spec, dirs, progress, timings)
     except TimeoutError:
         if not before_training.expired():
             raise
         raise JobError("timeout", f"timeout_s: the job's time limit of {limit:g} s ran out during "
                                   f"'{progress.stage}', before training started; nothing was trained") from None
-    remaining = max(1.0, started + limit - time.monotonic()) if limit else None
+    remaining = max(1.0, started + limit - time.monotonic())
 
-    tp = TrainProgress(epochs=req.training.epochs, steps_per_epoch=plan.steps_per_epoch,
-                       max_steps=req.training.max_steps, dataset_dirs=plan.dir_items,
-                       n_resolutions=plan.n_resolutions)
+    tp = TrainProgress(epochs=req.training.epochs, steps_per_epoch=plan.buckets.steps_per_epoch,
+                       max_steps=req.training.max_steps)
 
     def on_update(p: TrainProgress) -> None:
         stage = "training" if p.phase == "training" else "caching"
@@ -320,9 +389,12 @@ async def _train(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, progress: Pr
                         force=p.completed, **p.report())
 
     progress.update("training", 0, "starting diffusion-pipe", force=True)
+    # the port is picked now, not before the (possibly long) model download, so that it is still free
+    command = training.command(plan.cfg_path, resume=bool(req.resume), gpu_ids=gpu.ids,
+                               master_port=training.free_port())
     with timings.stage("training"):
-        await training.run(plan.cfg_path, progress=tp, log_file=dirs.logs / "train.log", on_update=on_update,
-                           resume=bool(req.resume), timeout_s=remaining)
+        await training.run(command, gpu_ids=gpu.ids, progress=tp, log_file=dirs.logs / "train.log",
+                           on_update=on_update, timeout_s=remaining)
 
     lora = latest_lora(plan.output_dir, spec.lora_file)
     if lora is None:
@@ -340,7 +412,9 @@ async def _train(req: TrainRequest, spec: ModelSpec, dirs: JobDirs, progress: Pr
         "epochs_completed": epochs_completed, "latest_epoch": lora.name,
         "saved_epochs": tp.saved, "steps": tp.step, "final_loss": tp.loss,
         "lora_file": lora.file.name, "lora_format": spec.lora_format,
-        "dataset": plan.dataset_info, "output": output,
+        "dataset": plan.dataset_info, "output": output, "gpus": gpu.ids,
+        "warnings": plan.warnings + [f"the engine dropped size bucket {b} whole (fewer samples than the global "
+                                     "batch)" for b in tp.dropped_buckets],
     }
 
 

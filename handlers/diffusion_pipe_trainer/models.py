@@ -47,9 +47,14 @@ class ModelSpec:
     note: str = ""
     # ComfyUI-based model classes call the transformer's dtype key `diffusion_model_dtype`.
     transformer_dtype_key: str = "transformer_dtype"
+    # Host RAM (GB) one training process needs: each GPU's process loads the whole model (the sizes of the
+    # weights it reads, in the dtype it loads them, plus headroom). An estimate, used to refuse what cannot fit.
+    host_ram_gb: float = 16
+    # Wan's attention asserts flash-attn 2 (diffusion-pipe models/wan/attention.py:107).
+    needs_flash_attn: bool = False
 
 
-def _wan(model_type: str, name: str, repo: str, local: str, *, i2v: bool) -> ModelSpec:
+def _wan(model_type: str, name: str, repo: str, local: str, *, i2v: bool, host_ram_gb: float) -> ModelSpec:
     required = ["config.json", "Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth", "google/umt5-xxl"]
     if i2v:
         required += ["models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth", "xlm-roberta-large"]
@@ -71,6 +76,8 @@ def _wan(model_type: str, name: str, repo: str, local: str, *, i2v: bool) -> Mod
         frame_buckets=(1, 33),
         # i2v conditions on the clip's first frame, so the clip must start at the beginning.
         video_clip_mode="single_beginning" if i2v else None,
+        host_ram_gb=host_ram_gb,
+        needs_flash_attn=True,
     )
 
 
@@ -103,6 +110,7 @@ REGISTRY: dict[str, ModelSpec] = {
             lora_format="Diffusers",
             media=("images",),
             resolution=1024,
+            host_ram_gb=40,  # transformer 23.8 GB + T5-XXL 9.5 GB (bf16) + CLIP, VAE
         ),
         ModelSpec(
             model_type="sdxl",
@@ -125,10 +133,14 @@ REGISTRY: dict[str, ModelSpec] = {
             media=("images",),
             resolution=1024,
             note="LoRA also trains both text encoders",
+            host_ram_gb=12,  # the 6.9 GB checkpoint
         ),
-        _wan("wan13", "Wan 1.3B", "Wan-AI/Wan2.1-T2V-1.3B", "Wan2.1-T2V-1.3B", i2v=False),
-        _wan("wan14b_t2v", "Wan 14B T2V", "Wan-AI/Wan2.1-T2V-14B", "Wan2.1-T2V-14B", i2v=False),
-        _wan("wan14b_i2v", "Wan 14B I2V", "Wan-AI/Wan2.1-I2V-14B-480P", "Wan2.1-I2V-14B-480P", i2v=True),
+        # 1.3B: the fp32 transformer (5.7 GB) and the umt5-xxl encoder (11.4 GB); 14B: the sharded transformer is
+        # read whole (~57 GB) plus the encoder; i2v adds the CLIP (4.8 GB).
+        _wan("wan13", "Wan 1.3B", "Wan-AI/Wan2.1-T2V-1.3B", "Wan2.1-T2V-1.3B", i2v=False, host_ram_gb=24),
+        _wan("wan14b_t2v", "Wan 14B T2V", "Wan-AI/Wan2.1-T2V-14B", "Wan2.1-T2V-14B", i2v=False, host_ram_gb=72),
+        _wan("wan14b_i2v", "Wan 14B I2V", "Wan-AI/Wan2.1-I2V-14B-480P", "Wan2.1-I2V-14B-480P", i2v=True,
+             host_ram_gb=78),
         ModelSpec(
             model_type="qwen",
             model_name="Qwen Image",
@@ -151,6 +163,7 @@ REGISTRY: dict[str, ModelSpec] = {
             lora_format="ComfyUI",
             media=("images",),
             resolution=1024,
+            host_ram_gb=64,  # transformer 40.9 GB + Qwen2.5-VL text encoder 16.6 GB (bf16) + VAE
         ),
         ModelSpec(
             model_type="z_image_turbo",
@@ -192,6 +205,7 @@ REGISTRY: dict[str, ModelSpec] = {
             media=("images",),
             resolution=1024,
             transformer_dtype_key="diffusion_model_dtype",
+            host_ram_gb=28,  # transformer 12.3 GB + qwen_3_4b 8 GB + VAE + the merged adapter
         ),
     )
 }

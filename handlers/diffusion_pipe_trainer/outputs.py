@@ -9,6 +9,7 @@ A save in progress has a `tmp/` folder inside its epoch dir and is skipped.
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,3 +57,18 @@ def latest_lora(output_dir: Path, lora_file: str) -> SavedLora | None:
     if not loras:
         return None
     return max(loras, key=lambda s: (s.directory.parent.name, s.file.stat().st_mtime_ns, s.number))
+
+
+def clear_interrupted_saves(output_dir: Path) -> list[str]:
+    """Remove save dirs a kill left half-written (they still hold `tmp/`). The engine creates `tmp/` with
+    exist_ok=False when it saves that epoch again (diffusion-pipe utils/saver.py:61-64), so a resume would crash
+    on it; and what is beside it is an incomplete LoRA. Returns the removed dirs' names."""
+    removed = []
+    if not output_dir.is_dir():
+        return removed
+    for run in sorted(p for p in output_dir.iterdir() if p.is_dir()):
+        for d in sorted(run.iterdir()):
+            if _SAVE_DIR.match(d.name) and (d / "tmp").is_dir():
+                shutil.rmtree(d)
+                removed.append(f"{run.name}/{d.name}")
+    return removed

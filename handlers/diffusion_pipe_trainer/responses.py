@@ -13,7 +13,10 @@ class LoraOutput(UploadRecord):
     network_volume_path: str = Field(..., description="the LoRA's folder on the network volume (kept there)")
 
 
-_DATASET = "counts of images and videos, captions made and kept, warnings, trigger word"
+_DATASET = "counts of images and videos, captions made and kept, trigger word"
+_WARNINGS = ("what will not train as asked: files in an aspect-ratio bucket the engine cuts to a multiple of the "
+             "global batch (named), videos too short for every frame bucket, half-written saves removed on resume")
+_GPUS = "the GPU indices trained on (data parallel over all of them unless pipeline_stages splits them)"
 
 
 class TrainResult(Strict):
@@ -30,6 +33,8 @@ class TrainResult(Strict):
     lora_format: str = Field(..., description="Diffusers (flux), Kohya (sdxl) or ComfyUI (Wan, Qwen, Z-Image)")
     dataset: dict[str, Any] = Field(..., description=_DATASET)
     output: LoraOutput = Field(..., description="the upload record of the LoRA")
+    gpus: list[int] = Field(..., description=_GPUS)
+    warnings: list[str] = Field(..., description=_WARNINGS + "; and size buckets the engine logged as dropped")
     timings: dict[str, float] = Field(..., description="seconds per stage (download, caption, config, models, "
                                                        "training, upload, total)")
     worker_version: str = Field(..., description="version of the worker image")
@@ -46,7 +51,11 @@ class DryRunResult(Strict):
     model_paths: dict[str, str] = Field(..., description="Hugging Face repo -> folder the weights would be read from")
     estimated_steps_per_epoch: int = Field(..., description="optimizer steps per epoch, estimated from the dataset")
     estimated_total_steps: int = Field(..., description="steps of the whole training")
-    command: list[str] = Field(..., description="the diffusion-pipe command line the worker would run")
+    gpus: list[int] = Field(..., description=_GPUS)
+    command: list[str] = Field(..., description="the exact argv the worker would run (DeepSpeed launcher, "
+                                                "--include of the GPUs, --master_port also to train.py)")
+    warnings: list[str] = Field(..., description=_WARNINGS + "; and what would make a real job be refused "
+                                                              "(e.g. flash-attn missing for Wan)")
     lora_file: str = Field(..., description="file name the LoRA would have")
     lora_format: str = Field(..., description="format the LoRA would have")
     timings: dict[str, float] = Field(..., description="seconds per stage")

@@ -1,8 +1,8 @@
 """Reading diffusion-pipe's log: progress (epoch, step, loss, percent, ETA) and failure hints.
 
-The engine never prints its total step count. It is estimated up front from the dataset
-(items x repeats x resolutions / (micro batch x gradient accumulation), per directory)
-and replaced by the measured value when the log says `Started new epoch: 2`.
+The engine never prints its total step count. It is computed up front from the dataset's
+buckets as the engine cuts them (buckets.py) and replaced by the measured value when the log
+says `Started new epoch: 2`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ STEP = re.compile(r"^steps: (\d+) loss: (\S+) .*iter time \(s\): ([\d.]+)")
 NEW_EPOCH = re.compile(r"Started new epoch: (\d+)")
 SAVED = re.compile(r"Saving model to directory (\S+)")
 RESUMED = re.compile(r"Resuming training from checkpoint\. Resuming at epoch: (\d+), step: (\d+)")
-GLOBAL_BATCH = re.compile(r"Global batch size = (\d+)")
+# utils/dataset.py:395-396 (DeepSpeed's logger, so with a "[... WARNING] [dataset.py:396:...]" prefix)
+DROPPED = re.compile(r"size bucket (.+) is being completely dropped")
 CACHING = re.compile(r"^caching (latents|text embeddings)")
 COMPLETE = "TRAINING COMPLETE!"
 
@@ -32,13 +33,11 @@ HINTS = (
     ("had no images/videos", "a dataset folder had no usable media (media without captions are skipped)"),
     ("is being skipped because it is too short", "some videos are shorter than the smallest frame bucket"),
     ("No CUDA GPUs are available", "no GPU is visible to the worker"),
+    ("Processed dataset was empty", "every bucket is smaller than the global batch (micro batch x gradient "
+                                    "accumulation x GPUs), so the engine dropped them all: lower the batch or "
+                                    "raise the repeats"),
+    ("FLASH_ATTN_2_AVAILABLE", "flash-attn is not installed in the image, and Wan needs it"),
 )
-
-
-def steps_per_epoch_estimate(dirs: list[tuple[int, int]], n_resolutions: int, micro_batch: int, grad_accum: int) -> int:
-    """`dirs` = [(media count, repeats)]; the engine drops incomplete batches per bucket."""
-    per = micro_batch * grad_accum
-    return max(1, sum(n * repeats * n_resolutions // per for n, repeats in dirs))
 
 
 def hint_for(lines: list[str]) -> str | None:
@@ -63,10 +62,7 @@ class TrainProgress:
     saved: list[str] = field(default_factory=list)
     completed: bool = False
     first_line_at: float | None = None
-    # (media count, repeats) per directory and the resolution count, to redo the estimate once the
-    # engine prints its global batch size (micro batch x accumulation x data-parallel GPUs)
-    dataset_dirs: list[tuple[int, int]] = field(default_factory=list)
-    n_resolutions: int = 1
+    dropped_buckets: list[str] = field(default_factory=list)  # as the engine logged them
     _first_step: int | None = None
     _first_step_at: float | None = None
     _calibrated: bool = False
@@ -102,8 +98,8 @@ class TrainProgress:
         if m := RESUMED.search(line):
             self.epoch, self.step = int(m.group(1)), int(m.group(2)) - 1
             return True
-        if (m := GLOBAL_BATCH.search(line)) and self.dataset_dirs and not self._calibrated:
-            self.steps_per_epoch = steps_per_epoch_estimate(self.dataset_dirs, self.n_resolutions, int(m.group(1)), 1)
+        if m := DROPPED.search(line):
+            self.dropped_buckets.append(m.group(1))
             return True
         if CACHING.match(line):
             self.phase = "caching"

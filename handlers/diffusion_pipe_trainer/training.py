@@ -1,8 +1,12 @@
 """Running diffusion-pipe as a child process group, with progress, a time limit and cancellation.
 
-    deepspeed --num_gpus=N --master_port=P train.py --deepspeed --config <job>/config/config.toml
+    deepspeed --include=localhost:0,1 --master_port=P train.py --deepspeed --config <job>/config/config.toml
+        --master_port=P [--resume_from_checkpoint]
 
-runs in `DIFFUSION_PIPE_DIR`. The launcher is `DIFFUSION_PIPE_LAUNCHER` (default `deepspeed`;
+runs in `DIFFUSION_PIPE_DIR`. `--include` rather than `--num_gpus`: the launcher ignores
+CUDA_VISIBLE_DEVICES once `--num_gpus` is given (gpus.py). The port goes to train.py as well:
+it has its own `--master_port` (default 29500) and sets MASTER_PORT from it, overriding the
+launcher's (diffusion-pipe train.py:54, 252-253), so without it concurrent runs collide. The launcher is `DIFFUSION_PIPE_LAUNCHER` (default `deepspeed`;
 tests point it at tests/fakes/diffusion_pipe_train.py). The child gets its own session, so a
 timeout or a cancelled job ends the launcher *and* its training process (which would otherwise
 keep the GPU and the DeepSpeed port).
@@ -14,10 +18,8 @@ import asyncio
 import logging
 import os
 import shlex
-import shutil
 import signal
 import socket
-import subprocess
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from common.jobs import JobError
 from common.redaction import redact_text
+from handlers.diffusion_pipe_trainer.gpus import p2p_ok
 from handlers.diffusion_pipe_trainer.train_log import TrainProgress, hint_for
 
 log = logging.getLogger("trainer.engine")
@@ -35,43 +38,26 @@ def engine_dir() -> Path:
     return Path(os.environ.get("DIFFUSION_PIPE_DIR", "/diffusion-pipe"))
 
 
-def visible_gpus() -> int:
-    """GPUs the engine may use: TRAINER_NUM_GPUS, else CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`, else 1."""
-    if env := os.environ.get("TRAINER_NUM_GPUS"):
-        return max(1, int(env))
-    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if cvd is not None and cvd.strip() not in ("", "all"):
-        return max(1, len([d for d in cvd.split(",") if d.strip()]))
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
-            n = sum(1 for line in out.splitlines() if line.startswith("GPU "))
-            if n:
-                return n
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return 1
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def command(config: Path, *, resume: bool, num_gpus: int | None = None) -> list[str]:
+def command(config: Path, *, resume: bool, gpu_ids: list[int], master_port: int) -> list[str]:
     launcher = shlex.split(os.environ.get("DIFFUSION_PIPE_LAUNCHER", "deepspeed"))
-    cmd = [*launcher, f"--num_gpus={num_gpus or visible_gpus()}", f"--master_port={free_port()}",
-           "train.py", "--deepspeed", "--config", str(config)]
+    cmd = [*launcher, f"--include=localhost:{','.join(map(str, gpu_ids))}", f"--master_port={master_port}",
+           "train.py", "--deepspeed", "--config", str(config), f"--master_port={master_port}"]
     if resume:
         cmd.append("--resume_from_checkpoint")
     return cmd
 
 
-def child_env() -> dict[str, str]:
+def child_env(gpu_ids: list[int]) -> dict[str, str]:
     env = dict(os.environ)
-    env.setdefault("NCCL_P2P_DISABLE", "1")
-    env.setdefault("NCCL_IB_DISABLE", "1")
+    if len(gpu_ids) > 1 and not p2p_ok(gpu_ids):
+        env.setdefault("NCCL_P2P_DISABLE", "1")  # PCIe GPUs without P2P hang NCCL; NVLink pods keep P2P
+    env.setdefault("NCCL_IB_DISABLE", "1")  # one node: no InfiniBand
     env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     env["PYTHONUNBUFFERED"] = "1"
     for secret in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "RUNPOD_AI_API_KEY", "AWS_SECRET_ACCESS_KEY"):
@@ -99,11 +85,10 @@ def kill_group(pid: int, grace_s: float | None = None) -> None:
         pass
 
 
-async def run(cfg: Path, *, progress: TrainProgress, log_file: Path, on_update: Callable[[TrainProgress], None],
-              resume: bool = False, timeout_s: float | None = None,
+async def run(cmd: list[str], *, gpu_ids: list[int], progress: TrainProgress, log_file: Path,
+              on_update: Callable[[TrainProgress], None], timeout_s: float | None = None,
               on_first_line: Callable[[], None] | None = None) -> TrainProgress:
-    """Run training to the end; raises JobError on a non-zero exit, a timeout or a missing engine."""
-    cmd = command(cfg, resume=resume)
+    """Run `cmd` (from `command`) to the end; raises JobError on a non-zero exit, a timeout or a missing engine."""
     cwd = engine_dir()
     if not (cwd / "train.py").is_file():
         raise JobError("engine_failed", f"diffusion-pipe not found: {cwd}/train.py is missing (DIFFUSION_PIPE_DIR)")
@@ -111,7 +96,7 @@ async def run(cfg: Path, *, progress: TrainProgress, log_file: Path, on_update: 
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     try:
         proc = await asyncio.create_subprocess_exec(
-            *cmd, cwd=str(cwd), env=child_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            *cmd, cwd=str(cwd), env=child_env(gpu_ids), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True, limit=1 << 20,
         )
     except OSError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import mimetypes
 import re
@@ -28,19 +29,43 @@ def _describe(path: Path) -> dict[str, Any]:
             "size_bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
+def _parse_metadata(text: str | None) -> Any:
+    """SwarmUI's per-output metadata: usually a JSON object as a string (seed, model, parameters used)."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def _model_key(name: str) -> str:
     return re.sub(r"\.(safetensors|ckpt|pt|pth|bin|gguf|sft|engine)$", "", name.replace("\\", "/").strip("/"),
                   flags=re.I).lower()
 
 
 async def check_models(rt: WorkerRuntime, body: dict[str, Any]) -> None:
-    """Name a missing model before SwarmUI spends time on the request (SwarmUI's own error is vaguer)."""
+    """Name a missing model before SwarmUI spends time on the request (SwarmUI's own error is vaguer).
+
+    SwarmUI lists models from memory, filled at its start and by a refresh: a model missing there
+    may have been put on the volume since, so when the volume changed SwarmUI is refreshed once first."""
     wanted = {f: str(body[f]) for f in MODEL_FIELDS if body.get(f)}
     if not wanted:
         return
-    names = (await rt.process.client.list_models("Stable-Diffusion")).names
-    known = {_model_key(n) for n in names}
-    missing = [f"params.{f}: model {v!r} is not on this worker" for f, v in wanted.items() if _model_key(v) not in known]
+
+    async def missing_models() -> tuple[list[str], list[str]]:
+        names = (await rt.process.client.list_models("Stable-Diffusion")).names
+        known = {_model_key(n) for n in names}
+        return names, [f"params.{f}: model {v!r} is not on this worker" for f, v in wanted.items()
+                       if _model_key(v) not in known]
+
+    names, missing = await missing_models()
+    if missing:
+        await rt.refresh_model_tree()
+        if rt.process.models_stale:
+            log.info("model(s) not listed by SwarmUI and the volume changed, refreshing: %s", missing)
+            await rt.process.refresh_models()
+            names, missing = await missing_models()
     if missing:
         sample = ", ".join(sorted(names)[:10]) or "none"
         raise JobError("invalid_input", "; ".join(missing) + f" (available: {sample})", missing)
@@ -117,6 +142,8 @@ async def run_generate(rt: WorkerRuntime, job: dict, req: GenerateInput, timings
             if not is_data_url(ref):  # SwarmUI's copy is not needed any more
                 (rt.cfg.swarm_output_dir / ref.lstrip("/")[len("View/"):]).unlink(missing_ok=True)
         outputs = [await asyncio.to_thread(_describe, f) for f in files]
+        for out, metadata in zip(outputs, result.metadata, strict=True):
+            out["metadata"] = _parse_metadata(metadata)
 
     total = sum(o["size_bytes"] for o in outputs)
     inline_max = rt.cfg.inline_max_bytes if req.inline_max_bytes is None else req.inline_max_bytes

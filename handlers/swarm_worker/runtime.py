@@ -55,9 +55,11 @@ class WorkerRuntime:
         self.gateway = Gateway(host=cfg.public_host, port=cfg.public_port,
                                upstream=f"http://127.0.0.1:{cfg.internal_port}",
                                upstream_secret=lambda: self.process.internal_secret,
-                               is_ready=lambda: self.process.ready, before_refresh=self.refresh_model_tree)
+                               is_ready=lambda: self.process.ready, before_refresh=self.before_client_refresh,
+                               ssl_context=cfg.server_ssl_context())
         self.legacy_token: str | None = None
         self.lease: Lease | None = None
+        self._lease_ended: asyncio.Event | None = None  # set when the current lease ends (waiting lease jobs)
         self.lease_count = 0
         self.holds: set[asyncio.Event] = set()
         self._gateway_started = False
@@ -164,17 +166,18 @@ class WorkerRuntime:
 
     async def swarm_busy(self) -> bool:
         """Busy = SwarmUI has generations live or queued, models or backends loading, or a generation
-        request is passing through the gateway. Plain HTTP polling does not count."""
+        request is passing through the gateway. Plain HTTP polling does not count. A status check that
+        fails counts as busy: a SwarmUI too loaded to answer must not be released as idle."""
         if self.gateway.generations_in_flight > 0:
             return True
         if not self.process.ready:
             return False
         try:
             status = (await self.process.client.global_status()).get("status") or {}
-        except SwarmUIError as exc:
-            log.debug("GetGlobalStatus failed: %s", exc)
-            return False
-        return any(int(status.get(k) or 0) > 0 for k in BUSY_KEYS)
+            return any(int(status.get(k) or 0) > 0 for k in BUSY_KEYS)
+        except (SwarmUIError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("GetGlobalStatus failed, counted as busy: %s", exc)
+            return True
 
     async def _activity_since(self, since: float) -> bool:
         last_gen = self.gateway.last_generation_at
@@ -195,14 +198,25 @@ class WorkerRuntime:
 
     async def begin_lease(self, idle: float | None, grace: float | None,
                           max_lease: float | None) -> tuple[Lease | None, dict]:
-        """Claim the worker for one lease and wait for SwarmUI; returns (lease, first output)."""
+        """Claim the worker for one lease and wait for SwarmUI; returns (lease, first output).
+
+        A lease job that finds the worker leased waits for that lease to end instead of failing: it
+        can only get here when the SDK took two leases in one batch, before the concurrency modifier
+        dropped to 1 (see __main__.concurrency_modifier)."""
         if self.lease is not None:
-            return None, {"success": False, "error": f"this worker already holds lease {self.lease.number}",
-                          "error_id": "lease_busy", "worker_id": self.worker_id}
+            log.warning("a lease job arrived while lease %d holds this worker: it waits for that lease to end",
+                        self.lease.number)
+        while self.lease is not None:
+            if self._lease_ended is None:
+                self._lease_ended = asyncio.Event()
+            await self._lease_ended.wait()
         limits = self.lease_limits(idle, grace, max_lease)
         self.lease_count += 1
         lease = Lease(number=self.lease_count, token=secrets.token_urlsafe(48), **limits)
         self.lease = lease
+        # The per-worker legacy token belongs to no lease: it is refused (and its WebSockets closed)
+        # until the lease ends. A fixed token from the environment stays valid (documented).
+        await self.gateway.suspend("legacy")
         try:
             await self.ensure_ready()
         except asyncio.CancelledError:  # the lease job was cancelled while SwarmUI was starting
@@ -265,19 +279,26 @@ class WorkerRuntime:
                 pass
 
     async def end_lease(self, lease: Lease, reason: str) -> None:
-        """Revoke the token, close its WebSockets, wipe SwarmUI's outputs."""
+        """Revoke the token, close its WebSockets, stop its generations, wipe SwarmUI's outputs.
+
+        Only the sessions the lease generated with are interrupted: a `generate` job running beside
+        the lease is left alone."""
         if self.lease is not lease:
             return
         closed = await self.gateway.revoke(lease.token)
+        self.gateway.resume("legacy")
+        sessions = self.gateway.sessions.pop(lease.token)
         if reason in ("cancelled", "worker_exit") and self.process.ready:
-            try:
-                await self.process.client.interrupt_all()
-            except SwarmUIError as exc:
-                log.warning("InterruptAll at lease end failed: %s", exc)
+            for sid in sessions:
+                await self.process.client.interrupt_session(sid)
         wiped = wipe_dir(self.cfg.swarm_output_dir)
         self.lease = None
-        log.info("lease %d released (%s): token revoked, %d WebSocket(s) closed, %d output entries wiped",
-                 lease.number, reason, closed, wiped)
+        if self._lease_ended is not None:
+            self._lease_ended.set()
+            self._lease_ended = None
+        log.info("lease %d released (%s): token revoked, %d WebSocket(s) closed, %d session(s) interrupted, "
+                 "%d output entries wiped", lease.number, reason, closed,
+                 len(sessions) if reason in ("cancelled", "worker_exit") else 0, wiped)
 
     # -- legacy holds ---------------------------------------------------------------------------------------
 
@@ -352,13 +373,25 @@ class WorkerRuntime:
                                                       "websockets": self.gateway.open_websockets()}}
 
     async def refresh_model_tree(self) -> dict[str, int]:
-        return await asyncio.to_thread(build_model_tree, self.cfg.model_roots, self.cfg.model_tree)
+        """Bring the per-worker model tree up to date with the volume; a change makes SwarmUI's model
+        list (held in memory since its last scan) stale."""
+        stats = await asyncio.to_thread(build_model_tree, self.cfg.model_roots, self.cfg.model_tree)
+        if stats["linked"] or stats["removed"]:
+            self.process.models_stale = True
+        return stats
+
+    async def before_client_refresh(self) -> None:
+        """A `TriggerRefresh` passing the gateway: new volume files join the model tree first, and the
+        request waits out SwarmUI's refresh debounce when there is something new to see."""
+        await self.refresh_model_tree()
+        await self.process.before_forwarded_refresh()
 
     async def models(self, subtypes: list[str]) -> dict:
         await self.ensure_ready()
         tree = await self.refresh_model_tree()
         client = self.process.client
-        await client.trigger_refresh()
+        if self.process.models_stale:
+            await self.process.refresh_models()
         found = {}
         for subtype in subtypes:
             found[subtype] = (await client.list_models(subtype)).names

@@ -18,23 +18,47 @@ log = logging.getLogger("swarm.files")
 SKIP_SUFFIXES = (".ldb", ".part", ".partial", ".partial.json", ".tmp", ".lock")
 
 
+def fds_escape(text: str) -> str:
+    """Escape a value the way FreneticUtilities' `FDSUtility.Escape` does: FDS has no quoting, so
+    a value is the raw text after `key:`; only `\\s` (backslash), `\\t`, `\\n`, `\\r` and `\\x`
+    (nothing, guarding leading/trailing spaces) are unescaped when SwarmUI reads it back."""
+    text = text.replace("\\", "\\s").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    if text.endswith(" "):
+        text += "\\x"
+    if text.startswith(" "):
+        text = "\\x" + text
+    return text
+
+
 def fds(data: dict, indent: int = 0) -> str:
-    """Render a nested dict in SwarmUI's FDS format (`key: value`, sections indented by tabs)."""
+    """Render a nested dict in SwarmUI's FDS format (`key: value`, sections indented by tabs).
+
+    Empty values (None, "") are left out so that SwarmUI's default applies: FDS has no way to
+    quote, and `key: ""` would be the two-character string `""` (issue 15: as ComfyUI's
+    `ExtraArgs` it became an empty argv element and ComfyUI's argparse exited)."""
     lines = []
     for key, value in data.items():
+        key = str(key)
+        if not key or any(c in key for c in ":=\t\n\r") or key.strip() != key:
+            raise ValueError(f"FDS key {key!r} is not a plain name")
         pad = "\t" * indent
         if isinstance(value, dict):
-            lines.append(f"{pad}{key}:")
-            lines.append(fds(value, indent + 1))
+            body = fds(value, indent + 1)
+            if body:
+                lines.append(f"{pad}{key}:")
+                lines.append(body)
+        elif value is None or value == "":
+            continue
         else:
-            if isinstance(value, bool):
-                text = "true" if value else "false"
-            else:
-                text = str(value)
-            if "\n" in text:
-                raise ValueError(f"FDS value for {key!r} must be one line")
-            lines.append(f'{pad}{key}: {text if text else chr(34) * 2}')
-    return "\n".join(line for line in lines if line)
+            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            lines.append(f"{pad}{key}: {fds_escape(text)}")
+    return "\n".join(lines)
+
+
+# SwarmUI compares the remote address with each comma-separated entry of `AuthBypassIPs`, untrimmed
+# (mcmonkeyprojects/SwarmUI src/Core/WebServer.cs:192); left out, the default exempts loopback,
+# which is where the gateway and a tunnel connect from. This entry matches no address.
+NO_BYPASS_IPS = "none"
 
 
 def settings_fds(*, model_root: Path, output_dir: Path, port: int, internal_auth: str) -> str:
@@ -45,23 +69,29 @@ def settings_fds(*, model_root: Path, output_dir: Path, port: int, internal_auth
         "Network": {
             "Host": "127.0.0.1",
             "Port": port,
+            # SwarmUI moves to the next free port when its port is taken (mcmonkeyprojects/SwarmUI
+            # src/Core/Settings.cs:266, src/Core/Program.cs:775): the worker would then talk to
+            # whatever holds the port. Fail instead.
+            "PortCanChange": False,
             # Everything reaches SwarmUI from loopback (gateway, tunnel): drop the loopback
             # exemption so the internal port also needs the gateway's secret.
             "RequiredAuthorization": internal_auth,
-            "AuthBypassIPs": "",
+            "AuthBypassIPs": NO_BYPASS_IPS,
         },
         "Maintenance": {"CheckForUpdates": False},
     }) + "\n"
 
 
-def backends_fds() -> str:
+def backends_fds(extra_args: str = "") -> str:
+    """One self-start ComfyUI backend. `extra_args` are ComfyUI arguments (`--cpu` for the build's
+    pre-warm); empty means none, and then the key is left out."""
     return fds({"0": {
         "type": "comfyui_selfstart",
         "title": "ComfyUI",
         "enabled": True,
         "settings": {
             "StartScript": "dlbackend/ComfyUI/main.py",
-            "ExtraArgs": os.environ.get("SWARMUI_COMFY_EXTRA_ARGS", ""),
+            "ExtraArgs": extra_args.strip(),
             "AutoUpdate": False,
             "UpdateManagedNodes": False,
             "FrontendVersion": "None",
@@ -74,14 +104,14 @@ def backends_fds() -> str:
 
 
 def write_swarm_config(data_dir: Path, *, model_root: Path, output_dir: Path, port: int,
-                       internal_auth: str) -> tuple[Path, Path]:
+                       internal_auth: str, comfy_extra_args: str = "") -> tuple[Path, Path]:
     data_dir.mkdir(parents=True, exist_ok=True)
     settings = data_dir / "Settings.fds"
     backends = data_dir / "Backends.fds"
     settings.write_text(settings_fds(model_root=model_root, output_dir=output_dir, port=port,
                                      internal_auth=internal_auth))
     os.chmod(settings, 0o600)
-    backends.write_text(backends_fds())
+    backends.write_text(backends_fds(comfy_extra_args))
     return settings, backends
 
 

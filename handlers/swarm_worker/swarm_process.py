@@ -24,6 +24,8 @@ from handlers.swarm_worker.swarm_files import build_model_tree, write_swarm_conf
 log = logging.getLogger("swarm.process")
 
 TAIL_LINES = 200
+LINE_KEEP_CHARS = 4096  # of one log line, in the tail and error details (the log file has it all)
+READ_CHUNK = 64 * 1024
 
 
 def child_env() -> dict[str, str]:
@@ -53,7 +55,7 @@ class SwarmProcess:
         self.cfg = cfg
         self.internal_secret = secrets.token_urlsafe(32)
         self.client = SwarmUIClient(f"http://127.0.0.1:{cfg.internal_port}", token=self.internal_secret,
-                                    http_timeout=10)
+                                    http_timeout=cfg.http_timeout)
         self.state = "stopped"  # stopped | starting | ready | exited | failed
         self.restarts = 0
         self.last_exit: int | None = None
@@ -66,6 +68,10 @@ class SwarmProcess:
         self._monitor: asyncio.Task | None = None
         self._reader: asyncio.Task | None = None
         self._stopping = False
+        self._last_refresh: float | None = None
+        self._refresh_lock = asyncio.Lock()
+        # the model tree changed since SwarmUI last scanned it (its start or a refresh)
+        self.models_stale = False
         atexit.register(self._kill_group_now)
 
     # -- public ---------------------------------------------------------------------------------------
@@ -126,6 +132,40 @@ class SwarmProcess:
         await self.client.close()
         self.state = "stopped"
 
+    async def _refresh_window(self) -> None:
+        """Wait until SwarmUI would really rescan: it skips a `TriggerRefresh` within 10 s of its start
+        or of the last refresh (mcmonkeyprojects/SwarmUI src/WebAPI/T2IAPI.cs:991, 1008); counted from
+        when SwarmUI was found ready, which is after its start."""
+        since = max((t for t in (self.ready_at, self._last_refresh) if t is not None), default=time.monotonic())
+        wait = since + self.cfg.refresh_debounce_seconds + 0.25 - time.monotonic()
+        if wait > 0:
+            log.info("waiting %.1f s for SwarmUI's refresh debounce", wait)
+            await asyncio.sleep(wait)
+
+    async def refresh_models(self) -> dict:
+        """`TriggerRefresh` that really rescans (after the debounce window); the rescan holds SwarmUI's
+        refresh lock and may take minutes on a big volume."""
+        async with self._refresh_lock:
+            await self._refresh_window()
+            self.models_stale = False
+            try:
+                return await self.client.trigger_refresh(timeout=self.cfg.refresh_timeout)
+            except BaseException:
+                self.models_stale = True
+                raise
+            finally:
+                self._last_refresh = time.monotonic()
+
+    async def before_forwarded_refresh(self) -> None:
+        """A client's `TriggerRefresh` is about to reach SwarmUI: when the model tree changed, hold it
+        until SwarmUI would not skip it."""
+        if not self.models_stale:
+            return
+        async with self._refresh_lock:
+            await self._refresh_window()
+            self.models_stale = False
+            self._last_refresh = time.monotonic()
+
     def describe(self) -> dict:
         return {
             "state": self.state,
@@ -162,22 +202,27 @@ class SwarmProcess:
         self.state = "starting"
         self.error = None
         await asyncio.to_thread(build_model_tree, cfg.model_roots, cfg.model_tree)
+        self.models_stale = False  # SwarmUI scans the tree as it starts
         cfg.swarm_output_dir.mkdir(parents=True, exist_ok=True)
         settings, backends = write_swarm_config(
             cfg.data_dir, model_root=cfg.model_tree, output_dir=cfg.swarm_output_dir, port=cfg.internal_port,
-            internal_auth=f"Bearer {self.internal_secret}")
+            internal_auth=f"Bearer {self.internal_secret}", comfy_extra_args=cfg.comfy_extra_args)
         argv = shlex.split(cfg.launch_cmd.format(
             port=cfg.internal_port, data_dir=cfg.data_dir, settings_file=settings, backends_file=backends,
             swarmui_dir=cfg.swarmui_dir))
         cwd = cfg.swarmui_dir if cfg.swarmui_dir.is_dir() else None
         log.info("starting SwarmUI: %s (cwd %s)", " ".join(argv), cwd)
+        env, spawn_as = child_env(), {}
+        if cfg.run_as is not None:  # SwarmUI and ComfyUI under a uid of their own (run_as.py)
+            env.update(await asyncio.to_thread(cfg.prepare_run_as))
+            spawn_as = cfg.run_as.spawn_kwargs()
         self._tail.clear()
         self.started_at = time.monotonic()
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-                env=child_env())
+                env=env, **spawn_as)
         except OSError as exc:
             raise SwarmStartError(f"cannot run SwarmUI launch command {argv[0]!r}: {exc}", []) from None
         self._reader = asyncio.create_task(self._read_output(self._proc))
@@ -188,13 +233,32 @@ class SwarmProcess:
         self._monitor = asyncio.create_task(self._watch(self._proc))
 
     async def _read_output(self, proc: asyncio.subprocess.Process) -> None:
+        """Copy SwarmUI's output to the log file and keep the last lines, reading chunks: a line reader
+        dies on a line longer than its limit, and then the pipe fills and SwarmUI blocks on its next log
+        line. Of each line the first LINE_KEEP_CHARS bytes are kept."""
         assert proc.stdout is not None
         self.cfg.log_file.parent.mkdir(parents=True, exist_ok=True)
+        line = bytearray()
+        cut = False
         with self.cfg.log_file.open("ab") as fh:
-            async for raw in proc.stdout:
-                fh.write(raw)
+            while chunk := await proc.stdout.read(READ_CHUNK):
+                fh.write(chunk)
                 fh.flush()
-                self._tail.append(raw.decode("utf-8", "replace").rstrip())
+                pieces = chunk.split(b"\n")
+                for n, piece in enumerate(pieces, 1):
+                    room = LINE_KEEP_CHARS - len(line)
+                    line += piece[:room]
+                    cut = cut or len(piece) > room
+                    if n < len(pieces):  # a newline ended this piece
+                        self._keep_line(bytes(line), cut)
+                        line.clear()
+                        cut = False
+            if line:
+                self._keep_line(bytes(line), cut)
+
+    def _keep_line(self, raw: bytes, cut: bool) -> None:
+        text = raw.decode("utf-8", "replace").rstrip()
+        self._tail.append(text + " …(line cut)" if cut else text)
 
     async def _wait_ready(self, proc: asyncio.subprocess.Process, deadline: float) -> None:
         """Ready = the API answers and a backend reports `running`."""

@@ -7,6 +7,8 @@ a second job or rent a second GPU: that failure is a `MaybeCreated` error, so th
 
 Network failures name the host, each retry is announced on stderr, and an
 unreachable host is given up on within seconds (a 5 s connect timeout, two quick retries).
+Loops that follow something long (a RunPod job, a renting instance) poll through an outage
+instead (`OutageTolerance`): a minute of lost Wi-Fi must not end a two-hour `--follow`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,41 @@ NETWORK_RETRIES = 2  # an unreachable host: given up on after ~3 connect attempt
 
 class MaybeCreated(CliError):
     """A creating request was sent but its answer was lost: the thing may exist (and bill)."""
+
+
+class Unreachable(CliError):
+    """The service could not be reached, or stopped answering, after the quick retries."""
+
+
+OUTAGE_WINDOW = 300.0  # how long a polling loop keeps polling through a network outage
+
+
+class OutageTolerance:
+    """Lets a polling loop ride out a network outage of up to `window` seconds, saying so on stderr.
+
+    `call(fn)` returns `fn()`, or None while the service has been unreachable for less than
+    `window` seconds in a row; past that the `Unreachable` error is raised as it is."""
+
+    def __init__(self, window: float = OUTAGE_WINDOW, clock: Callable[[], float] = time.monotonic):
+        self.window = window
+        self.clock = clock
+        self.since: float | None = None
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        try:
+            result = fn()
+        except Unreachable as exc:
+            now = self.clock()
+            self.since = now if self.since is None else self.since
+            if now - self.since >= self.window:
+                raise
+            announce(f"{exc.message}; polling on through the outage "
+                     f"({now - self.since:.0f} of at most {self.window:.0f} s)")
+            return None
+        if self.since is not None:
+            announce(f"reachable again after {self.clock() - self.since:.0f} s")
+        self.since = None
+        return result
 
 
 def _never_connected(exc: requests.RequestException) -> bool:
@@ -125,7 +162,7 @@ class JsonApi:
                     raise MaybeCreated(f"{self.service} {route}: the request was sent but no answer came back "
                                        f"({_failure(exc)})") from None
                 what = "cannot connect" if never_connected else "no answer"
-                raise CliError(f"{self.service} {route}: {what} ({_failure(exc)}); "
+                raise Unreachable(f"{self.service} {route}: {what} ({_failure(exc)}); "
                                f"gave up after {network_failures} attempt(s)") from None
             if resp.status_code in (RETRY_STATUS_UNSAFE if creates else RETRY_STATUS) and attempt < self.retries:
                 wait = _retry_after(resp.headers.get("Retry-After"))

@@ -17,7 +17,7 @@ from typing import Any
 import tomllib
 
 from scripts.gpuworker.console import CliError, register_key
-from scripts.gpuworker.http import JsonApi
+from scripts.gpuworker.http import JsonApi, OutageTolerance
 
 DEFAULT_BASE_URL = "https://api.runpod.ai/v2"
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
@@ -149,14 +149,17 @@ class Endpoint:
         with `stream`, `/stream` is polled too and each streamed item goes to `on_item`.
         """
         deadline = time.monotonic() + timeout if timeout else None
+        outage = OutageTolerance()
         while True:
             if stream:
-                chunk = self.stream(job_id)
+                chunk = outage.call(lambda: self.stream(job_id)) or {}
                 for item in chunk.get("stream") or []:
                     if on_item is not None:
                         on_item(item.get("output") if isinstance(item, dict) and "output" in item else item)
-            status = self.status(job_id)
-            if on_status is not None:
+            status = outage.call(lambda: self.status(job_id))
+            if status is None:  # unreachable for now: poll again
+                status = {"status": "UNKNOWN (unreachable)"}
+            elif on_status is not None:
                 on_status(status)
             if status.get("status") in TERMINAL:
                 if stream:  # items yielded just before the end

@@ -14,7 +14,7 @@ import requests
 
 from scripts.gpuworker import units
 from scripts.gpuworker.console import CliError, Console
-from scripts.gpuworker.http import MaybeCreated
+from scripts.gpuworker.http import MaybeCreated, OutageTolerance
 from scripts.gpuworker.vast_api import (
     DEFAULT_DISK_GB,
     RUNNING,
@@ -251,8 +251,13 @@ def wait_ready(console: Console, api: VastApi, instance_id: int, *, port: int, t
     last = None
     with console.progress() as bar:
         task = bar.add_task(f"instance {instance_id}", total=None, status="")
+        outage = OutageTolerance()
         while True:
-            info = api.show_instance(instance_id)
+            reply = outage.call(lambda: [api.show_instance(instance_id)])
+            if reply is None:  # vast.ai unreachable for now: poll again
+                time.sleep(poll)
+                continue
+            info = reply[0]
             if info is None:
                 raise CliError(f"instance {instance_id} does not exist (destroyed?)")
             state = info.get("actual_status") or "creating"

@@ -36,6 +36,8 @@ class Route:
     stall: float = 0.0  # seconds to wait after the headers, before the body...
     stalls: int = 1  # ...on this many responses
     etag: str | None = None
+    drip: float = 0.0  # seconds between single body bytes (a server that trickles)
+    misalign: int = 0  # a 206 reply starts this many bytes after the offset asked for (and says so)
 
     def __post_init__(self):
         if self.etag is None:
@@ -119,7 +121,7 @@ def _handler_for(server: FileServer):
             if_range = self.headers.get("If-Range")
             use_range = route.ranges and match and (if_range is None or if_range == route.etag)
             if use_range:
-                start = int(match.group(1))
+                start = int(match.group(1)) + route.misalign
                 if start >= len(data):
                     return self._plain(416, b"", {"Content-Range": f"bytes */{len(data)}"})
                 self.send_response(206)
@@ -145,6 +147,12 @@ def _handler_for(server: FileServer):
                 self.wfile.flush()
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
+                return
+            if route.drip:
+                for i in range(len(body)):
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(route.drip)
                 return
             self.wfile.write(body)
 

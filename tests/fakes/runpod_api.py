@@ -133,7 +133,8 @@ class FakeRunPodAPI(LocalService):
             self._threads.append(t)
 
     def inject(self, status: int, count: int = 1, retry_after: float | None = None) -> None:
-        """The next `count` authorized requests get `status` (with Retry-After when given)."""
+        """The next `count` authorized requests get `status` (with Retry-After when given);
+        `status` 0 closes the connection without any answer, as a network outage looks to a client."""
         with self.lock:
             self._faults.extend([(status, retry_after)] * count)
 
@@ -215,6 +216,9 @@ class FakeRunPodAPI(LocalService):
             fault = self._faults.popleft() if self._faults else None
         if fault is not None:
             status, retry_after = fault
+            if status == 0:
+                h.close_connection = True
+                return None
             headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
             return self._send(h, status, {"error": "Too Many Requests" if status == 429 else "upstream error"},
                               headers)

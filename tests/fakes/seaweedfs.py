@@ -73,9 +73,16 @@ def start(bucket: str = "outputs", timeout: float = 60.0) -> SeaweedS3:
     access, secret = "testaccesskey", "testsecretkey123"
     env = dict(os.environ, AWS_ACCESS_KEY_ID=access, AWS_SECRET_ACCESS_KEY=secret, HOME=str(data_dir))
     log = (data_dir / "weed.log").open("wb")
+    # Every listener on a free port: `weed mini` otherwise takes fixed defaults (master 9333, volume 9340,
+    # filer 8888, admin 23646, webdav 7333, iceberg 8181, lance 9101; gRPC at +10000), so two servers on
+    # one machine (CI beside other work) would collide. The extras the tests don't use are switched off.
+    ports = [f"-{name}={free_port()}" for name in (
+        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
+        "s3.port.grpc", "admin.port", "admin.port.grpc")]
     proc = subprocess.Popen(
         [weed, "mini", f"-dir={data_dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-         f"-s3.port={port}", f"-bucket={bucket}"],
+         f"-s3.port={port}", f"-bucket={bucket}", *ports, "-webdav=false", "-s3.port.iceberg=0",
+         "-s3.port.lance=0", "-master.telemetry=false"],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data_dir, start_new_session=True,
     )
     (data_dir / "data").mkdir(exist_ok=True)

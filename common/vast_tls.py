@@ -1,4 +1,4 @@
-"""The vast.ai instance certificate: `.venv-vast/bin/python -m handlers.controlnet_pyworker.vast_tls`.
+"""The vast.ai instance certificate: `python -m common.vast_tls` (from either venv; both images' start scripts).
 
 With USE_SSL=true (vast's default) the PyWorker front serves HTTPS with `/etc/instance.crt` and
 `/etc/instance.key` (vastai 1.9.1 `vastai/serverless/server/lib/server.py:16-26`; without them it
@@ -9,9 +9,10 @@ them (vast-ai/pyworker `start_server.sh:68-102` at 910f6f2): a new RSA-2048 key 
 certificate. This module does the same, and checks the answer: a PEM certificate for this key.
 Nothing is written unless signing succeeded, so a failure never leaves a mismatched pair.
 
-Settings: CONTAINER_ID (required), VAST_SIGN_CERT_URL (vast's endpoint), VAST_TLS_DIR (/etc).
+Environment: CONTAINER_ID (required), VAST_SIGN_CERT_URL (vast's endpoint), VAST_TLS_DIR (/etc).
 Exit status 0 when the pair is in place, 1 with one `TLS: ...` line on stderr saying why not.
-Runs in the front's venv: the standard library plus `cryptography` (a vastai dependency).
+Needs only the standard library and `cryptography` (a dependency of vastai and of runpod), so it runs
+in the PyWorker's venv as well as the worker's. The swarm worker's gateway serves the same pair.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from handlers.controlnet_pyworker.settings import Settings
-
+SIGN_CERT_URL = "https://console.vast.ai/api/v0/sign_cert/"
 ATTEMPTS = 3
 
 
@@ -97,8 +97,7 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def make_instance_certificate(container_id: str, *, url: str = Settings.vast_sign_cert_url,
-                              tls_dir: Path = Settings.vast_tls_dir) -> Path:
+def make_instance_certificate(container_id: str, *, url: str = SIGN_CERT_URL, tls_dir: Path = Path("/etc")) -> Path:
     """Write `instance.key` and a vast-signed `instance.crt` into `tls_dir`; the certificate's path."""
     from cryptography.hazmat.primitives import serialization
 
@@ -115,10 +114,10 @@ def make_instance_certificate(container_id: str, *, url: str = Settings.vast_sig
 
 
 def main() -> int:
-    settings = Settings.from_env()
-    url = settings.vast_sign_cert_url
+    url = os.environ.get("VAST_SIGN_CERT_URL") or SIGN_CERT_URL
     try:
-        path = make_instance_certificate(settings.container_id, url=url, tls_dir=settings.vast_tls_dir)
+        path = make_instance_certificate(os.environ.get("CONTAINER_ID", ""), url=url,
+                                         tls_dir=Path(os.environ.get("VAST_TLS_DIR") or "/etc"))
     except (SigningFailed, OSError) as exc:
         print(f"TLS: signing the instance certificate at {url} failed: {exc}. The PyWorker front cannot serve "
               "HTTPS (it reports 'Failed to get SSL Certificate' and never becomes ready). Set USE_SSL=false to "
