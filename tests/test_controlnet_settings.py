@@ -38,7 +38,8 @@ def test_no_other_module_of_the_image_reads_the_environment():
 
 def test_start_sh_takes_its_paths_from_the_settings(tmp_path):
     out = subprocess.run([sys.executable, "-m", "handlers.controlnet_pyworker.settings", "MODEL_LOG", "MODELS_DIR"],
-                         cwd=REPO, env={"PYTHONPATH": str(REPO), "MODEL_LOG": str(tmp_path / "a b.log")},
+                         cwd=REPO, env={"PYTHONPATH": str(REPO), "MODEL_LOG": str(tmp_path / "a b.log"),
+                                                 "MAX_QUEUE": "many"},  # the server's to report, not start.sh's
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [f"MODEL_LOG='{tmp_path / 'a b.log'}'", "MODELS_DIR=/workspace/models"]

@@ -164,7 +164,8 @@ def env_table() -> str:
 
 def main(argv: list[str]) -> int:
     """`NAME=value` (shell-quoted) for each variable named, for `start.sh` to `eval`."""
-    settings = Settings.from_env()
+    # only the variables named are read: another one set wrong is for the server to report
+    settings = Settings.from_env({name: os.environ[name] for name in argv if name in os.environ})
     by_env = {f.metadata["env"]: f.name for f in fields(Settings)}
     for name in argv:
         if name not in by_env:
