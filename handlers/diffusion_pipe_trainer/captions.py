@@ -12,13 +12,13 @@ import json
 import logging
 import mimetypes
 import os
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from common import processes
 from common.jobs import JobError
 from common.redaction import redact_text
 
@@ -82,32 +82,32 @@ async def caption_images(model_dir: Path, files: list[Path], *, prompt: str, tri
     if os.environ.get("JOYCAPTION_SEED"):
         cmd += ["--seed", os.environ["JOYCAPTION_SEED"]]
     with open(log_file, "ab") as err:
-        proc = await asyncio.create_subprocess_exec(
-            *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
-            start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]),
-        )
+        proc = await processes.spawn(cmd, env=_child_env(), cwd=Path(__file__).resolve().parents[2],
+                                     stdin=asyncio.subprocess.PIPE, stderr=err)
+        done: set[str] = set()
+
+        def on_line(line: str, _cut: bool) -> None:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                return
+            path = Path(msg["file"])
+            caption = (msg.get("caption") or "").strip()
+            if not caption:
+                raise JobError("engine_failed", f"JoyCaption returned an empty caption for {path.name}")
+            write_caption(path, caption, trigger)
+            done.add(str(path))
+            on_caption(path, caption)
+
         try:
             assert proc.stdin and proc.stdout
             proc.stdin.write(json.dumps([str(f) for f in files]).encode())
             await proc.stdin.drain()
             proc.stdin.close()
-            done: set[str] = set()
-            async for raw in proc.stdout:
-                try:
-                    msg = json.loads(raw)
-                except ValueError:
-                    continue
-                path = Path(msg["file"])
-                caption = (msg.get("caption") or "").strip()
-                if not caption:
-                    raise JobError("engine_failed", f"JoyCaption returned an empty caption for {path.name}")
-                write_caption(path, caption, trigger)
-                done.add(str(path))
-                on_caption(path, caption)
+            await processes.pump(proc.stdout, processes.LineSplitter(on_line, keep=1 << 20))
             rc = await proc.wait()
         except BaseException:
-            _kill_group(proc.pid)
-            await proc.wait()
+            await processes.stop(proc, float(os.environ.get("TRAINER_KILL_GRACE_S", "10")))
             raise
     if rc != 0 or len(done) != len(files):
         tail = _tail(log_file)
@@ -115,11 +115,9 @@ async def caption_images(model_dir: Path, files: list[Path], *, prompt: str, tri
                                         f"captioned)", tail)
 
 
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def _child_env() -> dict[str, str]:
+    """JoyCaption reads local weights: it gets none of the worker's secrets (as the engine)."""
+    return processes.child_env(processes.names(os.environ.get("TRAINER_PASS_ENV")))
 
 
 def _tail(path: Path, lines: int = 20) -> list[str]:
