@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
+from common import retries
 from common.uploads.base import TransientUploadError, UploadError
 from common.uploads.spec import HuggingFaceSpec
 
@@ -56,7 +57,9 @@ def _classify(exc: Exception, what: str) -> UploadError:
         message = f"huggingface: {what} answered HTTP {status}: {exc.server_message or ''}".rstrip(": ")
         if status in (401, 403):
             message += " (the token needs write access)"
-        return TransientUploadError(message) if status in (408, 429) or status >= 500 else UploadError(message)
+        if status in (408, 429) or status >= 500:
+            return TransientUploadError(message, retries.retry_after(exc.response.headers.get("Retry-After")))
+        return UploadError(message)
     return TransientUploadError(f"huggingface: {what}: {type(exc).__name__}: {exc}")
 
 
