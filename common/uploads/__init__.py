@@ -24,6 +24,7 @@ from common.redaction import redact_text, register_secret
 from common.uploads import huggingface, litterbox, presigned_put, s3, transfer_sh
 from common.uploads.base import Artifact, UploadError, with_retries
 from common.uploads.spec import UploadSpec
+from common.volumes import safe_job_id
 
 __all__ = ["AUTO_ORDER", "UploadError", "check", "parse_spec", "upload"]
 
@@ -198,7 +199,10 @@ def _send(method: str, settings: Any, delivery: _Delivery, job_id: str, progress
 
 def upload(files: list[Path], spec: UploadSpec | dict | None, *, job_id: str, volume_dir: Path | None = None,
            progress: Progress | None = None, zip_name: str | None = None) -> dict:
-    """Deliver `files` as `spec` asks and return the upload record; `JobError("upload_failed")` if nothing worked."""
+    """Deliver `files` as `spec` asks and return the upload record; `JobError("upload_failed")` if nothing worked.
+
+    `job_id` names the folder kept on the volume, the zip and the generated Hub repo (`safe_job_id`)."""
+    job_id = safe_job_id(job_id)
     spec = parse_spec(spec)
     _register_spec_secrets(spec)
     files = [Path(f) for f in files]
