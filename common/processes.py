@@ -33,11 +33,6 @@ def child_env(keep: Iterable[str] = (), *, base: Mapping[str, str] | None = None
             if k in kept or not (is_sensitive_key(k) or k.startswith(_DROPPED_PREFIXES))}
 
 
-def names(csv: str | None) -> list[str]:
-    """The names of a comma-separated setting such as `TRAINER_PASS_ENV=HF_TOKEN,WANDB_API_KEY`."""
-    return [n.strip() for n in (csv or "").split(",") if n.strip()]
-
-
 async def spawn(argv: list[str], *, env: Mapping[str, str], cwd: str | Path | None = None,
                 stdin: int | None = asyncio.subprocess.DEVNULL, stdout: int | None = asyncio.subprocess.PIPE,
                 stderr: int | IO | None = asyncio.subprocess.STDOUT) -> asyncio.subprocess.Process:

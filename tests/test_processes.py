@@ -22,7 +22,7 @@ def test_child_env_drops_every_secret_unless_named():
             "AWS_REGION": "eu", "S3_ENDPOINT_URL": "http://s3", "RUNPOD_WEBHOOK_GET_JOB": "u",
             "SWARM_ACCESS_TOKEN": "t", "CIVITAI_API_KEY": "c", "PYTHONPATH": "/app"}
     assert processes.child_env(base=base) == {"PATH": "/bin", "PYTHONPATH": "/app"}
-    kept = processes.child_env(processes.names(" HF_TOKEN, CIVITAI_API_KEY ,"), base=base)
+    kept = processes.child_env(["HF_TOKEN", "CIVITAI_API_KEY"], base=base)
     assert kept == {"PATH": "/bin", "PYTHONPATH": "/app", "HF_TOKEN": "h", "CIVITAI_API_KEY": "c"}
 
 

@@ -10,7 +10,7 @@ import pytest
 from common import volumes
 from common.jobs import JobError
 from common.uploads import upload
-from handlers.diffusion_pipe_trainer import workspace
+from handlers.diffusion_pipe_trainer import settings, workspace
 
 
 @pytest.mark.parametrize("job_id, expected", [
@@ -44,7 +44,7 @@ def test_volume_root(monkeypatch, tmp_path):
 def test_trainer_works_on_the_volume(monkeypatch, tmp_path):
     monkeypatch.delenv("DIFFUSION_PIPE_WORKING_DIR", raising=False)
     monkeypatch.setenv("VOLUME_DIR", str(tmp_path))
-    assert workspace.working_root() == tmp_path / workspace.FOLDER
+    assert workspace.working_root() == tmp_path / settings.WORKING_FOLDER
     assert workspace.job_dirs("../other", tmp_path).job == tmp_path / "jobs" / "other"
 
 

@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import mimetypes
-import os
 import sys
 import threading
 import time
@@ -21,10 +20,11 @@ from pathlib import Path
 from common import processes
 from common.jobs import JobError
 from common.redaction import redact_text
+from handlers.diffusion_pipe_trainer import settings
 
 log = logging.getLogger("trainer.captions")
 
-DEFAULT_GEMINI_MODEL = "gemini-3.5-flash"
+DEFAULT_GEMINI_MODEL = settings.DEFAULT_GEMINI_MODEL
 VIDEO_PROMPT = (
     "Write one plain-prose paragraph of 40 to 120 words, in the present tense, that captions this video clip "
     "for training a video model. Describe the subject's appearance, the motion over time, the camera "
@@ -76,13 +76,14 @@ async def caption_images(model_dir: Path, files: list[Path], *, prompt: str, tri
     The child is its own process group, killed if this coroutine is cancelled, so
     neither its GPU memory nor its processes outlive the captioning stage.
     """
-    batch = batch_size or int(os.environ.get("JOYCAPTION_BATCH_SIZE", "4"))
+    cfg = settings.current()
+    batch = batch_size or cfg.joycaption_batch_size
     cmd = [sys.executable, "-m", "handlers.diffusion_pipe_trainer.joycaption", "--model", str(model_dir),
            "--prompt", prompt, "--batch-size", str(batch), "--max-new-tokens", str(max_new_tokens)]
-    if os.environ.get("JOYCAPTION_SEED"):
-        cmd += ["--seed", os.environ["JOYCAPTION_SEED"]]
+    if cfg.joycaption_seed is not None:
+        cmd += ["--seed", str(cfg.joycaption_seed)]
     with open(log_file, "ab") as err:
-        proc = await processes.spawn(cmd, env=_child_env(), cwd=Path(__file__).resolve().parents[2],
+        proc = await processes.spawn(cmd, env=processes.child_env(cfg.pass_env), cwd=Path(__file__).resolve().parents[2],
                                      stdin=asyncio.subprocess.PIPE, stderr=err)
         done: set[str] = set()
 
@@ -107,17 +108,12 @@ async def caption_images(model_dir: Path, files: list[Path], *, prompt: str, tri
             await processes.pump(proc.stdout, processes.LineSplitter(on_line, keep=1 << 20))
             rc = await proc.wait()
         except BaseException:
-            await processes.stop(proc, float(os.environ.get("TRAINER_KILL_GRACE_S", "10")))
+            await processes.stop(proc, cfg.kill_grace_s)
             raise
     if rc != 0 or len(done) != len(files):
         tail = _tail(log_file)
         raise JobError("engine_failed", f"JoyCaption captioning failed (exit code {rc}, {len(done)}/{len(files)} "
                                         f"captioned)", tail)
-
-
-def _child_env() -> dict[str, str]:
-    """JoyCaption reads local weights: it gets none of the worker's secrets (as the engine)."""
-    return processes.child_env(processes.names(os.environ.get("TRAINER_PASS_ENV")))
 
 
 def _tail(path: Path, lines: int = 20) -> list[str]:
@@ -136,17 +132,18 @@ def gemini_client(api_key: str):
     from google import genai
     from google.genai import types
 
+    cfg = settings.current()
     retry = types.HttpRetryOptions(
-        attempts=int(os.environ.get("GEMINI_RETRY_ATTEMPTS", "6")),
-        initial_delay=float(os.environ.get("GEMINI_RETRY_INITIAL_DELAY_S", "2")),
+        attempts=cfg.gemini_retry_attempts,
+        initial_delay=cfg.gemini_retry_initial_delay_s,
         max_delay=60.0,
-        jitter=float(os.environ.get("GEMINI_RETRY_JITTER_S", "1")),
+        jitter=cfg.gemini_retry_jitter_s,
         http_status_codes=[408, 429, 500, 502, 503, 504],
     )
     opts = types.HttpOptions(
-        base_url=os.environ.get("GEMINI_BASE_URL") or os.environ.get("GOOGLE_GEMINI_BASE_URL") or None,
-        api_version=os.environ.get("GEMINI_API_VERSION") or None,
-        timeout=int(float(os.environ.get("GEMINI_TIMEOUT_S", "300")) * 1000),
+        base_url=cfg.gemini_base_url,
+        api_version=cfg.gemini_api_version,
+        timeout=int(cfg.gemini_timeout_s * 1000),
         retry_options=retry,
     )
     return genai.Client(api_key=api_key, http_options=opts)
@@ -206,12 +203,13 @@ def caption_video(client, video: Path, *, model: str, prompt: str, poll_s: float
 def caption_videos(files: list[Path], *, api_key: str, model: str | None, prompt: str | None,
                    trigger: str | None, on_caption: OnCaption, stop: threading.Event | None = None) -> None:
     """Caption the clips one by one; setting `stop` ends the loop at the next clip or processing poll."""
-    model = model or os.environ.get("GEMINI_MODEL") or DEFAULT_GEMINI_MODEL
+    cfg = settings.current()
+    model = model or cfg.gemini_model
     full_prompt = prompt or VIDEO_PROMPT
     if trigger:
         full_prompt += f" Begin the caption with '{trigger}' and refer to the main subject as {trigger}."
     client = gemini_client(api_key)
-    poll = float(os.environ.get("GEMINI_POLL_S", "2"))
+    poll = cfg.gemini_poll_s
     for video in files:
         if stop is not None and stop.is_set():
             raise CaptioningStopped(video.name)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shlex
 import socket
 from collections import deque
@@ -26,6 +25,7 @@ from pathlib import Path
 from common import processes
 from common.jobs import JobError
 from common.redaction import redact_text
+from handlers.diffusion_pipe_trainer import settings
 from handlers.diffusion_pipe_trainer.gpus import p2p_ok
 from handlers.diffusion_pipe_trainer.train_log import TrainProgress, hint_for
 
@@ -34,7 +34,7 @@ TAIL_LINES = 40
 
 
 def engine_dir() -> Path:
-    return Path(os.environ.get("DIFFUSION_PIPE_DIR", "/diffusion-pipe"))
+    return settings.current().engine_dir
 
 
 def free_port() -> int:
@@ -44,7 +44,7 @@ def free_port() -> int:
 
 
 def command(config: Path, *, resume: bool, gpu_ids: list[int], master_port: int) -> list[str]:
-    launcher = shlex.split(os.environ.get("DIFFUSION_PIPE_LAUNCHER", "deepspeed"))
+    launcher = settings.current().launcher
     cmd = [*launcher, f"--include=localhost:{','.join(map(str, gpu_ids))}", f"--master_port={master_port}",
            "train.py", "--deepspeed", "--config", str(config), f"--master_port={master_port}"]
     if resume:
@@ -55,17 +55,13 @@ def command(config: Path, *, resume: bool, gpu_ids: list[int], master_port: int)
 def child_env(gpu_ids: list[int]) -> dict[str, str]:
     """The worker's environment without its secrets (`TRAINER_PASS_ENV` names any the engine needs) and
     the NCCL/PyTorch settings one node wants."""
-    env = processes.child_env(processes.names(os.environ.get("TRAINER_PASS_ENV")))
+    env = processes.child_env(settings.current().pass_env)
     if len(gpu_ids) > 1 and not p2p_ok(gpu_ids):
         env.setdefault("NCCL_P2P_DISABLE", "1")  # PCIe GPUs without P2P hang NCCL; NVLink pods keep P2P
     env.setdefault("NCCL_IB_DISABLE", "1")  # one node: no InfiniBand
     env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-def kill_grace() -> float:
-    return float(os.environ.get("TRAINER_KILL_GRACE_S", "10"))
 
 
 async def run(cmd: list[str], *, gpu_ids: list[int], progress: TrainProgress, log_file: Path,
@@ -104,14 +100,14 @@ async def run(cmd: list[str], *, gpu_ids: list[int], progress: TrainProgress, lo
     try:
         rc = await asyncio.wait_for(read_all(), timeout=timeout_s)
     except asyncio.TimeoutError:
-        await processes.stop(proc, kill_grace())
+        await processes.stop(proc, settings.current().kill_grace_s)
         raise JobError("timeout", f"training ran past the job's time limit of {timeout_s:g} s and was stopped at "
                                   f"epoch {progress.epoch}, step {progress.step}; saved: "
                                   f"{', '.join(progress.saved) or 'nothing yet'} (checkpoints stay on the volume; "
                                   "send 'resume' with this job id to continue)",
                        [redact_text(x) for x in tail][-10:]) from None
     except BaseException:  # cancelled: end the whole group before letting the cancellation through
-        await asyncio.shield(asyncio.to_thread(processes.kill_group, proc.pid, kill_grace()))
+        await asyncio.shield(asyncio.to_thread(processes.kill_group, proc.pid, settings.current().kill_grace_s))
         raise
     if rc != 0:
         lines = [redact_text(x) for x in tail]

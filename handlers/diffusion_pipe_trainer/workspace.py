@@ -13,26 +13,19 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.volumes import safe_job_id, volume_root
-
-FOLDER = "diffusion_pipe_working_folder"
+from common.volumes import safe_job_id
+from handlers.diffusion_pipe_trainer import settings
 
 
 def working_root() -> Path:
-    env = os.environ.get("DIFFUSION_PIPE_WORKING_DIR")
-    if env:
-        return Path(env)
-    return (volume_root() or Path(tempfile.gettempdir())) / FOLDER
+    return settings.current().working_root()
 
 
 def models_dir(root: Path | None = None) -> Path:
-    env = os.environ.get("DIFFUSION_PIPE_MODELS_DIR")
-    return Path(env) if env else (root or working_root()) / "models"
+    return settings.current().models_dir or (root or working_root()) / "models"
 
 
 @dataclass(frozen=True)
