@@ -48,6 +48,7 @@ bench: setup
 	$(PY) -m scripts.bench_zip
 	$(PY) -m scripts.bench_controlnet
 	$(PY) -m scripts.bench_trainer
+	$(PY) -m scripts.bench_swarm_gateway
 
 clean:
 	rm -rf $(VENV) $(VAST_VENV) outputs .pytest_cache

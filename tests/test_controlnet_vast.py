@@ -180,7 +180,7 @@ def sign_certificate(signer, tls_dir, **env_extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
     env.update(CONTAINER_ID="4242", VAST_SIGN_CERT_URL=signer.url, VAST_TLS_DIR=str(tls_dir), PYTHONPATH=str(REPO))
     env.update(env_extra)
-    return subprocess.run([str(VAST_PYTHON), "-m", "handlers.controlnet_pyworker.vast_tls"], env=env,
+    return subprocess.run([str(VAST_PYTHON), "-m", "common.vast_tls"], env=env,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
+import logging
 import os
 import time
 
@@ -223,6 +225,140 @@ def test_lease_token_revocation_closes_websockets(gw):
     assert after == (401, {"error": "A valid worker token is required.", "error_id": "worker_unauthorized"})
     # the env token is not affected by the lease ending
     assert asyncio.run(_post(f"{base}/API/GetNewSession", headers={"Authorization": f"Bearer {TOKEN}"}))[0] == 200
+
+
+# -- compression: SwarmUI compresses like ASP.NET; the gateway never hands a client a body it did not ask for ------
+
+
+async def _raw(url: str, *, headers: dict, body: dict | None = None) -> tuple[int, dict, bytes]:
+    """A POST as a .NET HttpClient makes it: no automatic Accept-Encoding, no automatic decompression."""
+    async with aiohttp.ClientSession(auto_decompress=False, skip_auto_headers=("Accept-Encoding",)) as s, s.post(
+            url, json=body or {}, headers=headers) as r:
+        return r.status, dict(r.headers), await r.read()
+
+
+def test_stand_in_compresses_json_like_aspnet(gw):
+    import gzip
+
+    import brotli
+
+    _, env, _ = gw
+    url = f"http://127.0.0.1:{env['SWARMUI_INTERNAL_PORT']}/API/GetNewSession"
+    auth = {"Authorization": f"Bearer {runtime().process.internal_secret}"}
+
+    def get(accept: str | None):
+        headers = dict(auth, **({"Accept-Encoding": accept} if accept is not None else {}))
+        return asyncio.run(_raw(url, headers=headers))
+
+    status, headers, body = get("gzip, deflate, br")  # aiohttp's default with brotli installed
+    assert status == 200 and headers["Content-Encoding"] == "br" and headers["Vary"] == "Accept-Encoding"
+    assert "Content-Length" not in headers and headers["Transfer-Encoding"] == "chunked"
+    assert b"session_id" in brotli.decompress(body)
+    status, headers, body = get("br;q=0.5, gzip")
+    assert headers["Content-Encoding"] == "gzip" and b"session_id" in gzip.decompress(body)
+    status, headers, body = get("identity")
+    assert "Content-Encoding" not in headers and headers["Vary"] == "Accept-Encoding" and b"session_id" in body
+    status, headers, body = get(None)
+    assert "Content-Encoding" not in headers and "Vary" not in headers and b"session_id" in body
+    status, headers, body = asyncio.run(_raw(url, headers={"Accept-Encoding": "gzip"}))  # SwarmUI's own 401
+    assert (status, body) == (401, b"Unauthorized") and "Content-Encoding" not in headers
+
+
+def test_client_without_accept_encoding_gets_plain_json(gw):
+    base, _, _ = gw
+    for url, headers in [(f"{base}/API/GetNewSession", {"Authorization": f"Bearer {TOKEN}"}),
+                         (f"{base}/t/{TOKEN}/API/GetNewSession", {})]:
+        status, got, body = asyncio.run(_raw(url, headers=headers))
+        assert status == 200 and "Content-Encoding" not in got, url
+        assert json.loads(body)["session_id"]
+
+
+def test_client_accept_encoding_is_forwarded_with_its_header(gw):
+    import gzip
+
+    base, _, _ = gw
+    status, got, body = asyncio.run(_raw(f"{base}/API/GetNewSession",
+                                         headers={"Authorization": f"Bearer {TOKEN}", "Accept-Encoding": "gzip"}))
+    assert status == 200 and got["Content-Encoding"] == "gzip"
+    assert json.loads(gzip.decompress(body))["session_id"]
+
+
+def test_legacy_rewrite_reads_an_uncompressed_body_whatever_the_client_accepts(gw):
+    base, _, _ = gw
+
+    async def go():
+        async with aiohttp.ClientSession(auto_decompress=False) as s:
+            sid = (await _post(f"{base}/t/{TOKEN}/API/GetNewSession"))[1]["session_id"]
+            async with s.post(f"{base}/t/{TOKEN}/API/GenerateText2Image",
+                              json={"images": 1, "prompt": "zip", "steps": 1, "session_id": sid},
+                              headers={"Accept-Encoding": "gzip, deflate, br"}) as r:
+                return r.status, dict(r.headers), await r.read()
+
+    status, headers, body = asyncio.run(go())
+    assert status == 200 and "Content-Encoding" not in headers
+    assert base64.b64decode(json.loads(body)["images"][0], validate=True).startswith(b"\x89PNG")
+
+
+# -- tokens: the legacy token is not the lease's; strangers cost a counter ------------------------------------------
+
+
+def test_refusals_are_counted_not_logged_one_by_one(gw, caplog):
+    base, _, _ = gw
+    gateway = runtime().gateway
+    probe = "/API/" + "Bearer " * 200 + "stranger-path"
+
+    async def flood(n: int):
+        async with aiohttp.ClientSession() as s:
+            for _ in range(n):
+                async with s.post(f"{base}{probe}", json={}) as r:
+                    assert r.status == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
+
+    with caplog.at_level(logging.DEBUG, logger="swarm.gateway"):
+        gateway.refused, gateway._refusals_logged_at = 0, time.monotonic()
+        asyncio.run(flood(20))
+        assert gateway.refused == 20 and not [r for r in caplog.records if r.name == "swarm.gateway"]
+        gateway._refusals_logged_at -= 61  # a minute later, one line sums it up
+        asyncio.run(flood(1))
+    lines = [r.getMessage() for r in caplog.records if r.name == "swarm.gateway"]
+    assert len(lines) == 1 and lines[0].startswith("refused 21 request(s) without a valid token")
+    assert "stranger-path" not in caplog.text
+
+
+# -- tests with a worker of their own (the module's worker is gone after them) ---------------------------------
+
+
+def test_legacy_token_is_refused_while_a_lease_holds_the_worker(tmp_path):
+    from handlers.swarm_worker.handler import lease_session
+
+    with configured_worker(tmp_path, SWARM_ACCESS_TOKEN="") as env:  # no fixed token: a per-worker legacy one
+        base = f"http://127.0.0.1:{env['SWARM_PUBLIC_PORT']}"
+        legacy_url = call({"action": "ready"})["public_url"]
+        assert legacy_url.startswith(f"{base}/t/")
+
+        async def go():
+            async with aiohttp.ClientSession() as s:
+                ws = await s.ws_connect(f"{legacy_url}/API/GenerateText2ImageWS")
+                gen = lease_session({"id": "lease-vs-legacy", "input": {
+                    "action": "lease", "idle_seconds": 30, "startup_grace_seconds": 30}})
+                first = await gen.__anext__()
+                closed = await asyncio.wait_for(ws.receive(), 5)
+                during = await _post(f"{legacy_url}/API/GetNewSession")
+                leased = await _post(f"{base}/API/GetNewSession", headers={"Authorization": f"Bearer {first['token']}"})
+                rt = runtime()
+                lease = rt.lease
+                lease.stop_reason = "released"
+                rt.submit(_set(lease.stop))
+                [item async for item in gen]
+                after = await _post(f"{legacy_url}/API/GetNewSession")
+                return closed, during, leased, after
+
+        async def _set(event):
+            event.set()
+
+        closed, during, leased, after = asyncio.run(go())
+        assert closed.type == aiohttp.WSMsgType.CLOSE and closed.data == 1008
+        assert during[0] == 401 and leased[0] == 200
+        assert after[0] == 200 and after[1]["session_id"]  # back once the lease has ended
 
 
 def test_worker_starting_until_swarmui_is_up(tmp_path):

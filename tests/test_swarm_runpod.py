@@ -143,15 +143,56 @@ def test_lease_streams_its_first_output_and_releases_on_idle(loop_worker):
     assert_token_revoked(first["public_url"], first["token"])
 
 
-def test_lease_grace_expiry_and_busy(loop_worker):
+def test_leased_worker_leaves_the_next_lease_in_the_queue(loop_worker):
+    """At the default concurrency (8) a leased worker takes no further lease: it stays IN_QUEUE,
+    where it makes RunPod start another worker, and this worker takes it once it is free."""
     server, proc, _ = loop_worker
     job = server.submit({"action": "lease", "idle_seconds": 30, "startup_grace_seconds": 4})
     _lease_first_output(server, job, proc)
-    busy = server.wait(server.submit({"action": "lease"}), 20, proc=proc)
-    assert busy.status == "FAILED" and "already holds lease" in busy.error
-    assert busy.output["error_id"] == "lease_busy"
-    rec = server.wait(job, 30, proc=proc)
-    assert rec.output["reason"] == "startup_grace_expired"
+    queued = server.submit({"action": "lease", "idle_seconds": 30, "startup_grace_seconds": 0.5})
+    time.sleep(2)
+    assert server.jobs[queued].status == "IN_QUEUE"
+    assert server.wait(job, 30, proc=proc).output["reason"] == "startup_grace_expired"
+    later = server.wait(queued, 30, proc=proc)
+    assert later.status == "COMPLETED" and later.output["reason"] == "startup_grace_expired"
+
+
+def test_leases_taken_in_one_batch_are_served_one_after_the_other(tmp_path):
+    with RunPodJobServer() as server:
+        first = server.submit({"action": "lease", "idle_seconds": 30, "startup_grace_seconds": 1})
+        second = server.submit({"action": "lease", "idle_seconds": 30, "startup_grace_seconds": 1})
+        proc, _ = _start_worker(tmp_path, server)  # its first take asks for 8 jobs: it gets both
+        try:
+            a, b = server.wait(first, 60, proc=proc), server.wait(second, 60, proc=proc)
+        finally:
+            assert proc.stop(30) == 0, proc.log_tail()
+    assert abs(a.taken_at - b.taken_at) < 0.5  # one batch
+    assert (a.status, b.status) == ("COMPLETED", "COMPLETED")
+    assert a.stream[0]["token"] != b.stream[0]["token"] and b.stream[0]["lease"] == a.stream[0]["lease"] + 1
+    assert b.done_at > a.done_at and b.output["reason"] == "startup_grace_expired"
+
+
+def test_concurrency_modifier_reports_one_while_a_lease_is_taken_or_held():
+    from handlers.swarm_worker.__main__ import concurrency_modifier
+
+    class Runtime:
+        cfg = type("Cfg", (), {"concurrency": 8})()
+        lease = None
+        booted = 0
+
+        def start_background(self):
+            self.booted += 1
+
+    rt, taken = Runtime(), []
+    modifier = concurrency_modifier(rt, lambda: bool(taken))
+    assert modifier(1) == 8 and rt.booted == 1
+    taken.append("lease job in the SDK's queue")
+    assert modifier(8) == 1
+    taken.clear()
+    rt.lease = object()
+    assert modifier(1) == 1
+    rt.lease = None
+    assert modifier(1) == 8 and rt.booted == 1
 
 
 def test_lease_max_lifetime_does_not_cut_a_generation(loop_worker):

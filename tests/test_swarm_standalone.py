@@ -141,3 +141,120 @@ def test_manifest_forms():
         load_manifest("/no/such/manifest.json")
     with pytest.raises(JobError, match=r"models\[0\]\.sha256"):
         load_manifest('[{"url": "https://h/a.gguf", "folder": "x", "sha256": "zz"}]')
+
+
+# -- what HartsyAI's CloudBackends sets on the pods and instances it creates -----------------------------------------
+
+
+def test_cloudbackends_instance_token_port_and_tls(tmp_path):
+    """A vast.ai instance as CloudBackends creates it: SWARMUI_WORKER_TOKEN, SWARMUI_PUBLIC_PORT/HOST,
+    and HTTPS with the instance's certificate (its UseTls default), spoken to with a Bearer token."""
+    import aiohttp
+
+    from tests.tls_helpers import client_context, self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path / "tls")
+    token = "cloudbackends-injected-token-0123456789abcdef"
+    env = {**os.environ, **worker_env(tmp_path), "APP_DIR": str(ROOT), "PYTHON": sys.executable,
+           "SWARM_TUNNEL": "none", "SWARM_URL_FILE": str(tmp_path / "url.txt"), "SWARMUI_WORKER_TOKEN": token,
+           "SWARMUI_TLS_CERT": str(cert), "SWARMUI_TLS_KEY": str(key), "PUBLIC_IPADDR": "127.0.0.1"}
+    port = env.pop("SWARM_PUBLIC_PORT")
+    env.update(SWARMUI_PUBLIC_PORT=port, SWARMUI_PUBLIC_HOST=env.pop("SWARM_PUBLIC_HOST"),
+               **{f"VAST_TCP_PORT_{port}": port})
+    for name in ("RUNPOD_WEBHOOK_GET_JOB", "RUNPOD_POD_ID", "SWARM_ACCESS_TOKEN"):
+        env.pop(name, None)
+    proc, lines = _run_start_script(env, tmp_path / "url.txt")
+    try:
+        assert lines[-1] == f"SWARM_PUBLIC_URL=https://127.0.0.1:{port}/t/<SWARM_ACCESS_TOKEN>"
+        assert token not in "\n".join(lines)
+
+        async def go():
+            connector = aiohttp.TCPConnector(ssl=client_context(cert))
+            async with aiohttp.ClientSession(connector=connector) as s:
+                async with s.post(f"https://127.0.0.1:{port}/API/GetNewSession", json={},
+                                  headers={"Authorization": f"Bearer {token}"}) as r:
+                    ok = r.status
+                async with s.post(f"https://127.0.0.1:{port}/API/GetNewSession", json={}) as r:
+                    refused = r.status
+                async with SwarmUIClient(f"https://127.0.0.1:{port}", token=token, session=s) as c:
+                    gen = await c.generate({"prompt": "over tls", "steps": 2})  # WebSocket over wss
+            async with aiohttp.ClientSession() as s:
+                try:
+                    async with s.post(f"http://127.0.0.1:{port}/API/GetNewSession", json={}) as r:
+                        plain = r.status
+                except aiohttp.ClientError:
+                    plain = "refused"
+            return ok, refused, gen, plain
+
+        ok, refused, gen, plain = asyncio.run(go())
+        assert (ok, refused) == (200, 401) and gen.outputs and plain != 200
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
+
+
+def test_token_port_and_tls_settings(tmp_path, monkeypatch):
+    from handlers.swarm_worker import config
+    from handlers.swarm_worker.config import WorkerConfig
+    from tests.tls_helpers import self_signed_cert
+
+    for name in ("SWARM_ACCESS_TOKEN", "SWARMUI_WORKER_TOKEN", "SWARM_PUBLIC_PORT", "SWARMUI_PUBLIC_PORT",
+                 "SWARM_PUBLIC_HOST", "SWARMUI_PUBLIC_HOST", "SWARMUI_TLS_CERT", "SWARMUI_TLS_KEY", "SWARMUI_TLS",
+                 "SWARM_PUBLIC_URL", "RUNPOD_POD_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(config, "VAST_INSTANCE_CERT", tmp_path / "none.crt")
+    monkeypatch.setattr(config, "VAST_INSTANCE_KEY", tmp_path / "none.key")
+    monkeypatch.setenv("SWARMUI_WORKER_TOKEN", "w" * 16)
+    monkeypatch.setenv("SWARMUI_PUBLIC_PORT", "7911")
+    monkeypatch.setenv("SWARMUI_PUBLIC_HOST", "127.0.0.1")
+    cfg = WorkerConfig.from_env()
+    assert (cfg.access_token, cfg.public_port, cfg.public_host) == ("w" * 16, 7911, "127.0.0.1")
+    assert cfg.server_ssl_context() is None and cfg.public_base_url() == "http://127.0.0.1:7911"
+    monkeypatch.setenv("SWARM_ACCESS_TOKEN", "w" * 16)  # the same value under both names is fine
+    assert WorkerConfig.from_env().access_token == "w" * 16
+    for name, value, message in [
+            ("SWARM_ACCESS_TOKEN", "a" * 20, "SWARM_ACCESS_TOKEN and SWARMUI_WORKER_TOKEN"),
+            ("SWARM_PUBLIC_PORT", "7912", "SWARM_PUBLIC_PORT and SWARMUI_PUBLIC_PORT"),
+            ("SWARMUI_PUBLIC_PORT", "http", r"SWARM_PUBLIC_PORT \(SWARMUI_PUBLIC_PORT\): expected a port number"),
+            ("SWARMUI_TLS_CERT", str(tmp_path / "x.crt"), "SWARMUI_TLS_CERT and SWARMUI_TLS_KEY: set both")]:
+        with monkeypatch.context() as m:
+            m.setenv(name, value)
+            with pytest.raises(ValueError, match=message):
+                WorkerConfig.from_env()
+    monkeypatch.delenv("SWARM_ACCESS_TOKEN")
+    monkeypatch.setenv("SWARMUI_WORKER_TOKEN", "short")
+    with pytest.raises(ValueError, match="SWARMUI_WORKER_TOKEN: must be at least 16 characters"):
+        WorkerConfig.from_env()
+    monkeypatch.setenv("SWARMUI_WORKER_TOKEN", "w" * 16)
+    # vast.ai's instance certificate is used when present (CloudBackends' UseTls), unless SWARMUI_TLS=off
+    cert, key = self_signed_cert(tmp_path / "etc")
+    monkeypatch.setattr(config, "VAST_INSTANCE_CERT", cert)
+    monkeypatch.setattr(config, "VAST_INSTANCE_KEY", key)
+    cfg = WorkerConfig.from_env()
+    assert cfg.tls_cert == cert and cfg.server_ssl_context() is not None
+    assert cfg.public_base_url() == "https://127.0.0.1:7911"
+    monkeypatch.setenv("SWARMUI_TLS", "off")
+    assert WorkerConfig.from_env().tls_cert is None
+    monkeypatch.setenv("SWARMUI_TLS_CERT", str(key))  # the key where the certificate should be
+    monkeypatch.setenv("SWARMUI_TLS_KEY", str(key))
+    with pytest.raises(ValueError, match="do not load"):
+        WorkerConfig.from_env()
+
+
+def test_tunnel_to_a_tls_gateway_skips_verifying_its_public_certificate(tmp_path):
+    from handlers.swarm_worker.tunnel import QuickTunnel
+
+    cloudflared = tmp_path / "cloudflared"
+    cloudflared.write_text(FAKE_CLOUDFLARED.format(python=sys.executable))
+    cloudflared.chmod(0o755)
+
+    async def go():
+        tunnel = QuickTunnel(str(cloudflared), "https://127.0.0.1:7801", timeout=20)
+        try:
+            return await tunnel.start()
+        finally:
+            await tunnel.stop()
+
+    assert asyncio.run(go()) == "https://brave-words-fake-tunnel.trycloudflare.com"
+    assert (tmp_path / "cloudflared.args").read_text() == (
+        "tunnel --no-autoupdate --url https://127.0.0.1:7801 --no-tls-verify")

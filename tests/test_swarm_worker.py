@@ -281,27 +281,27 @@ async def _collect_lease(job_input: dict, during=None) -> tuple[list[dict], floa
     return items, time.monotonic() - start
 
 
-def test_lease_startup_grace_expires_and_busy(worker):
+def test_lease_startup_grace_expires_and_a_second_lease_waits(worker):
     async def go():
-        async def second(first):
-            return await _collect_lease({})
-
         from handlers.swarm_worker.handler import lease_session
 
         gen = lease_session({"id": "l1", "input": {"action": "lease", "idle_seconds": 5,
                                                     "startup_grace_seconds": 1.5, "max_lease_seconds": 60}})
         first = await gen.__anext__()
-        busy, _ = await _collect_lease({})
+        # taken in the same batch as the first: it waits for the worker instead of failing the job
+        second = asyncio.create_task(_collect_lease({"startup_grace_seconds": 0.5}))
         rest = [item async for item in gen]
-        return first, busy, rest
+        first_ended = time.monotonic()
+        items, _ = await second
+        return first, rest, first_ended, items
 
-    first, busy, rest = asyncio.run(go())
+    first, rest, first_ended, second = asyncio.run(go())
     assert first["protocol"] == 2 and first["success"] is True and len(first["token"]) >= 60
     assert first["startup_grace_seconds"] == 1.5 and first["idle_seconds"] == 5 and first["max_lease_seconds"] == 60
     assert set(first) >= {"public_url", "token", "worker_id", "version", "lease"}
-    assert busy == [{"success": False, "error": f"this worker already holds lease {first['lease']}",
-                     "error_id": "lease_busy", "worker_id": first["worker_id"]}]
     assert rest[-1]["released"] is True and rest[-1]["reason"] == "startup_grace_expired"
+    assert second[0]["success"] is True and second[0]["lease"] == first["lease"] + 1
+    assert second[0]["token"] != first["token"] and second[-1]["reason"] == "startup_grace_expired"
 
 
 def test_lease_idle_release_revokes_token_and_wipes_outputs(worker):

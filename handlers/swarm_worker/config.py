@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from handlers.swarm_worker.run_as import RunAs, parse_run_as, prepare_run_as
 
 DEFAULT_SWARMUI_DIR = "/opt/SwarmUI"
 DEFAULT_LAUNCH_ARGS = ("--launch_mode none --host 127.0.0.1 --port {port} --data_dir {data_dir} "
@@ -25,6 +28,57 @@ def _float(name: str, default: float) -> float:
 
 def _int(name: str, default: int) -> int:
     return int(_float(name, default))
+
+
+MIN_TOKEN_LENGTH = 16
+TOKEN_VARIABLES = ("SWARM_ACCESS_TOKEN", "SWARMUI_WORKER_TOKEN")  # ours; the one HartsyAI's CloudBackends injects
+# vast.ai gives every instance a certificate signed by its own root CA (what CloudBackends checks with UseTls).
+VAST_INSTANCE_CERT = Path("/etc/instance.crt")
+VAST_INSTANCE_KEY = Path("/etc/instance.key")
+
+
+def _aliased(name: str, alias: str) -> str | None:
+    """The value of `name`, else of `alias` (HartsyAI's name for the same setting); both set must agree."""
+    value, other = os.environ.get(name, "").strip(), os.environ.get(alias, "").strip()
+    if value and other and value != other:
+        raise ValueError(f"environment variables {name} and {alias} name the same setting with different values: "
+                         "set one of them")
+    return value or other or None
+
+
+def _port(name: str, alias: str, default: int) -> int:
+    raw = _aliased(name, alias)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ValueError(f"environment variable {name} ({alias}): expected a port number, got {raw!r}")
+    return int(raw)
+
+
+def access_token() -> str | None:
+    """A fixed gateway token from the environment (SWARM_ACCESS_TOKEN or SWARMUI_WORKER_TOKEN)."""
+    token = _aliased(*TOKEN_VARIABLES)
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        name = next(n for n in TOKEN_VARIABLES if os.environ.get(n, "").strip() == token)
+        raise ValueError(f"environment variable {name}: must be at least {MIN_TOKEN_LENGTH} characters")
+    return token
+
+
+def tls_files() -> tuple[Path, Path] | None:
+    """The gateway's certificate and key: SWARMUI_TLS_CERT/SWARMUI_TLS_KEY, else vast.ai's instance
+    certificate when it is there (SWARMUI_TLS=off serves plain HTTP anyway)."""
+    cert, key = os.environ.get("SWARMUI_TLS_CERT", "").strip(), os.environ.get("SWARMUI_TLS_KEY", "").strip()
+    if bool(cert) != bool(key):
+        raise ValueError("environment variables SWARMUI_TLS_CERT and SWARMUI_TLS_KEY: set both or neither")
+    if cert:
+        for name, path in (("SWARMUI_TLS_CERT", cert), ("SWARMUI_TLS_KEY", key)):
+            if not Path(path).is_file():
+                raise ValueError(f"environment variable {name}: no such file {path!r}")
+        return Path(cert), Path(key)
+    mode = _choice("SWARMUI_TLS", ("auto", "off"), "auto")
+    if mode == "auto" and VAST_INSTANCE_CERT.is_file() and VAST_INSTANCE_KEY.is_file():
+        return VAST_INSTANCE_CERT, VAST_INSTANCE_KEY
+    return None
 
 
 def _choice(name: str, allowed: tuple[str, ...], default: str) -> str:
@@ -78,6 +132,9 @@ class WorkerConfig:
     refresh_debounce_seconds: float = 10
     refresh_timeout: float = 600
     http_timeout: float = 10
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    run_as: RunAs | None = None
 
     @classmethod
     def from_env(cls) -> WorkerConfig:
@@ -89,17 +146,15 @@ class WorkerConfig:
         work_dir = Path(os.environ.get("SWARM_WORK_DIR") or Path(tempfile.gettempdir()) / "swarm-worker")
         volume_outputs = Path("/runpod-volume/swarm_outputs") if Path("/runpod-volume").is_dir() else None
         output_dir = Path(os.environ.get("SWARM_OUTPUT_DIR") or volume_outputs or work_dir / "jobs")
-        token = os.environ.get("SWARM_ACCESS_TOKEN") or None
-        if token is not None and len(token) < 16:
-            raise ValueError("environment variable SWARM_ACCESS_TOKEN: must be at least 16 characters")
-        return cls(
+        tls = tls_files()
+        cfg = cls(
             swarmui_dir=swarmui_dir,
             launch_cmd=launch,
             internal_port=_int("SWARMUI_INTERNAL_PORT", 7810),
-            public_port=_int("SWARM_PUBLIC_PORT", 7801),
-            public_host=os.environ.get("SWARM_PUBLIC_HOST", "0.0.0.0"),
+            public_port=_port("SWARM_PUBLIC_PORT", "SWARMUI_PUBLIC_PORT", 7801),
+            public_host=_aliased("SWARM_PUBLIC_HOST", "SWARMUI_PUBLIC_HOST") or "0.0.0.0",
             public_url=(os.environ.get("SWARM_PUBLIC_URL") or "").rstrip("/") or None,
-            access_token=token,
+            access_token=access_token(),
             startup_timeout=_float("SWARMUI_STARTUP_TIMEOUT", 600),
             model_roots=roots,
             work_dir=work_dir,
@@ -120,7 +175,36 @@ class WorkerConfig:
             refresh_debounce_seconds=_float("SWARMUI_REFRESH_DEBOUNCE_SECONDS", 10),
             refresh_timeout=_float("SWARMUI_REFRESH_TIMEOUT", 600),
             http_timeout=_float("SWARMUI_HTTP_TIMEOUT", 10),
+            tls_cert=tls[0] if tls else None,
+            tls_key=tls[1] if tls else None,
+            run_as=parse_run_as(os.environ.get("SWARMUI_RUN_AS")),
         )
+        cfg.server_ssl_context()  # a certificate that does not load fails here, naming the variables
+        return cfg
+
+    def server_ssl_context(self) -> ssl.SSLContext | None:
+        """The gateway's TLS context (None: plain HTTP, e.g. behind RunPod's HTTPS proxy)."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"TLS certificate {self.tls_cert} / key {self.tls_key} (SWARMUI_TLS_CERT, "
+                             f"SWARMUI_TLS_KEY) do not load: {exc}") from None
+        return ctx
+
+    def prepare_run_as(self) -> dict[str, str]:
+        """Before each SwarmUI start under `run_as`: its folders, the volume's model folders; its env entries."""
+        assert self.run_as is not None
+        shared = [r for r in self.model_roots if not r.is_relative_to(self.swarmui_dir)]
+        return prepare_run_as(self.run_as, own=[self.data_dir, self.swarm_output_dir, self.model_tree],
+                              shared=shared, home_fallback=self.work_dir / "home")
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
 
     @property
     def data_dir(self) -> Path:
@@ -146,4 +230,4 @@ class WorkerConfig:
         pod = os.environ.get("RUNPOD_POD_ID")
         if pod:
             return f"https://{pod}-{self.public_port}.proxy.runpod.net"
-        return f"http://127.0.0.1:{self.public_port}"
+        return f"{self.scheme}://127.0.0.1:{self.public_port}"

@@ -9,8 +9,16 @@
   are replaced by the gateway's own secret, which SwarmUI requires on every request (its
   loopback exemption is switched off, see swarm_files.settings_fds).
 - HTTP and WebSocket. Responses are streamed, so large `View/` downloads never sit in memory.
+- Compression: SwarmUI compresses JSON whenever the request's `Accept-Encoding` allows it (ASP.NET
+  response compression). The client's own `Accept-Encoding` is forwarded, `identity` when it sent
+  none (.NET clients such as both HartsyAI extensions do not decompress), so a body only arrives
+  compressed to a client that asked for it, and always with its `Content-Encoding`.
 - On the legacy `/t/<token>` path, `GenerateText2Image` answers have their `images` rewritten
-  to raw base64, which is what the legacy extension decodes.
+  to raw base64, which is what the legacy extension decodes (asked for uncompressed).
+- Tokens have kinds: `env` (a fixed token from the environment), `lease` (dies with its lease) and
+  `legacy` (the per-worker `/t/` token, refused while a lease holds the worker).
+- A refused request costs a token comparison and a counter: refusals are logged as a count at
+  most once a minute, never with the request's path (which a stranger chooses).
 - `TriggerRefresh` first brings the per-worker model tree up to date with the volume.
 - A browser opening `<base>/t/<token>` is redirected to `/` with the token in an HttpOnly
   cookie, so SwarmUI's own web UI (which loads `/css/...`, `/API/...`) works behind the gateway.
@@ -24,6 +32,7 @@ import hmac
 import json
 import logging
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
@@ -47,22 +56,36 @@ GENERATION_ROUTES = {"/api/generatetext2image", "/api/generatetext2imagews"}
 CHUNK = 256 * 1024
 
 
+REFUSAL_LOG_SECONDS = 60.0
+_UNAUTHORIZED = json.dumps({"error": "A valid worker token is required.", "error_id": "worker_unauthorized"}).encode()
+
+
 def _error(status: int, error_id: str, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message, "error_id": error_id}, status=status, headers=headers or None)
+
+
+def _unauthorized() -> web.Response:
+    return web.Response(status=401, body=_UNAUTHORIZED, content_type="application/json",
+                        headers={"WWW-Authenticate": 'Bearer realm="swarm-worker"'})
 
 
 class Gateway:
     """Token-gated proxy; tokens are granted and revoked by the worker runtime."""
 
     def __init__(self, *, host: str, port: int, upstream: str, upstream_secret: Callable[[], str],
-                 is_ready: Callable[[], bool], before_refresh: Callable[[], Awaitable[object]] | None = None):
+                 is_ready: Callable[[], bool], before_refresh: Callable[[], Awaitable[object]] | None = None,
+                 ssl_context: ssl.SSLContext | None = None):
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context
         self.upstream = upstream.rstrip("/")
         self._upstream_secret = upstream_secret
         self._is_ready = is_ready
         self._before_refresh = before_refresh
         self._tokens: dict[str, str] = {}
+        self._suspended: set[str] = set()  # token kinds refused for now (`legacy` during a lease)
+        self.refused = 0  # requests refused for want of a valid token, since the last log line
+        self._refusals_logged_at = time.monotonic()
         self._sockets: dict[str, set[web.WebSocketResponse]] = {}
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -84,13 +107,38 @@ class Gateway:
             await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"lease ended")
         return len(sockets)
 
+    async def suspend(self, kind: str) -> int:
+        """Refuse every token of `kind` (and close its WebSockets) until `resume(kind)`."""
+        self._suspended.add(kind)
+        closed = 0
+        for token, token_kind in list(self._tokens.items()):
+            if token_kind == kind:
+                for ws in list(self._sockets.pop(token, set())):
+                    await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"worker leased")
+                    closed += 1
+        return closed
+
+    def resume(self, kind: str) -> None:
+        self._suspended.discard(kind)
+
     def _match(self, token: str | None) -> str | None:
         if not token:
             return None
-        for known in list(self._tokens):
-            if hmac.compare_digest(known.encode(), token.encode()):
-                return known
+        given = token.encode()
+        for known, kind in list(self._tokens.items()):
+            if hmac.compare_digest(known.encode(), given):
+                return None if kind in self._suspended else known
         return None
+
+    def _refuse(self) -> web.Response:
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._refusals_logged_at >= REFUSAL_LOG_SECONDS:
+            log.info("refused %d request(s) without a valid token in the last %.0f s", self.refused,
+                     now - self._refusals_logged_at)
+            self.refused = 0
+            self._refusals_logged_at = now
+        return _unauthorized()
 
     def open_websockets(self) -> int:
         return sum(len(s) for s in self._sockets.values())
@@ -102,10 +150,11 @@ class Gateway:
         app.router.add_route("*", "/{tail:.*}", self.handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
         self._session = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None))
-        log.info("gateway listening on %s:%d -> %s", self.host, self.port, self.upstream)
+        log.info("gateway listening on %s://%s:%d -> %s", "https" if self.ssl_context else "http", self.host,
+                 self.port, self.upstream)
 
     async def stop(self) -> None:
         for token in list(self._sockets):
@@ -129,8 +178,7 @@ class Gateway:
             rest = raw_path
         known = self._match(token)
         if known is None:
-            log.info("refused %s %s: no valid token", request.method, rest)
-            return _error(401, "worker_unauthorized", "A valid worker token is required.")
+            return self._refuse()
         if legacy and rest == "/" and request.method == "GET":
             return self._browser_entry(request, known)
         if not self._is_ready():
@@ -166,10 +214,14 @@ class Gateway:
         response.set_cookie(COOKIE, token, httponly=True, samesite="Lax", secure=secure, path="/")
         return response
 
-    def _upstream_headers(self, request: web.Request) -> dict[str, str]:
+    def _upstream_headers(self, request: web.Request, *, identity: bool = False) -> dict[str, str]:
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in HOP_BY_HOP and not k.lower().startswith("x-forwarded-")}
         headers["Authorization"] = f"Bearer {self._upstream_secret()}"
+        # Without an explicit value aiohttp would ask for gzip/br, and SwarmUI would compress for a client
+        # that never asked (and, on the legacy path, for a body the rewrite has to parse).
+        asked = request.headers.get("Accept-Encoding", "").strip()
+        headers["Accept-Encoding"] = asked if asked and not identity else "identity"
         cookie = headers.pop("Cookie", None) or headers.pop("cookie", None)
         if cookie:
             kept = [c for c in cookie.split(";") if c.strip() and c.strip().split("=", 1)[0] != COOKIE]
@@ -180,7 +232,7 @@ class Gateway:
     async def _proxy_http(self, request: web.Request, target: str, *, rewrite_images: bool) -> web.StreamResponse:
         assert self._session is not None
         body = await request.read()
-        headers = self._upstream_headers(request)
+        headers = self._upstream_headers(request, identity=rewrite_images)
         try:
             upstream = await self._session.request(request.method, target, data=body if body else None,
                                                    headers=headers, allow_redirects=False)
@@ -210,8 +262,10 @@ class Gateway:
         raw = await upstream.read()
         try:
             body = json.loads(raw)
-        except ValueError:
-            return web.Response(status=upstream.status, body=raw, content_type=upstream.content_type)
+        except ValueError:  # not JSON (or encoded after all): passed on as it came, with its encoding named
+            headers = {k: v for k, v in upstream.headers.items()
+                       if k.lower() in ("content-encoding", "content-type", "vary")}
+            return web.Response(status=upstream.status, body=raw, headers=headers)
         if isinstance(body, dict) and isinstance(body.get("images"), list):
             body["images"] = [await self._as_base64(img) for img in body["images"]]
         return web.json_response(body, status=upstream.status)
@@ -224,7 +278,8 @@ class Gateway:
         if ref.lstrip("/").startswith("View/"):
             assert self._session is not None
             async with self._session.get(f"{self.upstream}/{view_path(ref)}",
-                                         headers={"Authorization": f"Bearer {self._upstream_secret()}"}) as r:
+                                         headers={"Authorization": f"Bearer {self._upstream_secret()}",
+                                                  "Accept-Encoding": "identity"}) as r:
                 if r.status == 200:
                     return base64.b64encode(await r.read()).decode()
                 log.warning("could not fetch %s for the legacy rewrite: HTTP %d", ref, r.status)

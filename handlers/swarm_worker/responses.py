@@ -63,11 +63,11 @@ class GenerateResult(Strict):
 
 class ActionFailure(Strict):
     """A failed action other than `generate` (whose failures are the common error result): an unknown
-    action, a busy lease, SwarmUI unavailable."""
+    action, SwarmUI unavailable."""
 
     success: Literal[False] = Field(..., description="the action failed")
     error: str = Field(..., description="what went wrong")
-    error_id: str | None = Field(None, description="unknown_action, lease_busy, ...")
+    error_id: str | None = Field(None, description="unknown_action, ...")
     error_code: str | None = Field(None, description="the error contract's code, when there is one")
     details: list[str] | None = Field(None, description="one line per problem (SwarmUI's last log lines)")
     available_actions: list[str] | None = Field(None, description="unknown_action: the actions there are")

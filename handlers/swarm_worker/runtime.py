@@ -55,9 +55,11 @@ class WorkerRuntime:
         self.gateway = Gateway(host=cfg.public_host, port=cfg.public_port,
                                upstream=f"http://127.0.0.1:{cfg.internal_port}",
                                upstream_secret=lambda: self.process.internal_secret,
-                               is_ready=lambda: self.process.ready, before_refresh=self.before_client_refresh)
+                               is_ready=lambda: self.process.ready, before_refresh=self.before_client_refresh,
+                               ssl_context=cfg.server_ssl_context())
         self.legacy_token: str | None = None
         self.lease: Lease | None = None
+        self._lease_ended: asyncio.Event | None = None  # set when the current lease ends (waiting lease jobs)
         self.lease_count = 0
         self.holds: set[asyncio.Event] = set()
         self._gateway_started = False
@@ -196,14 +198,25 @@ class WorkerRuntime:
 
     async def begin_lease(self, idle: float | None, grace: float | None,
                           max_lease: float | None) -> tuple[Lease | None, dict]:
-        """Claim the worker for one lease and wait for SwarmUI; returns (lease, first output)."""
+        """Claim the worker for one lease and wait for SwarmUI; returns (lease, first output).
+
+        A lease job that finds the worker leased waits for that lease to end instead of failing: it
+        can only get here when the SDK took two leases in one batch, before the concurrency modifier
+        dropped to 1 (see __main__.concurrency_modifier)."""
         if self.lease is not None:
-            return None, {"success": False, "error": f"this worker already holds lease {self.lease.number}",
-                          "error_id": "lease_busy", "worker_id": self.worker_id}
+            log.warning("a lease job arrived while lease %d holds this worker: it waits for that lease to end",
+                        self.lease.number)
+        while self.lease is not None:
+            if self._lease_ended is None:
+                self._lease_ended = asyncio.Event()
+            await self._lease_ended.wait()
         limits = self.lease_limits(idle, grace, max_lease)
         self.lease_count += 1
         lease = Lease(number=self.lease_count, token=secrets.token_urlsafe(48), **limits)
         self.lease = lease
+        # The per-worker legacy token belongs to no lease: it is refused (and its WebSockets closed)
+        # until the lease ends. A fixed token from the environment stays valid (documented).
+        await self.gateway.suspend("legacy")
         try:
             await self.ensure_ready()
         except asyncio.CancelledError:  # the lease job was cancelled while SwarmUI was starting
@@ -273,12 +286,16 @@ class WorkerRuntime:
         if self.lease is not lease:
             return
         closed = await self.gateway.revoke(lease.token)
+        self.gateway.resume("legacy")
         sessions = self.gateway.sessions.pop(lease.token)
         if reason in ("cancelled", "worker_exit") and self.process.ready:
             for sid in sessions:
                 await self.process.client.interrupt_session(sid)
         wiped = wipe_dir(self.cfg.swarm_output_dir)
         self.lease = None
+        if self._lease_ended is not None:
+            self._lease_ended.set()
+            self._lease_ended = None
         log.info("lease %d released (%s): token revoked, %d WebSocket(s) closed, %d session(s) interrupted, "
                  "%d output entries wiped", lease.number, reason, closed,
                  len(sessions) if reason in ("cancelled", "worker_exit") else 0, wiped)

@@ -9,8 +9,10 @@
 4. print the public URL, `<base>/t/<token>`, and write it to `SWARM_URL_FILE`;
 5. run until SIGTERM/SIGINT, or exit 1 when SwarmUI is gone for good.
 
-The token is `SWARM_ACCESS_TOKEN` (set it in the template so the URL survives restarts);
-without it one is minted and printed.
+The token is `SWARM_ACCESS_TOKEN`, or `SWARMUI_WORKER_TOKEN` (what HartsyAI's CloudBackends injects
+into the pods and instances it creates); set it in the template so the URL survives restarts;
+without it one is minted and printed. With a certificate (`SWARMUI_TLS_CERT`/`SWARMUI_TLS_KEY`, or
+vast.ai's `/etc/instance.crt`) the gateway serves HTTPS.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def direct_base_url(cfg: WorkerConfig) -> str:
     ip = os.environ.get("PUBLIC_IPADDR")
     port = os.environ.get(f"VAST_TCP_PORT_{cfg.public_port}")
     if ip and port:
-        return f"http://{ip}:{port}"
+        return f"{cfg.scheme}://{ip}:{port}"
     return cfg.public_base_url()
 
 
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                              "the image build pre-warms with `python -m handlers.swarm_worker.prewarm` instead")
     args = parser.parse_args(argv)
     configure_logging()
-    register_env_secrets(["SWARM_ACCESS_TOKEN"])
+    register_env_secrets(["SWARM_ACCESS_TOKEN", "SWARMUI_WORKER_TOKEN"])
     try:
         cfg = WorkerConfig.from_env()
         mode = os.environ.get("SWARM_TUNNEL", "auto").strip().lower()
@@ -83,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     minted = not cfg.access_token
     if minted:
         cfg.access_token = secrets.token_urlsafe(32)
-        log.warning("SWARM_ACCESS_TOKEN is not set: minted a token for this run (the URL changes on restart)")
+        log.warning("SWARM_ACCESS_TOKEN (or SWARMUI_WORKER_TOKEN) is not set: minted a token for this run "
+                    "(the URL changes on restart)")
 
     if entries:
         root = Path(os.environ.get("SWARM_MODEL_DOWNLOAD_ROOT") or cfg.model_roots[0])
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         base = direct_base_url(cfg)
         if binary:
-            tunnel = QuickTunnel(binary, f"http://127.0.0.1:{cfg.public_port}")
+            tunnel = QuickTunnel(binary, f"{cfg.scheme}://127.0.0.1:{cfg.public_port}")
             try:
                 base = rt.submit(tunnel.start()).result()
             except TunnelError as exc:

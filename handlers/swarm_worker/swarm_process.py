@@ -212,13 +212,17 @@ class SwarmProcess:
             swarmui_dir=cfg.swarmui_dir))
         cwd = cfg.swarmui_dir if cfg.swarmui_dir.is_dir() else None
         log.info("starting SwarmUI: %s (cwd %s)", " ".join(argv), cwd)
+        env, spawn_as = child_env(), {}
+        if cfg.run_as is not None:  # SwarmUI and ComfyUI under a uid of their own (run_as.py)
+            env.update(await asyncio.to_thread(cfg.prepare_run_as))
+            spawn_as = cfg.run_as.spawn_kwargs()
         self._tail.clear()
         self.started_at = time.monotonic()
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-                env=child_env())
+                env=env, **spawn_as)
         except OSError as exc:
             raise SwarmStartError(f"cannot run SwarmUI launch command {argv[0]!r}: {exc}", []) from None
         self._reader = asyncio.create_task(self._read_output(self._proc))

@@ -37,6 +37,8 @@ class QuickTunnel:
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 self.binary, "tunnel", "--no-autoupdate", "--url", self.local_url,
+                # a TLS gateway carries a certificate for the instance's public address, not for 127.0.0.1
+                *(["--no-tls-verify"] if self.local_url.startswith("https://") else []),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE, start_new_session=True)
         except OSError as exc:

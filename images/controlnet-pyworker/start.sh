@@ -72,7 +72,7 @@ case "$mode" in
         # front loads (vast-ai/pyworker start_server.sh:13,68-102; vastai lib/server.py:16-26).
         export USE_SSL="${USE_SSL:-true}"
         if [[ "$USE_SSL" == true ]]; then
-            "$VAST_PYTHON" -m handlers.controlnet_pyworker.vast_tls || true   # it says why on failure
+            "$VAST_PYTHON" -m common.vast_tls || true   # it says why on failure
         else
             echo "USE_SSL=$USE_SSL: the PyWorker front serves plain HTTP (requests and images unencrypted)" >&2
         fi

@@ -32,6 +32,8 @@ commit images/swarm-worker/Dockerfile pins, 062407c7; FreneticLLC/FreneticUtilit
   (the calling session's generations; with `other_sessions`, everyone's). A generation whose
   WebSocket closes runs on to the end, as nothing tells SwarmUI to stop it.
 - `GET /View/...` serving files from the output folder.
+- ASP.NET response compression (br, gzip) of JSON/text replies, chosen from the request's
+  `Accept-Encoding` (see `aspnet_compression`).
 
 Behaviour knobs (environment): FAKE_SWARMUI_START_DELAY (seconds before the port opens),
 FAKE_SWARMUI_BACKEND_DELAY (seconds the backend reports `loading`), FAKE_SWARMUI_FAIL_START
@@ -53,6 +55,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gzip
 import json
 import os
 import re
@@ -212,6 +215,95 @@ def parse_fds(text: str) -> dict:
         if trimmed and not trimmed.startswith("#"):
             raise _fds_error(num, lines[num], "Line inside root has unknown purpose - are you missing a symbol?")
     return root
+
+
+# -- response compression, as ASP.NET Core's ResponseCompression middleware does it ---------------------------------
+# SwarmUI registers it with default options (mcmonkeyprojects/SwarmUI src/Core/WebServer.cs:146
+# `AddResponseCompression()`, :210 `UseResponseCompression()` at the commit images/swarm-worker/Dockerfile pins,
+# 062407c7), after its RequiredAuthorization middleware (:149-209), so that middleware's 401 goes out plain.
+# Defaults (dotnet/aspnetcore src/Middleware/ResponseCompression/src/..., commit c83ad306 unless noted):
+# - providers Brotli then Gzip (ResponseCompressionProvider.cs:46-53); no Accept-Encoding, no compression
+#   (:227-233); q=0 entries skipped, `*` matches every provider, `identity` is a candidate without a provider;
+#   the highest quality wins, ties go to the provider listed first (:104-157);
+# - not over HTTPS by default, nor when the response already has Content-Encoding or Content-Range (:176-194);
+#   only the default MIME types (ResponseCompressionDefaults.cs, commit 03ce2ef1), compared without parameters
+#   (:204-214);
+# - once the MIME type qualifies: `Vary: Accept-Encoding` (even if no provider is chosen), then
+#   `Content-Encoding`, and Content-Length removed, so the body goes out chunked
+#   (ResponseCompressionBody.cs:234-267, commit 08066096). SwarmUI's JSON replies are `application/json`
+#   with an exact Content-Length (SwarmUI src/Utils/Utilities.cs:469-486 `YieldJsonOutput`).
+COMPRESSIBLE_TYPES = {"text/plain", "text/css", "application/javascript", "text/html", "application/xml", "text/xml",
+                      "application/json", "text/json", "application/wasm"}
+COMPRESSION_PROVIDERS = ("br", "gzip")
+
+
+def choose_encoding(accept: str) -> str | None:
+    """The provider ASP.NET picks for an Accept-Encoding value (None: send the body as it is)."""
+    candidates: dict[str, tuple[float, int]] = {}  # name -> (quality, priority); the first entry for a name wins
+    for item in accept.split(","):
+        name, _, params = item.strip().partition(";")
+        name = name.strip()
+        if not name:
+            continue
+        quality = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    return None  # an unparsable list: no compression
+        if quality <= 0:
+            continue
+        for priority, provider in enumerate(COMPRESSION_PROVIDERS):
+            if provider == name.lower():
+                candidates.setdefault(provider, (quality, priority))
+        if name == "*":
+            for priority, provider in enumerate(COMPRESSION_PROVIDERS):
+                candidates.setdefault(provider, (quality, priority))
+            break
+        if name.lower() == "identity":
+            candidates.setdefault("identity", (quality, 1 << 30))
+    if not candidates:
+        return None
+    best = min(candidates.items(), key=lambda kv: (-kv[1][0], kv[1][1]))[0]
+    return None if best == "identity" else best
+
+
+def compress(data: bytes, encoding: str) -> bytes:
+    if encoding == "br":
+        import brotli
+
+        return brotli.compress(data)
+    return gzip.compress(data)
+
+
+@web.middleware
+async def aspnet_compression(request: web.Request, handler):
+    response = await handler(request)
+    accept = request.headers.get("Accept-Encoding", "")
+    if (not accept or not isinstance(response, web.Response) or not isinstance(response.body, bytes) or request.secure
+            or "Content-Encoding" in response.headers or "Content-Range" in response.headers
+            or response.content_type.lower() not in COMPRESSIBLE_TYPES):
+        return response
+    response.headers.add("Vary", "Accept-Encoding")
+    encoding = choose_encoding(accept)
+    if encoding is None:
+        return response
+    body = response.body
+    out = web.StreamResponse(status=response.status, reason=response.reason)
+    for key, value in response.headers.items():
+        if key.lower() not in ("content-length", "content-type"):
+            out.headers.add(key, value)
+    out.content_type = response.content_type
+    if response.charset:
+        out.charset = response.charset
+    out.headers["Content-Encoding"] = encoding
+    out.enable_chunked_encoding()
+    await out.prepare(request)
+    await out.write(compress(body, encoding))
+    await out.write_eof()
+    return out
 
 
 def fds_bool(value: object, default: bool) -> bool:
@@ -839,7 +931,7 @@ class FakeSwarm:
         return web.json_response(sorted(os.environ))
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self.gate], client_max_size=200 * 1024 * 1024)
+        app = web.Application(middlewares=[self.gate, aspnet_compression], client_max_size=200 * 1024 * 1024)
         app.router.add_route("*", "/API/{route}", self.api)
         app.router.add_route("*", "/api/{route}", self.api)
         app.router.add_get("/View/{path:.*}", self.view)

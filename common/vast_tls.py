@@ -1,4 +1,4 @@
-"""The vast.ai instance certificate: `.venv-vast/bin/python -m handlers.controlnet_pyworker.vast_tls`.
+"""The vast.ai instance certificate: `python -m common.vast_tls` (from either venv; both images' start scripts).
 
 With USE_SSL=true (vast's default) the PyWorker front serves HTTPS with `/etc/instance.crt` and
 `/etc/instance.key` (vastai 1.9.1 `vastai/serverless/server/lib/server.py:16-26`; without them it
@@ -11,7 +11,8 @@ Nothing is written unless signing succeeded, so a failure never leaves a mismatc
 
 Environment: CONTAINER_ID (required), VAST_SIGN_CERT_URL (vast's endpoint), VAST_TLS_DIR (/etc).
 Exit status 0 when the pair is in place, 1 with one `TLS: ...` line on stderr saying why not.
-Runs in the front's venv: the standard library plus `cryptography` (a vastai dependency).
+Needs only the standard library and `cryptography` (a dependency of vastai and of runpod), so it runs
+in the PyWorker's venv as well as the worker's. The swarm worker's gateway serves the same pair.
 """
 
 from __future__ import annotations
