@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from common.redaction import is_sensitive_key
 
@@ -35,11 +35,13 @@ def child_env(keep: Iterable[str] = (), *, base: Mapping[str, str] | None = None
 
 async def spawn(argv: list[str], *, env: Mapping[str, str], cwd: str | Path | None = None,
                 stdin: int | None = asyncio.subprocess.DEVNULL, stdout: int | None = asyncio.subprocess.PIPE,
-                stderr: int | IO | None = asyncio.subprocess.STDOUT) -> asyncio.subprocess.Process:
-    """Start `argv` as the leader of a new session (its process group id is its pid); raises OSError."""
+                stderr: int | IO | None = asyncio.subprocess.STDOUT, **identity: Any) -> asyncio.subprocess.Process:
+    """Start `argv` as the leader of a new session (its process group id is its pid); raises OSError.
+
+    `identity`: `user`, `group`, `extra_groups` of subprocess, to run the child under another uid."""
     return await asyncio.create_subprocess_exec(
         *argv, cwd=None if cwd is None else str(cwd), env=dict(env), stdin=stdin, stdout=stdout, stderr=stderr,
-        start_new_session=True)
+        start_new_session=True, **identity)
 
 
 def signal_group(pgid: int, sig: int) -> bool:

@@ -135,3 +135,25 @@ def test_training_engine_gets_no_secrets_unless_named(monkeypatch):
     assert "HF_TOKEN" not in env and "UPLOAD_S3_SECRET" not in env and env["PYTHONUNBUFFERED"] == "1"
     monkeypatch.setenv("TRAINER_PASS_ENV", "HF_TOKEN")
     assert training.child_env([0])["HF_TOKEN"] == "hf_x"
+
+
+def test_quick_tunnel_reads_past_a_long_line(tmp_path):
+    from handlers.swarm_worker.tunnel import QuickTunnel
+
+    cloudflared = tmp_path / "cloudflared"
+    cloudflared.write_text(f"#!{sys.executable}\n" + textwrap.dedent("""
+        import sys, time
+        print("INF " + "x" * 200000, file=sys.stderr, flush=True)  # longer than a line reader's buffer
+        print("INF |  https://long-line-tunnel.trycloudflare.com  |", file=sys.stderr, flush=True)
+        time.sleep(60)
+    """))
+    cloudflared.chmod(0o755)
+
+    async def go() -> str:
+        tunnel = QuickTunnel(str(cloudflared), "http://127.0.0.1:7801", timeout=10)
+        try:
+            return await tunnel.start()
+        finally:
+            await tunnel.stop()
+
+    assert asyncio.run(go()) == "https://long-line-tunnel.trycloudflare.com"
