@@ -47,3 +47,25 @@ def test_undescribed_names_every_bare_field():
     schema = {"properties": {"a": {"type": "string", "description": "x"}, "b": {"type": "integer"}},
               "$defs": {"Inner": {"properties": {"c": {"type": "string"}}}}}
     assert gen_docs.undescribed(schema) == ["Inner.c", "b"]
+
+
+def test_a_changed_setting_makes_the_environment_table_stale(tmp_path, monkeypatch):
+    docs = tmp_path / "docs"
+    shutil.copytree(gen_docs.DOCS, docs)
+    monkeypatch.setattr(gen_docs, "ROOT", tmp_path)
+    monkeypatch.setattr(gen_docs, "DOCS", docs)
+    monkeypatch.setattr(gen_docs, "SCHEMAS", docs / "schemas")
+    from handlers.diffusion_pipe_trainer.settings import TrainerSettings
+
+    monkeypatch.setattr(TrainerSettings.model_fields["kill_grace_s"], "description", "a CHANGED grace")
+    assert gen_docs.stale() == ["docs/diffusion-pipe-trainer.md"]
+    assert gen_docs.main([]) == 0 and gen_docs.stale() == []
+    assert "| `TRAINER_KILL_GRACE_S` | `10` | a CHANGED grace |" in (docs / "diffusion-pipe-trainer.md").read_text()
+
+
+def test_every_setting_is_documented_and_read_from_one_place():
+    from handlers.diffusion_pipe_trainer.settings import TrainerSettings
+
+    table = gen_docs.env_section(TrainerSettings)
+    for field in TrainerSettings.model_fields.values():
+        assert field.description and f"`{field.json_schema_extra['env'][0]}`" in table

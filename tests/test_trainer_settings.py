@@ -38,3 +38,12 @@ def test_worker_refuses_to_start_with_a_bad_setting():
                           timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
                                             "TRAINER_KILL_GRACE_S": "soon"})
     assert proc.returncode != 0 and "environment variable TRAINER_KILL_GRACE_S" in proc.stderr
+
+
+def test_settings_are_read_in_one_place():
+    package = Path(__file__).resolve().parents[1] / "handlers" / "diffusion_pipe_trainer"
+    reads = {p.name: [line.strip() for line in p.read_text().splitlines() if "os.environ" in line]
+             for p in package.glob("*.py") if p.name != "settings.py"}
+    # CUDA's own variable stays CUDA's; the children's environment is built from the worker's
+    assert {name: lines for name, lines in reads.items() if lines} == {
+        "gpus.py": ['cvd = os.environ.get("CUDA_VISIBLE_DEVICES")']}
