@@ -1,4 +1,4 @@
-"""Deliver job outputs: `upload(files, spec, job_id=..., volume_dir=...)` (DESIGN.md section 4).
+"""Deliver job outputs: `upload(files, spec, job_id=..., volume_dir=...)` (docs/uploads.md).
 
 One result shape for every method. `auto` tries each configured method in order
 (huggingface -> s3 -> litterbox -> transfer_sh); transient failures are retried, then the
@@ -154,7 +154,7 @@ def _refused(field: str, url: str) -> None:
 
 def _check_destination(method: str, settings: Any) -> None:
     """What the job named gets the SSRF guard, and the operator's credentials stay with the operator's
-    destinations: refused here, before anything is sent (DESIGN.md section 4, trust)."""
+    destinations: refused here, before anything is sent (docs/uploads.md, "Trust")."""
     if method == "presigned_put":
         _refused("output.upload_url", settings)
     elif method == "transfer_sh" and transfer_sh.job_named(settings):

@@ -1,4 +1,5 @@
-"""Progress written to the output repo's `UPDATES/` folder on the Hugging Face Hub (seed 002).
+"""Progress written to the output repo's `UPDATES/` folder on the Hugging Face Hub
+(docs/diffusion-pipe-trainer.md, "Progress").
 
 RunPod keeps a `/run` result for 30 minutes; the repo keeps `UPDATES/<job_id>.json` (this
 job's latest state, and at the end its download link or error) and `UPDATES/latest.json`

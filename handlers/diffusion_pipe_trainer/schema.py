@@ -1,6 +1,6 @@
-"""The trainer's job input (seed 002), validated before any download or GPU work.
+"""The trainer's job input (docs/diffusion-pipe-trainer.md, "Request"), validated before any download or GPU work.
 
-`training` keeps the seed's documented keys typed with their defaults and passes any
+`training` keeps the documented keys typed with their defaults and passes any
 other key through to where the engine reads it (engine_keys: top level, `[model]` or
 dataset.toml). Refused here: keys the engine reads nowhere, keys it would reject, keys that
 would break the TOML (null, nested junk) or exceed a bound, and keys the worker owns (paths).
