@@ -187,8 +187,26 @@ def shape_table(shape: Shape, response: bool = False) -> str:
 def env_tables() -> dict[str, str]:
     """The environment table of each image that has a settings object, by page name."""
     from handlers.controlnet_pyworker.settings import env_table
+    from handlers.diffusion_pipe_trainer.settings import TrainerSettings
 
-    return {"controlnet-pyworker": env_table()}
+    return {"controlnet-pyworker": env_table(), "diffusion-pipe-trainer": settings_table(TrainerSettings)}
+
+
+def settings_table(model: type[BaseModel]) -> str:
+    """The environment table of a pydantic settings model: each field's variable(s), default, description."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for field in model.model_fields.values():
+        extra = field.json_schema_extra or {}
+        first, *others = extra["env"]
+        name = f"`{first}`" + (f" (or {', '.join(f'`{o}`' for o in others)})" if others else "")
+        default = field.default
+        if isinstance(default, list):
+            default = " ".join(default)
+        elif isinstance(default, float):
+            default = f"{default:g}"
+        shown = extra.get("shown_default") or ("none" if default is None else f"`{default}`")
+        lines.append(f"| {name} | {_cell(shown)} | {_cell(field.description or '')} |")
+    return "\n".join(lines)
 
 
 def env_section(table: str) -> str:

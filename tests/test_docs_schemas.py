@@ -68,3 +68,20 @@ def test_a_changed_setting_makes_the_environment_table_stale(docs_copy, monkeypa
     assert gen_docs.main([]) == 0 and gen_docs.stale() == []
     assert "| `MAX_QUEUE` | `8` | model server and RunPod handler | a CHANGED meaning |" in \
         (docs / "controlnet-pyworker.md").read_text()
+
+
+def test_a_changed_trainer_setting_makes_its_environment_table_stale(docs_copy, monkeypatch):
+    from handlers.diffusion_pipe_trainer.settings import TrainerSettings
+
+    monkeypatch.setattr(TrainerSettings.model_fields["kill_grace_s"], "description", "a CHANGED grace")
+    assert gen_docs.stale() == ["docs/diffusion-pipe-trainer.md"]
+    assert gen_docs.main([]) == 0 and gen_docs.stale() == []
+    assert "| `TRAINER_KILL_GRACE_S` | `10` | a CHANGED grace |" in (docs_copy / "diffusion-pipe-trainer.md").read_text()
+
+
+def test_every_trainer_setting_is_documented():
+    from handlers.diffusion_pipe_trainer.settings import TrainerSettings
+
+    table = gen_docs.settings_table(TrainerSettings)
+    for field in TrainerSettings.model_fields.values():
+        assert field.description and f"`{field.json_schema_extra['env'][0]}`" in table
