@@ -1,7 +1,7 @@
 """Releases: stamp a version into the files that name it, check a tag against them, and write the
 release notes from what the registry holds.
 
-    python -m scripts.release prepare 1.2.0      pyproject version, .runpod/Dockerfile, docker-bake.hcl
+    python -m scripts.release prepare 1.2.0      pyproject version, .runpod/Dockerfile and hub.json, docker-bake.hcl
     python -m scripts.release check v1.2.0       (release workflow) the tag matches those files
     python -m scripts.release notes --version 1.2.0 --metadata build/bake-*.json > notes.md
 
@@ -10,13 +10,14 @@ A release is: `prepare`, commit, tag `v<version>`, push the tag. The workflow
 pushes them to GHCR with the version and `latest` tags, and publishes these notes: each image's
 digest and compressed size, read back from the registry. The RunPod Hub builds `.runpod/Dockerfile`
 from the release's tag; `prepare` stamps the version into it, so results of the Hub's worker carry
-the released `worker_version`.
+the released `worker_version`, and points the listing's icon (`.runpod/icon.svg`) at that tag.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -35,6 +36,9 @@ from scripts.build_images import (
 )
 
 PYPROJECT = ROOT / "pyproject.toml"
+HUB_JSON = ROOT / ".runpod" / "hub.json"
+ICON = ".runpod/icon.svg"
+_GITHUB_REMOTE = re.compile(r"github\.com[:/]([\w.-]+/[\w.-]+?)(?:\.git)?/?$")
 # PEP 440 release versions without local labels (a tag is `v` + this).
 _VERSION = re.compile(r"\d+(\.\d+){1,2}((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?")
 _INDEX_TYPES = {"application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"}
@@ -50,17 +54,38 @@ def check_version(version: str) -> str:
     return version
 
 
-def prepare(version: str) -> list[Path]:
+def github_repo(given: str | None) -> str:
+    """owner/name of the GitHub repository: `--repo`, else $GITHUB_REPOSITORY, else the `origin` remote."""
+    repo = given or os.environ.get("GITHUB_REPOSITORY")
+    if not repo:
+        proc = subprocess.run(["git", "remote", "get-url", "origin"], cwd=ROOT, capture_output=True, text=True)
+        found = _GITHUB_REMOTE.search(proc.stdout.strip()) if proc.returncode == 0 else None
+        repo = found.group(1) if found else None
+    if not repo or not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+        raise ReleaseError("--repo owner/name: the GitHub repository the RunPod Hub listing's icon is served from "
+                           "(no GITHUB_REPOSITORY and no github.com `origin` remote to take it from)")
+    return repo
+
+
+def icon_url(repo: str, version: str) -> str:
+    return f"https://raw.githubusercontent.com/{repo}/v{version}/{ICON}"
+
+
+def prepare(version: str, repo: str | None = None) -> list[Path]:
     """Write `version` into pyproject.toml and regenerate the files derived from it."""
     import tomlkit
 
     check_version(version)
+    repo = github_repo(repo)
     doc = tomlkit.parse(PYPROJECT.read_text())
     doc["project"]["version"] = version
     PYPROJECT.write_text(tomlkit.dumps(doc))
     HUB_DOCKERFILE.write_text(hub_dockerfile())
     BAKE_FILE.write_text(bake_file())
-    return [PYPROJECT, HUB_DOCKERFILE, BAKE_FILE]
+    hub = json.loads(HUB_JSON.read_text())
+    hub["iconUrl"] = icon_url(repo, version)
+    HUB_JSON.write_text(json.dumps(hub, indent=2) + "\n")
+    return [PYPROJECT, HUB_DOCKERFILE, HUB_JSON, BAKE_FILE]
 
 
 def check_tag(tag: str) -> str:
@@ -75,6 +100,8 @@ def check_tag(tag: str) -> str:
         problems.append(f"{HUB_DOCKERFILE.relative_to(ROOT)} is stale")
     if BAKE_FILE.read_text() != bake_file():
         problems.append(f"{BAKE_FILE.relative_to(ROOT)} is stale")
+    if not json.loads(HUB_JSON.read_text()).get("iconUrl", "").endswith(f"/v{version}/{ICON}"):
+        problems.append(f"{HUB_JSON.relative_to(ROOT)} iconUrl is not this release's {ICON}")
     if problems:
         raise ReleaseError(f"tag {tag}: " + "; ".join(problems)
                            + f". Run `python -m scripts.release prepare {version}`, commit, and tag that commit.")
@@ -142,8 +169,11 @@ def notes(version: str, records: list[dict], sizes: dict[str, int]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("prepare", help="stamp VERSION into pyproject.toml, .runpod/Dockerfile, docker-bake.hcl")
+    p = sub.add_parser("prepare", help="stamp VERSION into pyproject.toml, .runpod/Dockerfile and hub.json, "
+                                       "docker-bake.hcl")
     p.add_argument("version")
+    p.add_argument("--repo", help="GitHub owner/name serving the Hub icon (default: $GITHUB_REPOSITORY or the "
+                                  "github.com `origin` remote)")
     p = sub.add_parser("check", help="check that TAG (v<version>) matches the files that name the version")
     p.add_argument("tag")
     p = sub.add_parser("notes", help="release notes (markdown) from bake metadata files, sizes from the registry")
@@ -152,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.cmd == "prepare":
-            for path in prepare(args.version):
+            for path in prepare(args.version, args.repo):
                 print(f"wrote {path.relative_to(ROOT)}")
             print(f"now commit, then: git tag v{args.version} && git push origin v{args.version}")
         elif args.cmd == "check":

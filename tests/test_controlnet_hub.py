@@ -66,3 +66,13 @@ def test_env_descriptions_say_what_the_code_does():
     assert "too large to return inline" not in s3, "too-large results are refused, not uploaded"
     assert env_input("LOG_LEVEL").get("description")
     assert "still starts" in env_input("PRELOAD_MODEL")["description"]
+
+
+def test_the_listing_shows_the_projects_own_icon():
+    """The Hub shows `iconUrl`: it is this repository's icon at a release tag, and that file is an SVG."""
+    import xml.etree.ElementTree as ET
+
+    url = json.loads((REPO / ".runpod" / "hub.json").read_text())["iconUrl"]
+    assert re.fullmatch(r"https://raw\.githubusercontent\.com/[\w.-]+/[\w.-]+/v[\d.]+/\.runpod/icon\.svg", url), url
+    root = ET.parse(REPO / ".runpod" / "icon.svg").getroot()
+    assert root.tag == "{http://www.w3.org/2000/svg}svg" and root.get("viewBox") == "0 0 64 64"

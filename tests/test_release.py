@@ -140,8 +140,12 @@ def release(repo: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_prepare_stamps_the_version_and_check_accepts_only_its_tag(repo_copy):
     assert release(repo_copy, "check", "v9.8.7").returncode == 1
-    proc = release(repo_copy, "prepare", "9.8.7")
+    no_repo = release(repo_copy, "prepare", "9.8.7")
+    assert no_repo.returncode == 1 and "--repo owner/name" in no_repo.stderr, "the icon's repository is needed"
+    proc = release(repo_copy, "prepare", "9.8.7", "--repo", "me/gpu-worker-images")
     assert proc.returncode == 0, proc.stderr
+    hub_json = json.loads((repo_copy / ".runpod" / "hub.json").read_text())
+    assert hub_json["iconUrl"] == "https://raw.githubusercontent.com/me/gpu-worker-images/v9.8.7/.runpod/icon.svg"
     assert 'version = "9.8.7"' in (repo_copy / "pyproject.toml").read_text()
     hub = (repo_copy / ".runpod" / "Dockerfile").read_text()
     assert "ARG WORKER_VERSION=9.8.7" in hub and "ARG WORKER_VERSION=0" not in hub, \
@@ -153,11 +157,16 @@ def test_prepare_stamps_the_version_and_check_accepts_only_its_tag(repo_copy):
     wrong = release(repo_copy, "check", "v9.8.8")
     assert wrong.returncode == 1 and "pyproject.toml says version 9.8.7" in wrong.stderr
     assert "release: tag 'x1'" in release(repo_copy, "check", "x1").stderr
-    assert release(repo_copy, "prepare", "v1.0").returncode == 1, "a version has no leading v"
+    assert release(repo_copy, "prepare", "v1.0", "--repo", "me/x").returncode == 1, "a version has no leading v"
 
     (repo_copy / ".runpod" / "Dockerfile").write_text(hub.replace("9.8.7", "9.8.6"))
     stale = release(repo_copy, "check", "v9.8.7")
     assert stale.returncode == 1 and ".runpod/Dockerfile is stale" in stale.stderr
+    (repo_copy / ".runpod" / "Dockerfile").write_text(hub)
+    hub_json["iconUrl"] = hub_json["iconUrl"].replace("v9.8.7", "v9.8.6")
+    (repo_copy / ".runpod" / "hub.json").write_text(json.dumps(hub_json))
+    stale = release(repo_copy, "check", "v9.8.7")
+    assert stale.returncode == 1 and "iconUrl is not this release's .runpod/icon.svg" in stale.stderr
 
 
 def test_the_checked_in_hub_dockerfile_carries_the_project_version():
