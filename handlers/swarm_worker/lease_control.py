@@ -42,8 +42,9 @@ from aiohttp import web
 from common.jobs import JobError
 from common.redaction import configure_logging, register_env_secrets
 from handlers.swarm_worker.config import WorkerConfig
+from handlers.swarm_worker.leases import Lease
 from handlers.swarm_worker.manifest import fetch_models, load_manifest
-from handlers.swarm_worker.runtime import Lease, WorkerRuntime
+from handlers.swarm_worker.runtime import WorkerRuntime
 
 log = logging.getLogger("swarm.vast")
 
@@ -95,7 +96,7 @@ class LeaseControl:
                 log.warning("a new vast session arrived before the previous lease was closed; closing it")
                 await self._close()
             if self.session_id is None:
-                lease, first = await self.rt.begin_lease(None, None, None)
+                lease, first = await self.rt.leases.begin(None, None, None)
                 if lease is None:
                     return web.json_response(first, status=503)
                 self.session_id, self.lease = session_id, lease
@@ -133,7 +134,7 @@ class LeaseControl:
     async def _close(self) -> None:
         lease, self.lease, self.session_id, self.first = self.lease, None, None, None
         if lease is not None:
-            await self.rt.end_lease(lease, "session_ended")
+            await self.rt.leases.end(lease, "session_ended")
 
 
 async def _json(request: web.Request) -> dict:
