@@ -555,7 +555,40 @@ def test_default_launch_command_uses_the_image_install(tmp_path, monkeypatch):
         WorkerConfig.from_env()
 
 
-# -- SwarmUI as it really behaves (its FDS files, ports, logs, status) ----------------------------------------------------------------
+def test_where_the_worker_is_reached_comes_from_its_config(tmp_path, monkeypatch):
+    from handlers.swarm_worker.config import WorkerConfig
+    from handlers.swarm_worker.lease_control import vast_public_url
+    from handlers.swarm_worker.standalone import direct_base_url, tunnel_binary
+
+    for name in ("RUNPOD_POD_ID", "SWARM_PUBLIC_URL", "SWARMUI_TLS_CERT", "SWARMUI_TLS_KEY", "SWARM_MODEL_DOWNLOAD_ROOT",
+                 "SWARM_URL_FILE", "SWARM_CLOUDFLARED_BIN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"SWARM_PUBLIC_PORT": "7801", "SWARMUI_TLS": "off", "PUBLIC_IPADDR": " 203.0.113.7 ",
+                        "VAST_TCP_PORT_7801": "40123", "VAST_CONTAINERLABEL": "C.42", "SWARM_TUNNEL": "auto",
+                        "SWARM_WORK_DIR": str(tmp_path), "SWARMUI_MODEL_ROOT": str(tmp_path / "models")}.items():
+        monkeypatch.setenv(name, value)
+    cfg = WorkerConfig.from_env()
+    assert vast_public_url(cfg) == direct_base_url(cfg) == "http://203.0.113.7:40123"
+    assert cfg.worker_id == "C.42" and cfg.url_file == tmp_path / "public_url.txt"
+    assert cfg.model_download_root == tmp_path / "models" and cfg.lease_control_port == 18000
+
+    monkeypatch.setenv("RUNPOD_POD_ID", "pod9")
+    monkeypatch.setenv("SWARM_CLOUDFLARED_BIN", "/bin/true")
+    cfg = WorkerConfig.from_env()
+    assert cfg.worker_id == "pod9" and direct_base_url(cfg) == "https://pod9-7801.proxy.runpod.net"
+    assert tunnel_binary(cfg) is None  # auto: the pod proxy is there
+    monkeypatch.setenv("SWARM_TUNNEL", "cloudflared")
+    assert tunnel_binary(WorkerConfig.from_env()) == "/bin/true"
+    monkeypatch.setenv("SWARM_TUNNEL", "ngrok")
+    with pytest.raises(ValueError, match="SWARM_TUNNEL: expected one of auto, cloudflared, none"):
+        WorkerConfig.from_env()
+    monkeypatch.delenv("PUBLIC_IPADDR")
+    monkeypatch.setenv("SWARM_TUNNEL", "none")
+    with pytest.raises(ValueError, match="PUBLIC_IPADDR and VAST_TCP_PORT_7801 must be set"):
+        vast_public_url(WorkerConfig.from_env())
+
+
+# -- SwarmUI as it really behaves (its FDS files, ports, logs, status) -------------------------------------
 
 
 def test_backends_fds_leaves_empty_values_out_and_comfyui_starts(worker):

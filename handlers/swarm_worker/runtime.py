@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from common.jobs import worker_version
 from common.swarmui import SwarmUIError, SwarmUIUnavailable
-from handlers.swarm_worker.config import WorkerConfig, worker_id
+from handlers.swarm_worker.config import WorkerConfig
 from handlers.swarm_worker.gateway import Gateway
 from handlers.swarm_worker.holds import Holds
 from handlers.swarm_worker.leases import Leases
@@ -36,7 +36,7 @@ BUSY_KEYS = ("live_gens", "waiting_gens", "loading_models", "waiting_backends")
 class WorkerRuntime:
     def __init__(self, cfg: WorkerConfig):
         self.cfg = cfg
-        self.worker_id = worker_id()
+        self.worker_id = cfg.worker_id
         self.version = worker_version()
         self.process = SwarmProcess(cfg)
         self.gateway = Gateway(host=cfg.public_host, port=cfg.public_port,
