@@ -248,6 +248,7 @@ def test_status_reports_swarmui_and_lease(worker):
 
 def test_swarmui_settings_close_the_loopback_bypass(worker):
     env, tmp = worker
+    assert call({"action": "ready"})["ready"] is True  # the settings are written when SwarmUI starts
     text = (tmp / "work" / "Data" / "Settings.fds").read_text()
     settings = fake.parse_fds(text)
     assert settings["Network"]["AuthBypassIPs"] == "none" and settings["Network"]["RequiredAuthorization"].startswith(

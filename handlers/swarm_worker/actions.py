@@ -1,5 +1,5 @@
 """What each action of the swarm worker does, one runner per input model of `SwarmAction`
-(`runner_for(model)`): leases (protocol 2), the legacy extension's holds and probes, and
+(`runner_for(action)`): leases (protocol 2), the legacy extension's holds and probes, and
 `generate` / `models` / `status`.
 
 The lease is streamed: `lease_session(job)` yields the lease's first output, which the lease
@@ -55,7 +55,7 @@ def runner_for(action: str) -> Runner | None:
     model = ACTION_MODELS.get(action)
     if model is None:
         return None
-    return _RUNNERS.get((model, action)) or _RUNNERS[(model, None)]
+    return _RUNNERS.get((model, action)) or _RUNNERS.get((model, None))
 
 
 def failure(error: JobError) -> dict:

@@ -43,17 +43,18 @@ class Leases:
     """The worker's lease: granting, watching and ending it. Runs on the runtime's event loop.
 
     `ensure_ready` waits for SwarmUI; `active_since(t)` tells whether SwarmUI generated (or is busy)
-    since monotonic time `t`; `identity` is the worker's `worker_id` and `version` for the replies."""
+    since monotonic time `t`; `worker_id` and `version` go into the replies."""
 
     def __init__(self, cfg: WorkerConfig, gateway: Gateway, process: SwarmProcess, *,
                  ensure_ready: Callable[[], Awaitable[None]], active_since: Callable[[float], Awaitable[bool]],
-                 identity: dict[str, str]):
+                 worker_id: str, version: str):
         self.cfg = cfg
         self.gateway = gateway
         self.process = process
         self._ensure_ready = ensure_ready
         self._active_since = active_since
-        self.identity = identity
+        self.worker_id = worker_id
+        self.version = version
         self.current: Lease | None = None
         self.count = 0
         self._ended: asyncio.Event | None = None  # set when the current lease ends (waiting lease jobs)
@@ -105,8 +106,8 @@ class Leases:
         log.info("lease %d started (idle %.0fs, grace %.0fs, max %.0fs)", lease.number, lease.idle_seconds,
                  lease.startup_grace_seconds, lease.max_lease_seconds)
         return lease, {"success": True, "public_url": self.cfg.public_base_url(), "token": lease.token,
-                       "worker_id": self.identity["worker_id"], "lease": lease.number,
-                       "version": self.identity["version"], "protocol": PROTOCOL, **limits}
+                       "worker_id": self.worker_id, "lease": lease.number, "version": self.version,
+                       "protocol": PROTOCOL, **limits}
 
     async def watch(self, lease: Lease) -> dict:
         """Hold the lease until idle, startup grace or max lifetime (never cutting a generation)."""
@@ -117,7 +118,7 @@ class Leases:
             await self.end(lease, reason)
         held = round(time.monotonic() - lease.started, 2)
         return {"released": True, "reason": reason, "lease": lease.number, "held_seconds": held,
-                "worker_id": self.identity["worker_id"]}
+                "worker_id": self.worker_id}
 
     async def _until_released(self, lease: Lease) -> str:
         assert lease.published is not None

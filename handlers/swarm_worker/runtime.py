@@ -47,7 +47,7 @@ class WorkerRuntime:
         self.legacy_token: str | None = None
         self.leases = Leases(cfg, self.gateway, self.process, ensure_ready=self.ensure_ready,
                              active_since=self._activity_since,
-                             identity={"worker_id": self.worker_id, "version": self.version})
+                             worker_id=self.worker_id, version=self.version)
         self.holds = Holds(cfg, self.process, busy=self.swarm_busy, healthy=self.healthy)
         self._gateway_started = False
         self._boot_lock: asyncio.Lock | None = None
