@@ -52,6 +52,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from common import retries
 from common.jobs import JobError
 from common.redaction import is_sensitive_key, redact_text, register_secret
 
@@ -367,13 +368,6 @@ def _describe(exc: BaseException, query: str) -> str:
     return redact_text(text)[:300]
 
 
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return min(float(value), 60.0) if value else None
-    except ValueError:
-        return None
-
-
 def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
     """`bytes a-b/N` -> (a, N); `bytes */N` -> (None, N); N may be unknown (`*`)."""
     if not value or not value.startswith("bytes "):
@@ -445,7 +439,7 @@ def _http_opener(url: str, headers: dict[str, str], allow_private: bool, shown: 
             return open_body(0, None)
         if status in _TRANSIENT_STATUS:
             resp.close()
-            raise _Transient(f"HTTP {status}", _retry_after(resp.headers.get("Retry-After")))
+            raise _Transient(f"HTTP {status}", retries.retry_after(resp.headers.get("Retry-After")))
         if status not in (200, 206):
             resp.close()
             hint = " (a private file needs a token; a presigned link may have expired)" if status in (401, 403) else ""
@@ -597,7 +591,7 @@ def _identity(url: str) -> str:
 
 def _receive(open_body, part: _Partial, shown: str, max_bytes: int,
              progress: Callable[[int, int | None], None] | None, watch: _Watch) -> None:
-    failures = 0
+    budget = retries.Budget(RETRIES, progress=PROGRESS_BYTES)
     while True:
         watch.check(shown, part.size)
         before = part.size
@@ -636,15 +630,14 @@ def _receive(open_body, part: _Partial, shown: str, max_bytes: int,
                 body.close()
         except _Transient as exc:
             watch.check(shown, part.size)  # the watcher's shutdown looks like a dropped connection
-            failures = 1 if part.size - before >= PROGRESS_BYTES else failures + 1
-            if failures > RETRIES:
+            if not budget.failed(part.size - before):
                 raise _GaveUp(f"{exc.reason} (gave up after {RETRIES} retries; "
                               f"{part.size} bytes kept for a later resume)") from None
-            delay = exc.retry_after if exc.retry_after is not None else min(
-                MAX_BACKOFF_SECONDS, BACKOFF_SECONDS * 2 ** (failures - 1))
+            delay = retries.delay(budget.failures, base=BACKOFF_SECONDS, cap=MAX_BACKOFF_SECONDS,
+                                  server_wait=exc.retry_after)
             delay = max(0.0, min(delay, watch.remaining()))
             log.warning("download %s: %s; retry %d/%d in %.1fs (resuming at byte %d)",
-                        shown, exc.reason, failures, RETRIES, delay, part.size)
+                        shown, exc.reason, budget.failures, RETRIES, delay, part.size)
             watch.stop.wait(delay)
 
 

@@ -1,4 +1,6 @@
-"""The job contract shared by every RunPod handler (DESIGN.md section 3).
+"""The job contract shared by every RunPod handler (the result and failure shapes are in each
+image's docs page, "Request and response reference"; RunPod's side:
+https://docs.runpod.io/serverless/workers/handler-functions).
 
 - `JobError(code, message, details)` is the one way a job fails on purpose.
 - `parse_input()` turns pydantic validation errors into one line per bad field.
@@ -97,12 +99,13 @@ def invalid_input(exc: ValidationError) -> JobError:
     return JobError("invalid_input", "; ".join(details), details)
 
 
-def parse_input(model: type[M], raw: Any) -> M:
-    """Validate job input against a pydantic model, raising `JobError("invalid_input")`."""
+def parse_input(model: type[M], raw: Any, context: dict | None = None) -> M:
+    """Validate job input against a pydantic model (`context`: pydantic's validation context),
+    raising `JobError("invalid_input")`."""
     if not isinstance(raw, dict):
         raise JobError("invalid_input", f"input: expected a JSON object, got {type(raw).__name__}")
     try:
-        return model.model_validate(raw)
+        return model.model_validate(raw, context=context)
     except ValidationError as exc:
         raise invalid_input(exc) from None
 

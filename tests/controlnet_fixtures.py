@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.threaded_http import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 256
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def png_size(b64: str) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from scripts.gpuworker.cli import main
+from tests.fakes.threaded_http import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,12 +39,6 @@ def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> CliRun:
     code = main(list(argv))
     captured = capsys.readouterr()
     return CliRun(code, captured.out, captured.err)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_swarmui(tmp: Path, *, env: dict | None = None, required_auth: str = "") -> tuple[subprocess.Popen, str, int]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 from tests.fakes import swarmui as fake
+from tests.fakes.threaded_http import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,12 +39,6 @@ def running_commands() -> list[str]:
         except OSError:
             pass
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_volume(root: Path) -> Path:

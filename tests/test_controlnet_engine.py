@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,9 @@ from common.jobs import JobError
 from handlers.controlnet_pyworker import manifest as manifest_mod
 from handlers.controlnet_pyworker import schema, workload
 from handlers.controlnet_pyworker.engine import Engine, QueueFull, SerialQueue
+from handlers.controlnet_pyworker.settings import Settings
 from tests.controlnet_fixtures import body
+from tests.fakes.http_files import FileServer, Route
 
 
 def run(engine, **kw):
@@ -99,7 +100,7 @@ def test_eras_switch_by_adapter_weight_without_reloading(cn_engine):
     other = run(cn_engine, era="future")
     assert cn_engine.stats["lora_loads"] == loads["lora_loads"] + 1
     assert not np.array_equal(pixels(other), pixels(era))
-    assert run(cn_engine, era="drone").lora_strength == 0.8  # the seed's recommended drone weight
+    assert run(cn_engine, era="drone").lora_strength == 0.8  # the manifest's drone weight
 
 
 def test_speed_lora_is_fused_not_an_adapter(cn_engine):
@@ -221,28 +222,16 @@ def test_serial_queue_bounds_waiting():
 
 def test_missing_files_are_fetched_on_first_use_with_checksum(cn_manifest, cn_models, tmp_path):
     """An era LoRA not on disk is downloaded from its manifest source (here a local server) and verified."""
-    served = tmp_path / "served"
-    served.mkdir()
     lora = cn_models / "loras" / "experimance_future.safetensors"
-    (served / "future.safetensors").write_bytes(lora.read_bytes())
-
-    class Quiet(SimpleHTTPRequestHandler):
-        def __init__(self, *a, **k):
-            super().__init__(*a, directory=str(served), **k)
-
-        def log_message(self, *a):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
+    with FileServer() as httpd:
+        httpd.add("/future.safetensors", Route(lora.read_bytes()))
         models = tmp_path / "models"
         models.mkdir()
         for entry in cn_models.iterdir():
             if entry.name not in ("loras", "manifest.json"):
                 (models / entry.name).symlink_to(entry)
         data = json.loads((cn_models / "manifest.json").read_text())
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/future.safetensors"
+        url = httpd.url("/future.safetensors")
         comp = data["components"]["lora-era-future"]
         comp["path"] = "loras/fetched_future.safetensors"
         comp["files"][0]["source"] = url
@@ -267,8 +256,6 @@ def test_missing_files_are_fetched_on_first_use_with_checksum(cn_manifest, cn_mo
             run(eng, era="future")
         assert err.value.code == "download_failed" and "sha256" in err.value.message.lower()
         assert not (models / "loras" / "bad_future.safetensors").exists()
-    finally:
-        httpd.shutdown()
 
 
 def test_workload_units():
@@ -308,11 +295,11 @@ def test_packaged_manifest_and_lookup_order(monkeypatch, cn_models, tmp_path):
     assert (m.variants["base"].steps, m.variants["base"].cfg) == (25, 7.5)
     monkeypatch.delenv("MODEL_MANIFEST", raising=False)
     monkeypatch.setenv("MODELS_DIR", str(tmp_path))
-    assert manifest_mod.manifest_path() == manifest_mod.PACKAGED
+    assert manifest_mod.manifest_path(Settings.from_env()) == manifest_mod.PACKAGED
     monkeypatch.setenv("MODELS_DIR", str(cn_models))
-    assert manifest_mod.manifest_path() == cn_models / "manifest.json"
+    assert manifest_mod.manifest_path(Settings.from_env()) == cn_models / "manifest.json"
     monkeypatch.setenv("MODEL_MANIFEST", str(tmp_path / "mine.json"))
-    assert manifest_mod.manifest_path() == Path(tmp_path / "mine.json")
+    assert manifest_mod.manifest_path(Settings.from_env()) == Path(tmp_path / "mine.json")
     tiny = manifest_mod.load(cn_models / "manifest.json")
     assert all(f.sha256 for c in tiny.components.values() for f in c.files), "tiny manifest pins every hash"
     assert {c.path for c in tiny.components.values()} == {c.path for c in m.components.values()}

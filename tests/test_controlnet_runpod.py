@@ -157,7 +157,7 @@ def test_cuda_error_fails_the_job_and_asks_for_a_fresh_worker(cn_engine, monkeyp
     from handlers.controlnet_pyworker.engine import Engine
 
     engine = Engine(cn_engine.manifest, cn_engine.models_dir, device="cpu", fetch_missing=False)
-    monkeypatch.setattr(handler_mod, "_engine", engine)
+    monkeypatch.setattr(handler_mod.ENGINE, "_engine", engine)
 
     def oom(self, *a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -183,7 +183,7 @@ def test_demo_writes_the_generated_image(cn_models, tmp_path, monkeypatch):
     from scripts import demo_controlnet
 
     monkeypatch.setenv("MODELS_DIR", str(cn_models))  # restored afterwards; the demo sets it too
-    monkeypatch.setattr(handler_mod, "_engine", None)
+    monkeypatch.setattr(handler_mod.ENGINE, "_engine", None)
     image = demo_controlnet.main(cn_models, tmp_path / "out")
     assert image.parent == tmp_path / "out" and Image.open(image).size == (256, 256)
     assert Image.open(image.with_name(image.stem + "_depth.png")).size == (256, 256)
@@ -254,7 +254,7 @@ def test_a_jobs_secrets_never_mask_another_jobs_fields(cn_engine, monkeypatch):
     from handlers.controlnet_pyworker import handler as handler_mod
     from handlers.controlnet_pyworker.engine import Engine
 
-    monkeypatch.setattr(handler_mod, "_engine", Engine(cn_engine.manifest, cn_engine.models_dir, device="cpu",
+    monkeypatch.setattr(handler_mod.ENGINE, "_engine", Engine(cn_engine.manifest, cn_engine.models_dir, device="cpu",
                                                        fetch_missing=False))
     for i, secret in enumerate(["lightning", *(f"job-secret-{n:04d}" for n in range(300))]):
         spec = {"method": "s3", "s3": {"bucket": "bucket", "access_key": "AKEY12", "secret_key": secret}}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import json
+import re
 import time
 
 import pytest
@@ -197,7 +199,7 @@ def test_cuda_error_marks_the_instance_fatal(cn_engine, monkeypatch, tmp_path):
     monkeypatch.setenv("MODEL_LOG", str(tmp_path / "model_server.log"))
     monkeypatch.delenv("MODEL_MANIFEST", raising=False)
     state = State()
-    state._engine = Engine(cn_engine.manifest, cn_engine.models_dir, device="cpu", fetch_missing=False)
+    state.engines._engine = Engine(cn_engine.manifest, cn_engine.models_dir, device="cpu", fetch_missing=False)
 
     def illegal_access(self, *a, **k):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
@@ -214,15 +216,16 @@ def test_cuda_error_marks_the_instance_fatal(cn_engine, monkeypatch, tmp_path):
 
 def test_model_server_listens_on_loopback_unless_told_otherwise(monkeypatch):
     from handlers.controlnet_pyworker.server import bind_settings
+    from handlers.controlnet_pyworker.settings import Settings
 
     for name in ("MODEL_SERVER_HOST", "MODEL_SERVER_PORT", "MODEL_SERVER_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    assert bind_settings() == ("127.0.0.1", 5001, None)
+    assert bind_settings(Settings.from_env()) == ("127.0.0.1", 5001, None)
     monkeypatch.setenv("MODEL_SERVER_HOST", "0.0.0.0")
     with pytest.raises(ValueError, match="MODEL_SERVER_TOKEN"):
-        bind_settings()
+        bind_settings(Settings.from_env())
     monkeypatch.setenv("MODEL_SERVER_TOKEN", "tok-123456789")
-    assert bind_settings() == ("0.0.0.0", 5001, "tok-123456789")
+    assert bind_settings(Settings.from_env()) == ("0.0.0.0", 5001, "tok-123456789")
 
 
 def test_beyond_loopback_without_a_token_the_server_refuses_to_start(cn_models, tmp_path):
@@ -262,7 +265,7 @@ def app_state(cn_engine, monkeypatch, tmp_path):
     monkeypatch.setenv("MODEL_LOG", str(tmp_path / "model_server.log"))
     monkeypatch.delenv("MODEL_MANIFEST", raising=False)
     state = State()
-    state._engine = Engine(cn_engine.manifest, cn_engine.models_dir, device="cpu", fetch_missing=False)
+    state.engines._engine = Engine(cn_engine.manifest, cn_engine.models_dir, device="cpu", fetch_missing=False)
     return state
 
 
@@ -286,6 +289,39 @@ def test_with_a_token_every_route_but_ping_needs_it(app_state):
         assert client.get("/models", headers=good).status_code == 200
         r = client.post("/generate", json=body(steps=1), headers=good)
         assert r.status_code == 200 and png_size(r.json()["images"][0]) == (256, 256)
+
+
+def test_openapi_documents_the_generate_body_and_responses(app_state):
+    """/docs shows the /generate body and its answers, though the route reads the body itself."""
+    from fastapi.testclient import TestClient
+
+    from handlers.controlnet_pyworker.server import create_app
+
+    with TestClient(create_app(app_state, preload=False)) as client:
+        doc = client.get("/openapi.json").json()
+    op = doc["paths"]["/generate"]["post"]
+    ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    components = doc["components"]["schemas"]
+    request = components[ref.rsplit("/", 1)[1]]
+    assert request["required"] == ["prompt"] and {"mock_depth", "output", "num_images"} <= set(request["properties"])
+    assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/GenerateResponse")
+    assert op["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResult")
+    refs = set(re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(doc)))
+    assert refs <= set(components), refs - set(components)
+
+
+def test_a_request_is_validated_once(app_state, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from handlers.controlnet_pyworker import schema
+    from handlers.controlnet_pyworker.server import create_app
+
+    calls = []
+    real = schema.validate
+    monkeypatch.setattr(schema, "validate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with TestClient(create_app(app_state, preload=False)) as client:
+        r = client.post("/generate", json=body(steps=1))
+    assert r.status_code == 200 and len(calls) == 1
 
 
 # --- request size and shape ----------------------------------------------------------------------
@@ -326,10 +362,10 @@ def test_declared_oversize_body_is_413_before_any_byte_is_read(cn_server):
 
 
 def test_streamed_oversize_body_is_cut_at_the_limit(cn_server):
-    from handlers.controlnet_pyworker import schema
+    from handlers.controlnet_pyworker.settings import Settings
 
     limit = 300_000 + 1024 * 1024  # MAX_IMAGE_B64_BYTES of the fixture + 1 MiB
-    assert schema.MAX_BODY_BYTES >= limit  # this process's own default is larger; the server's is `limit`
+    assert Settings(max_image_b64_bytes=300_000).body_limit == limit  # the server's; the default is larger
     piece = b"A" * 65536
     chunk = b"%x\r\n%s\r\n" % (len(piece), piece)
     head = (b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -256,11 +256,3 @@ def test_start_script_signs_the_certificate_by_default(cn_models, tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 raise
-
-
-def test_front_and_server_agree_on_the_markers():
-    """vast.py cannot import server.py (no torch or FastAPI in the front's venv): the copies must match."""
-    from handlers.controlnet_pyworker import server, vast
-
-    assert (vast.READY_MARKER, vast.FATAL_MARKER, vast.FATAL_CAUSES) == \
-        (server.READY_MARKER, server.FATAL_MARKER, server.FATAL_CAUSES)

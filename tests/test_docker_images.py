@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.fakes.threaded_http import free_port
 from tests.fixtures.docker import TEST_TAG
 
 # The first test also pays for the session's image builds (minutes on a cold 2-core machine).
@@ -30,12 +30,6 @@ def printed_result(proc: subprocess.CompletedProcess) -> str:
     match = re.search(r"Job result: (\{.*?)\n(?:INFO|DEBUG|WARN|ERROR|\Z)", out + "\n", re.DOTALL)
     assert match, f"no 'Job result' printed (exit {proc.returncode}):\n{out[-4000:]}"
     return match.group(1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def writable_copy(src: Path, dest: Path) -> Path:

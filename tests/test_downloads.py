@@ -130,6 +130,14 @@ def test_transient_statuses_are_retried(server, tmp_path):
     assert len(server.seen(path)) == 4
 
 
+def test_retry_after_as_an_http_date_is_honoured(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(downloads, "BACKOFF_SECONDS", 30.0)  # what it would wait without the server's word
+    url, _ = _route(server, "dated.txt", b"ok", statuses=[503], retry_after="Wed, 21 Oct 2015 07:28:00 GMT")
+    started = time.monotonic()
+    assert download(url, tmp_path / "dated.txt", max_bytes=MB, timeout_s=20).read_bytes() == b"ok"
+    assert time.monotonic() - started < 5  # a date in the past: retry at once
+
+
 def test_gives_up_after_retries(server, tmp_path, monkeypatch):
     url, path = _route(server, "down.txt", b"x", statuses=[503] * 20)
     monkeypatch.setattr(downloads, "RETRIES", 3)

@@ -185,16 +185,18 @@ def test_controlnet_manifest_variant(files, tmp_path, capsys):
     """controlnet-pyworker's own manifest, as shipped, limited to the lightning variant."""
     from urllib.parse import urlsplit
 
+    from common.model_files import request_for
     from handlers.controlnet_pyworker.manifest import PACKAGED, load
     from scripts.gpuworker.manifest import load_manifest
 
     wanted = load_manifest(PACKAGED, variant="lightning")
     for item in wanted:
-        if item.url.startswith("hf://"):
-            owner, name, rest = item.url[len("hf://"):].split("/", 2)
+        url, _ = request_for(item.source)
+        if url.startswith("hf://"):
+            owner, name, rest = url[len("hf://"):].split("/", 2)
             files.add(f"/{owner}/{name}/resolve/main/{rest}", Route(item.path.encode()))
         else:
-            files.add(urlsplit(item.url).path, Route(item.path.encode()))
+            files.add(urlsplit(url).path, Route(item.path.encode()))
     dest = tmp_path / "models"
     r = run_cli(capsys, "models", "fetch", str(PACKAGED), "--dest", str(dest), "--variant", "lightning", "--json")
     assert r.code == 0, r.out + r.err

@@ -25,14 +25,9 @@ from common.swarmui import (
     params_for,
 )
 from tests.fakes import swarmui as fake
+from tests.fakes.threaded_http import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 20) -> None:

@@ -182,6 +182,15 @@ def test_cancelled_generate_job_interrupts_its_generation_alone(worker):
     assert not list((tmp / "work" / "Output").rglob("*cancel me*"))
 
 
+def test_generate_job_folder_stays_under_the_output_folder(worker):
+    out = call({"action": "generate", "params": {"prompt": "a fox", "model": SDXL, "steps": 1, "seed": 1}}, "..")
+    assert out["success"] is True, out
+    _, tmp = worker
+    kept = [p for p in (tmp / "job-outputs").iterdir() if p.name.startswith("job-")]  # common.volumes.safe_job_id
+    assert len(kept) == 1 and len(list(kept[0].iterdir())) == 1
+    assert not [p for p in tmp.iterdir() if p.suffix == ".png"]  # not one folder up, beside job-outputs
+
+
 def test_generate_image_to_video_over_http(worker):
     init = "data:image/png;base64," + base64.b64encode(fake.tiny_png(5)).decode()
     out = call({"action": "generate", "websocket": False, "params": {

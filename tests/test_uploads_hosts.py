@@ -1,6 +1,7 @@
 """litterbox, transfer.sh and presigned PUT uploads against the local stand-ins (tests/fakes)."""
 
 import logging
+import time
 
 import pytest
 import requests
@@ -75,6 +76,14 @@ def test_transfer_sh_500_is_retried_then_reported(transfer_sh_server, lora_file)
     assert info.value.code == "upload_failed"
     assert "transfer_sh: transfer.sh answered HTTP 500" in info.value.details[0]
     assert len(transfer_sh_server.state.requests) == 2  # UPLOAD_RETRIES=2 in tests
+
+
+def test_transfer_sh_429_waits_as_long_as_retry_after_asks(transfer_sh_server, lora_file):
+    transfer_sh_server.state.busy, transfer_sh_server.state.retry_after = 1, "1"
+    started = time.monotonic()
+    rec = upload([lora_file], {"method": "transfer_sh"}, job_id="j")
+    assert rec["download_method"] == "transfer_sh" and len(transfer_sh_server.state.requests) == 2
+    assert time.monotonic() - started >= 0.95  # the server's second, not the 0.05 s backoff of the tests
 
 
 def test_presigned_put_streams_the_file_with_its_length(transfer_sh_server, lora_file):

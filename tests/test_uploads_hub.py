@@ -88,7 +88,7 @@ def test_stand_in_takes_upload_file_and_upload_folder(hub_server, tmp_path):
 def test_generated_repo_name_is_a_valid_hub_name(hub_server, lora_file, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", HF_TOKEN)
     rec = upload([lora_file], {"method": "huggingface"}, job_id="sync-1a2b/c3 d4:u1")
-    assert rec["repo_url"] == f"{hub_server.url}/tester/outputs-sync-1a2b-c3-d4-u1"
+    assert rec["repo_url"] == f"{hub_server.url}/tester/outputs-sync-1a2b_c3_d4_u1"  # common.volumes.safe_job_id
 
 
 def test_stand_in_serves_hf_hub_download(hub_server, lora_file, tmp_path):

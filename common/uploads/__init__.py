@@ -1,4 +1,4 @@
-"""Deliver job outputs: `upload(files, spec, job_id=..., volume_dir=...)` (DESIGN.md section 4).
+"""Deliver job outputs: `upload(files, spec, job_id=..., volume_dir=...)` (docs/uploads.md).
 
 One result shape for every method. `auto` tries each configured method in order
 (huggingface -> s3 -> litterbox -> transfer_sh); transient failures are retried, then the
@@ -24,6 +24,7 @@ from common.redaction import redact_text, register_secret
 from common.uploads import huggingface, litterbox, presigned_put, s3, transfer_sh
 from common.uploads.base import Artifact, UploadError, with_retries
 from common.uploads.spec import UploadSpec
+from common.volumes import safe_job_id
 
 __all__ = ["AUTO_ORDER", "UploadError", "check", "parse_spec", "upload"]
 
@@ -153,7 +154,7 @@ def _refused(field: str, url: str) -> None:
 
 def _check_destination(method: str, settings: Any) -> None:
     """What the job named gets the SSRF guard, and the operator's credentials stay with the operator's
-    destinations: refused here, before anything is sent (DESIGN.md section 4, trust)."""
+    destinations: refused here, before anything is sent (docs/uploads.md, "Trust")."""
     if method == "presigned_put":
         _refused("output.upload_url", settings)
     elif method == "transfer_sh" and transfer_sh.job_named(settings):
@@ -198,7 +199,10 @@ def _send(method: str, settings: Any, delivery: _Delivery, job_id: str, progress
 
 def upload(files: list[Path], spec: UploadSpec | dict | None, *, job_id: str, volume_dir: Path | None = None,
            progress: Progress | None = None, zip_name: str | None = None) -> dict:
-    """Deliver `files` as `spec` asks and return the upload record; `JobError("upload_failed")` if nothing worked."""
+    """Deliver `files` as `spec` asks and return the upload record; `JobError("upload_failed")` if nothing worked.
+
+    `job_id` names the folder kept on the volume, the zip and the generated Hub repo (`safe_job_id`)."""
+    job_id = safe_job_id(job_id)
     spec = parse_spec(spec)
     _register_spec_secrets(spec)
     files = [Path(f) for f in files]

@@ -11,10 +11,11 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from common import retries
 from common.hashing import file_sha256
 from common.jobs import Progress
 from common.redaction import redact_text
@@ -33,7 +34,12 @@ class UploadError(Exception):
 
 
 class TransientUploadError(UploadError):
-    """Worth trying again: timeouts, dropped connections, 5xx, 429."""
+    """Worth trying again: timeouts, dropped connections, 5xx, 429; `retry_after`: the seconds the
+    server asked for (its Retry-After header), if it did."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Artifact:
@@ -82,24 +88,25 @@ def timeouts() -> tuple[float, float]:
     return env_float("UPLOAD_CONNECT_TIMEOUT", 10.0), env_float("UPLOAD_READ_TIMEOUT", 300.0)
 
 
-def with_retries(method: str, fn: Callable[[], T]) -> T:
-    """Call `fn`, retrying `TransientUploadError` with exponential backoff.
+MAX_BACKOFF_SECONDS = 30.0
 
-    Env `UPLOAD_RETRIES` (attempts, default 3) and `UPLOAD_RETRY_BASE_SECONDS` (default 2).
-    """
+
+def with_retries(method: str, fn: Callable[[], T]) -> T:
+    """Call `fn`, retrying `TransientUploadError` after the server's Retry-After, else with exponential
+    backoff. Env `UPLOAD_RETRIES` (attempts, default 3) and `UPLOAD_RETRY_BASE_SECONDS` (default 2)."""
     attempts = max(1, int(env_float("UPLOAD_RETRIES", 3)))
     base = env_float("UPLOAD_RETRY_BASE_SECONDS", 2.0)
-    for attempt in range(1, attempts + 1):
+    budget = retries.Budget(attempts - 1)
+    while True:
         try:
             return fn()
         except TransientUploadError as exc:
-            if attempt == attempts:
+            if not budget.failed():
                 raise
-            delay = base * 2 ** (attempt - 1)
+            delay = retries.delay(budget.failures, base=base, cap=MAX_BACKOFF_SECONDS, server_wait=exc.retry_after)
             log.warning("%s upload attempt %d/%d failed (%s); retrying in %.1fs",
-                        method, attempt, attempts, redact_text(str(exc)), delay)
+                        method, budget.failures, attempts, redact_text(str(exc)), delay)
             time.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 def excerpt(body: str) -> str:
@@ -107,14 +114,15 @@ def excerpt(body: str) -> str:
     return redact_text(" ".join(body[:EXCERPT_CHARS * 20].split()), limit=EXCERPT_CHARS)
 
 
-def raise_for_http(method: str, status: int, body: str) -> None:
+def raise_for_http(method: str, answer: Answer) -> None:
     """Map an HTTP status to the right error kind (2xx passes)."""
+    status = answer.status_code
     if 200 <= status < 300:
         return
-    excerpt_ = excerpt(body)
+    excerpt_ = excerpt(answer.text)
     message = f"{method} answered HTTP {status}" + (f": {excerpt_}" if excerpt_ else "")
     if status == 429 or status >= 500 or status == 408:
-        raise TransientUploadError(message)
+        raise TransientUploadError(message, retries.retry_after(answer.headers.get("Retry-After")))
     raise UploadError(message)
 
 
@@ -126,7 +134,7 @@ def http_failure(method: str, exc: Exception) -> TransientUploadError:
 class Answer:
     """Status, headers and the first MAX_ANSWER_BYTES of an upload's answer, decoded."""
 
-    def __init__(self, status: int, headers: dict[str, str], text: str):
+    def __init__(self, status: int, headers: Mapping[str, str], text: str):
         self.status_code = status
         self.headers = headers
         self.text = text
@@ -161,7 +169,7 @@ def send(method: str, http_method: str, url: str, *, job_named: bool, **kwargs: 
             raise http_failure(method, exc) from None
         finally:
             resp.close()
-    return Answer(resp.status_code, dict(resp.headers), raw.decode(resp.encoding or "utf-8", "replace"))
+    return Answer(resp.status_code, resp.headers, raw.decode(resp.encoding or "utf-8", "replace"))
 
 
 class ProgressFile:

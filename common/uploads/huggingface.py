@@ -8,12 +8,13 @@ owner's namespace or one listed in `HF_ALLOWED_NAMESPACES`, and only to private 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from urllib.parse import quote
 
+from common import retries
 from common.uploads.base import TransientUploadError, UploadError
 from common.uploads.spec import HuggingFaceSpec
+from common.volumes import safe_job_id
 
 
 def resolve(spec: HuggingFaceSpec | None) -> HuggingFaceSpec | None:
@@ -56,7 +57,9 @@ def _classify(exc: Exception, what: str) -> UploadError:
         message = f"huggingface: {what} answered HTTP {status}: {exc.server_message or ''}".rstrip(": ")
         if status in (401, 403):
             message += " (the token needs write access)"
-        return TransientUploadError(message) if status in (408, 429) or status >= 500 else UploadError(message)
+        if status in (408, 429) or status >= 500:
+            return TransientUploadError(message, retries.retry_after(exc.response.headers.get("Retry-After")))
+        return UploadError(message)
     return TransientUploadError(f"huggingface: {what}: {type(exc).__name__}: {exc}")
 
 
@@ -68,7 +71,7 @@ def _api(spec: HuggingFaceSpec):
 
 def _ensure_repo(api, spec: HuggingFaceSpec, job_id: str) -> str:
     """Create the repo when missing (private by default) and return its full `owner/name` id."""
-    repo_id = spec.repo_id or re.sub(r"[^A-Za-z0-9._-]+", "-", f"outputs-{job_id}")[:96].strip(".-")
+    repo_id = spec.repo_id or f"outputs-{safe_job_id(job_id)}"[:96].rstrip(".-")
     operator_token = env_token_in_use(spec)
     try:
         owner = api.whoami()["name"] if "/" not in repo_id or operator_token else None

@@ -45,7 +45,7 @@ def upload(artifact: Artifact, spec: LitterboxSpec | None, *, progress=None) -> 
         # the address is the operator's (LITTERBOX_API_URL) or the public service's: trusted
         resp = send("litterbox", "POST", api_url(), job_named=False, data=body,
                     headers={"User-Agent": USER_AGENT, "Content-Type": body.content_type})
-    raise_for_http("litterbox", resp.status_code, resp.text)
+    raise_for_http("litterbox", resp)
     url = resp.text.strip()
     if not _URL.match(url):
         raise UploadError(f"litterbox: answered without a link: {excerpt(url)!r}")

@@ -34,7 +34,7 @@ def upload(artifact: Artifact, upload_url: str, *, progress=None) -> dict:
         headers["Content-Type"] = artifact.content_type
     with ProgressFile(artifact.path, byte_reporter(progress, "presigned_put", artifact.size)) as body:
         resp = send("presigned_put", "PUT", upload_url, job_named=True, data=body, headers=headers)
-    raise_for_http("presigned PUT URL", resp.status_code, resp.text)
+    raise_for_http("presigned PUT URL", resp)
     return {
         # The object now lives where the caller pointed; its address without the signature
         # is only readable with the caller's own credentials or a presigned GET.

@@ -1,4 +1,4 @@
-"""The `output` upload spec shared by every image (DESIGN.md section 4, seed 002's `output` object).
+"""The `output` upload spec shared by every image (docs/uploads.md).
 
 Each image embeds `UploadSpec` in its own input schema, so a bad spec is an
 `invalid_input` naming the field before any work starts.

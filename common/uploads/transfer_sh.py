@@ -38,7 +38,7 @@ def upload(artifact: Artifact, spec: TransferShSpec, *, progress=None) -> dict:
     headers = {"Max-Days": str(spec.max_days), "Content-Length": str(artifact.size), "User-Agent": USER_AGENT}
     with ProgressFile(artifact.path, byte_reporter(progress, "transfer_sh", artifact.size)) as body:
         resp = send("transfer_sh", "PUT", url, job_named=job_named(spec), data=body, headers=headers)
-    raise_for_http("transfer.sh", resp.status_code, resp.text)
+    raise_for_http("transfer.sh", resp)
     link = resp.text.strip().splitlines()[0] if resp.text.strip() else ""
     if not link.startswith(("http://", "https://")):
         raise UploadError(f"transfer.sh: answered without a link: {excerpt(resp.text)!r}")

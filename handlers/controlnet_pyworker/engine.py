@@ -3,7 +3,7 @@
 - A variant = SDXL base (diffusers folder or single file) + depth ControlNet + fp16-safe VAE
   + an optional speed LoRA, which is fused into that variant's UNet once at load time (no
   per-step cost). ControlNet and VAE objects are shared between loaded variants.
-- Loaded variants live in an LRU bounded by `max_loaded` (env `MAX_LOADED_VARIANTS`, 2).
+- Loaded variants live in an LRU bounded by `max_loaded` (`MAX_LOADED_VARIANTS`, 2).
 - Era LoRAs are loaded once per variant as PEFT adapters (on first use) and switched per
   request with `set_adapters(weight=lora_strength)` / `disable_lora()`, never reloaded.
 - Schedulers are built per request from the variant's base config (they hold state).
@@ -21,7 +21,6 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import os
 import secrets
 import threading
 import time
@@ -34,8 +33,9 @@ from typing import Any
 
 from common.jobs import JobError
 from handlers.controlnet_pyworker import fetch
-from handlers.controlnet_pyworker.manifest import Manifest, Variant
+from handlers.controlnet_pyworker.manifest import Era, Manifest, Variant
 from handlers.controlnet_pyworker.schema import GenerateRequest
+from handlers.controlnet_pyworker.settings import Settings
 
 log = logging.getLogger("controlnet.engine")
 
@@ -126,6 +126,20 @@ class Generation:
     timings: dict[str, float]
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A request resolved against the manifest: every value the generation uses."""
+    variant: Variant
+    era: Era | None
+    lora_strength: float | None
+    seeds: list[int]
+    steps: int
+    cfg: float
+    scheduler: str
+    prompt: str
+    negative_prompt: str | None
+
+
 class DeviceUnusable(JobError):
     """No usable CUDA device where one is required: no request can succeed in this process."""
 
@@ -134,14 +148,14 @@ class DeviceUnusable(JobError):
                                           f"to the CPU): {reason}")
 
 
-def cuda_problem(device: str) -> str | None:
-    """Why `device` is not a usable CUDA device, or None when it is."""
+def cuda_problem(device: str, *, forced: bool = False) -> str | None:
+    """Why `device` is not a usable CUDA device, or None when it is; `forced`: DEVICE named it."""
     import torch
 
     if torch.version.cuda is None:
         return f"this torch build ({torch.__version__}) has no CUDA support"
     if not device.startswith("cuda"):
-        if os.environ.get("DEVICE"):
+        if forced:
             return f"DEVICE={device}"
         try:
             torch.cuda.init()
@@ -151,11 +165,11 @@ def cuda_problem(device: str) -> str | None:
     return None
 
 
-def require_cuda(device: str) -> None:
+def require_cuda(device: str, settings: Settings) -> None:
     """Raise `DeviceUnusable` when REQUIRE_CUDA is on and `device` is not a usable CUDA device."""
-    if os.environ.get("REQUIRE_CUDA", "").lower() not in ("1", "true", "yes"):
+    if not settings.require_cuda:
         return
-    problem = cuda_problem(device)
+    problem = cuda_problem(device, forced=bool(settings.device))
     if problem:
         raise DeviceUnusable(problem)
 
@@ -166,24 +180,27 @@ def device_unusable(exc: BaseException) -> bool:
     return ("CUDA error" in text or type(exc).__name__ == "AcceleratorError") and "out of memory" not in text
 
 
-def pick_device() -> str:
+def pick_device(settings: Settings) -> str:
     import torch
 
-    env = os.environ.get("DEVICE")
-    if env:
-        return env
+    if settings.device:
+        return settings.device
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class Engine:
-    def __init__(self, manifest: Manifest, models_dir: Path, *, device: str | None = None,
-                 max_loaded: int | None = None, max_waiting: int | None = None, fetch_missing: bool = True) -> None:
+    def __init__(self, manifest: Manifest, models_dir: Path, *, settings: Settings | None = None,
+                 device: str | None = None, max_loaded: int | None = None, max_waiting: int | None = None,
+                 fetch_missing: bool = True) -> None:
+        """`settings` (default: the environment's) gives what the keyword arguments leave unset."""
+        self.settings = settings = settings or Settings.from_env()
         self.manifest = manifest
         self.models_dir = Path(models_dir)
-        self.device = device or pick_device()
-        require_cuda(self.device)
-        self.max_loaded = max_loaded or int(os.environ.get("MAX_LOADED_VARIANTS", "2"))
-        self.queue = SerialQueue(max_waiting if max_waiting is not None else int(os.environ.get("MAX_QUEUE", "8")))
+        self.device = device or pick_device(settings)
+        require_cuda(self.device, settings)
+        self.max_loaded = max_loaded or settings.max_loaded_variants
+        self.queue = SerialQueue(max_waiting if max_waiting is not None else settings.max_queue)
+        self.xformers = settings.enable_xformers
         self.fetch_missing = fetch_missing
         self.stats = {"variant_loads": 0, "lora_loads": 0, "generations": 0, "depth_model_loads": 0}
         self.broken: str | None = None   # set when the device is unusable (a CUDA error, not an OOM)
@@ -263,7 +280,7 @@ class Engine:
 
         torch.backends.cuda.matmul.allow_tf32 = True
         pipe.unet.to(memory_format=torch.channels_last)
-        if importlib.util.find_spec("xformers") and os.environ.get("ENABLE_XFORMERS", "1") != "0":
+        if importlib.util.find_spec("xformers") and self.xformers:
             try:
                 pipe.enable_xformers_memory_efficient_attention()
             except Exception as exc:  # SDPA stays the attention backend
@@ -277,7 +294,7 @@ class Engine:
                 return self._variants[name]
             v = self.manifest.variants[name]
             t0 = time.perf_counter()
-            with self._naming(f"variant '{name}'"):
+            with self._failures("loading failed", f"variant '{name}'"):
                 self._ensure_files(self.manifest.components_for(name, eras=False))
                 while len(self._variants) >= self.max_loaded:
                     old, _ = self._variants.popitem(last=False)
@@ -291,21 +308,25 @@ class Engine:
             return lv
 
     @contextmanager
-    def _naming(self, what: str):
-        """Failures inside name `what` (the variant or era being loaded); a CUDA error that leaves
-        the device unusable marks the engine broken, as in `generate`."""
+    def _failures(self, failed: str, what: str | None = None):
+        """Exceptions inside become `engine_failed: [<what>: ]<failed>: <type>: <first line>`, and a
+        JobError gets `<what>: ` in front (the variant or era being loaded). A CUDA error that leaves
+        the device unusable marks the engine broken; any other failure frees what it allocated."""
+        named = f"{what}: " if what else ""
         try:
             yield
         except JobError as exc:
-            raise JobError(exc.code, f"{what}: {exc.message}", exc.details) from None
+            if what is None:
+                raise
+            raise JobError(exc.code, f"{named}{exc.message}", exc.details) from None
         except Exception as exc:
-            log.exception("loading %s failed", what)
+            log.exception("%s%s", named, failed)
             msg = str(exc).splitlines()[0][:200] if str(exc) else ""
             if device_unusable(exc):
                 self.broken = f"{type(exc).__name__}: {msg}"
             else:
                 self._free_memory()
-            raise JobError("engine_failed", f"{what}: loading failed: {type(exc).__name__}: {msg}") from None
+            raise JobError("engine_failed", f"{named}{failed}: {type(exc).__name__}: {msg}") from None
 
     def _free_memory(self) -> None:
         gc.collect()
@@ -323,7 +344,7 @@ class Engine:
         adapter = f"era_{era}"
         if era not in lv.eras:
             comp = self.manifest.components[self.manifest.eras[era].lora]
-            with self._naming(f"era '{era}'"):
+            with self._failures("loading failed", f"era '{era}'"):
                 self._ensure_files([comp])
                 lv.pipe.load_lora_weights(str(comp.local_path(self.models_dir)), adapter_name=adapter)
             lv.eras.add(era)
@@ -376,82 +397,79 @@ class Engine:
         return depth.mock(req.width, req.height), "mock_depth"
 
     # -- generation -------------------------------------------------------------------
+    def plan(self, req: GenerateRequest) -> Plan:
+        """`req` with the variant's and era's defaults filled in, and the seeds drawn."""
+        v = self.manifest.variants[req.model or self.manifest.default_variant]
+        era = self.manifest.eras.get(req.era) if req.era else None
+        weight = (req.lora_strength if req.lora_strength is not None else era.weight) if era else None
+        base_seed = req.seed if req.seed is not None else secrets.randbelow(2**32 - req.num_images)
+        negative = ", ".join(x for x in (req.negative_prompt, era.negative_prompt if era else "") if x)
+        return Plan(variant=v, era=era, lora_strength=weight,
+                    seeds=[(base_seed + i) % 2**32 for i in range(req.num_images)], steps=req.steps or v.steps,
+                    cfg=req.cfg if req.cfg is not None else v.cfg, scheduler=self.scheduler_name(v, req.scheduler),
+                    prompt=(era.prompt_prefix if era else "") + req.prompt, negative_prompt=negative or None)
+
     def generate(self, req: GenerateRequest, *, on_step: Callable[[int, int], None] | None = None,
                  stop: threading.Event | None = None) -> Generation:
         """Run one request (the caller holds an entered `queue.admit()` ticket); engine errors become `engine_failed`.
 
         Setting `stop` (the job was cancelled, the HTTP client went away) ends the denoising loop at the
         next step through the pipeline's interrupt flag, so the device goes to the next request."""
-        import torch
-
         if stop is not None and stop.is_set():
             raise JobError("cancelled", "the request was cancelled before it reached the device")
-
+        plan = self.plan(req)
         timings: dict[str, float] = {}
-        name = req.model or self.manifest.default_variant
-        v = self.manifest.variants[name]
-        era = self.manifest.eras.get(req.era) if req.era else None
-        weight = (req.lora_strength if req.lora_strength is not None else era.weight) if era else None
-        base_seed = req.seed if req.seed is not None else secrets.randbelow(2**32 - req.num_images)
-        seeds = [(base_seed + i) % 2**32 for i in range(req.num_images)]
-        steps = req.steps or v.steps
-        cfg = req.cfg if req.cfg is not None else v.cfg
-        sched = self.scheduler_name(v, req.scheduler)
-        try:
+        with self._failures("generation failed"):
             t = time.perf_counter()
             control, depth_source = self.depth_image(req)
             timings["depth"] = time.perf_counter() - t
             t = time.perf_counter()
-            lv = self.get(name)
-            self._variants.move_to_end(name)
-            self._apply_era(lv, req.era, weight or 0.0)
+            pipe = self._prepare(plan)
             timings["load"] = time.perf_counter() - t
-            pipe = lv.pipe
-            pipe.scheduler = self.make_scheduler(sched, lv.scheduler_config, seeds[0])
-            if req.width * req.height > 1024 * 1024:
-                pipe.vae.enable_tiling()
-            else:
-                pipe.vae.disable_tiling()
-            gen_device = "cpu" if self.device == "cpu" else self.device
-            gens = [torch.Generator(device=gen_device).manual_seed(s) for s in seeds]
-            prompt = (era.prompt_prefix if era else "") + req.prompt
-            negative = ", ".join(x for x in (req.negative_prompt, era.negative_prompt if era else "") if x)
-
-            done = [0]
-
-            def step_end(p, i, _t, kwargs):
-                done[0] = i + 1
-                if on_step:
-                    on_step(i + 1, p.num_timesteps)
-                if stop is not None and stop.is_set():
-                    p._interrupt = True  # diffusers' documented way to end the loop early
-                return kwargs
-
             t = time.perf_counter()
-            with torch.inference_mode():
-                out = pipe(prompt=prompt, negative_prompt=negative or None, image=control,
-                           num_inference_steps=steps, guidance_scale=cfg,
-                           controlnet_conditioning_scale=req.controlnet_strength, width=req.width,
-                           height=req.height, num_images_per_prompt=req.num_images,
-                           generator=gens if len(gens) > 1 else gens[0], callback_on_step_end=step_end,
-                           output_type="pil")
+            images = self._denoise(pipe, plan, req, control, on_step, stop)
             timings["inference"] = time.perf_counter() - t
-            if stop is not None and stop.is_set() and done[0] < steps:
-                log.info("generation stopped after step %d/%d: cancelled", done[0], steps)
-                raise JobError("cancelled", f"generation stopped after step {done[0]}/{steps}: the request was "
-                                            "cancelled")
-        except JobError:
-            raise
-        except Exception as exc:
-            log.exception("generation failed")
-            msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            if device_unusable(exc):
-                self.broken = f"{type(exc).__name__}: {msg}"
-            else:
-                self._free_memory()
-            raise JobError("engine_failed", f"generation failed: {type(exc).__name__}: {msg}") from None
         self.stats["generations"] += 1
-        return Generation(images=list(out.images), seeds=seeds, variant=name, era=req.era, steps=steps, cfg=cfg,
-                          scheduler=sched, lora_strength=weight, controlnet_strength=req.controlnet_strength,
-                          width=req.width, height=req.height, depth_source=depth_source,
-                          timings={k: round(s, 3) for k, s in timings.items()})
+        return Generation(images=images, seeds=plan.seeds, variant=plan.variant.name, era=req.era, steps=plan.steps,
+                          cfg=plan.cfg, scheduler=plan.scheduler, lora_strength=plan.lora_strength,
+                          controlnet_strength=req.controlnet_strength, width=req.width, height=req.height,
+                          depth_source=depth_source, timings={k: round(s, 3) for k, s in timings.items()})
+
+    def _prepare(self, plan: Plan):
+        """The plan's variant loaded, its era adapter set and a fresh scheduler: the pipeline to call."""
+        lv = self.get(plan.variant.name)
+        self._apply_era(lv, plan.era.name if plan.era else None, plan.lora_strength or 0.0)
+        pipe = lv.pipe
+        pipe.scheduler = self.make_scheduler(plan.scheduler, lv.scheduler_config, plan.seeds[0])
+        return pipe
+
+    def _denoise(self, pipe, plan: Plan, req: GenerateRequest, control, on_step, stop) -> list:
+        """The pipeline call, reporting each step and stopping at the next one once `stop` is set."""
+        import torch
+
+        if req.width * req.height > 1024 * 1024:
+            pipe.vae.enable_tiling()
+        else:
+            pipe.vae.disable_tiling()
+        gens = [torch.Generator(device=self.device).manual_seed(s) for s in plan.seeds]
+        done = [0]
+
+        def step_end(p, i, _t, kwargs):
+            done[0] = i + 1
+            if on_step:
+                on_step(i + 1, p.num_timesteps)
+            if stop is not None and stop.is_set():
+                p._interrupt = True  # diffusers' documented way to end the loop early
+            return kwargs
+
+        with torch.inference_mode():
+            out = pipe(prompt=plan.prompt, negative_prompt=plan.negative_prompt, image=control,
+                       num_inference_steps=plan.steps, guidance_scale=plan.cfg,
+                       controlnet_conditioning_scale=req.controlnet_strength, width=req.width, height=req.height,
+                       num_images_per_prompt=req.num_images, generator=gens if len(gens) > 1 else gens[0],
+                       callback_on_step_end=step_end, output_type="pil")
+        if stop is not None and stop.is_set() and done[0] < plan.steps:
+            log.info("generation stopped after step %d/%d: cancelled", done[0], plan.steps)
+            raise JobError("cancelled", f"generation stopped after step {done[0]}/{plan.steps}: the request was "
+                                        "cancelled")
+        return list(out.images)

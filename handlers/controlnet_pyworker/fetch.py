@@ -1,35 +1,33 @@
 """Bring a manifest's files into MODELS_DIR: download what is missing, skip what is there.
 
-Downloads go through `common.downloads.download` (resume, retries, sha256). `gs://bucket/key`
-is read over Google Cloud Storage's public HTTPS endpoint. An exclusive file lock in
-MODELS_DIR keeps two processes (the server's lazy fetch and `scripts/fetch_models.py`) from
-fetching the same files at once.
+Each file goes through `common.model_files.fetch_file` (resume, retries, sha256, `gs://` as
+documented there), the same code `gpuworker models fetch` runs. An exclusive file lock in
+MODELS_DIR keeps two processes (the server's lazy fetch and the start-up fetch) from fetching
+the same files at once.
+
+    python -m handlers.controlnet_pyworker.fetch --preload      PRELOAD_MODEL's files (start.sh)
+    python -m handlers.controlnet_pyworker.fetch --variant V    variant V's files (the image's bake)
+
+Both take the era LoRAs too, and leave out the auto-depth estimator (fetched on first use).
+Operators fill a volume from outside with `gpuworker models fetch` (docs/gpuworker.md).
 """
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import logging
-import os
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
-from common.hashing import file_sha256
+from common.model_files import fetch_file
 from handlers.controlnet_pyworker.manifest import Component, FileEntry
 
 log = logging.getLogger("controlnet.fetch")
 
-MAX_FILE_BYTES = 20 * 1024**3
-GCS_HTTPS = os.environ.get("GCS_PUBLIC_URL", "https://storage.googleapis.com")
-
-ProgressFn = Callable[[str, int, int | None], None]   # (file label, bytes so far, total or None)
-
-
-def download_url(source: str) -> str:
-    if source.startswith("gs://"):
-        return f"{GCS_HTTPS.rstrip('/')}/{source[len('gs://'):]}"
-    return source
+MAX_FILE_BYTES = 20 * 1024**3   # a manifest file without `size`
 
 
 def missing_files(components: Iterable[Component], models_dir: Path) -> list[tuple[FileEntry, Path]]:
@@ -51,32 +49,50 @@ def _lock(models_dir: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def ensure(components: Iterable[Component], models_dir: Path, *, progress: ProgressFn | None = None,
-           verify_existing: bool = False) -> list[Path]:
+def ensure(components: Iterable[Component], models_dir: Path, *, verify_existing: bool = False) -> list[Path]:
     """Download every missing file of `components`; returns the paths fetched.
 
     With `verify_existing`, files already present are hashed too and a mismatch is re-fetched.
     """
-    from common.downloads import download
-
     components = list(components)
     fetched: list[Path] = []
     if not verify_existing and not missing_files(components, models_dir):
         return fetched   # nothing to write: no lock either, so a read-only MODELS_DIR works
     with _lock(models_dir):
-        for comp in components:
-            for entry, path in comp.file_paths(models_dir):
-                if path.is_file():
-                    if not (verify_existing and entry.sha256) or file_sha256(path) == entry.sha256:
-                        continue
-                    log.warning("%s: sha256 mismatch, fetching again", path)
-                    path.unlink()
-                label = f"{comp.key}/{entry.name}" if entry.name else comp.key
-                log.info("fetching %s -> %s", label, path)
-                cb = (lambda done, total, _l=label: progress(_l, done, total)) if progress else None
-                download(download_url(entry.source), path, max_bytes=entry.size or MAX_FILE_BYTES,
-                         sha256=entry.sha256, progress=cb)
-                if entry.sha256 is None:
-                    log.warning("%s has no pinned sha256; downloaded file's sha256 is %s", label, file_sha256(path))
-                fetched.append(path)
+        for item in (f for c in components for f in c.model_files()):
+            record = fetch_file(item, models_dir, verify_existing=verify_existing, max_bytes=MAX_FILE_BYTES)
+            if record["status"] == "fetched":
+                fetched.append(models_dir / item.path)
     return fetched
+
+
+def main(argv: list[str] | None = None) -> int:
+    from common.jobs import JobError
+    from common.redaction import configure_logging
+    from handlers.controlnet_pyworker import manifest
+    from handlers.controlnet_pyworker.settings import Settings
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--preload", action="store_true", help="PRELOAD_MODEL's variant (unset: the manifest's)")
+    which.add_argument("--variant", help="this variant")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    try:
+        m = manifest.load(settings=settings)
+        variant = settings.preload_variant(m.default_variant) if args.preload else args.variant
+        if variant is None:
+            return 0
+        if variant not in m.variants:
+            raise manifest.ManifestError(f"unknown variant '{variant}' (known: {', '.join(m.variants)})")
+        fetched = ensure(m.components_for(variant), settings.models_dir)
+    except (manifest.ManifestError, JobError) as exc:
+        log.error("fetching the files of the %s variant failed: %s", args.variant or "preload", exc)
+        return 1
+    log.info("%d file(s) fetched; everything for %s is in %s", len(fetched), variant, settings.models_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,27 +21,19 @@ job with `refresh_worker`, so RunPod starts a fresh worker instead of sending it
 from __future__ import annotations
 
 import logging
-import os
-import threading
 
 from common.jobs import JobError, Progress, error_result, to_thread_stoppable, worker_version
+from handlers.controlnet_pyworker.engine_holder import EngineHolder
+from handlers.controlnet_pyworker.settings import Settings
 
 log = logging.getLogger("controlnet.handler")
 
-_engine = None
-_engine_lock = threading.Lock()
+ENGINE = EngineHolder()   # settings and manifest from the environment, read on the first job
 
 
 def get_engine():
     """The process-wide engine (created on first use from MODELS_DIR and the manifest)."""
-    global _engine
-    with _engine_lock:
-        if _engine is None:
-            from handlers.controlnet_pyworker import manifest
-            from handlers.controlnet_pyworker.engine import Engine
-
-            _engine = Engine(manifest.load(), manifest.models_dir())
-        return _engine
+    return ENGINE.get()
 
 
 def _unusable(exc: JobError) -> dict:
@@ -62,10 +54,11 @@ async def handler(job: dict) -> dict:
         engine = get_engine()
     except DeviceUnusable as exc:
         return _unusable(exc)
-    progress = Progress(job, min_interval=float(os.environ.get("PROGRESS_INTERVAL", "1.0")))
+    settings = engine.settings
+    progress = Progress(job, min_interval=settings.progress_interval)
     try:
         out = await to_thread_stoppable(service.respond, job, engine,
-                                        max_inline_bytes=service.RUNPOD_MAX_INLINE_BYTES, progress=progress)
+                                        max_inline_bytes=settings.runpod_max_inline_bytes, progress=progress)
     finally:
         progress.close()
     if engine.broken:  # the GPU context is gone: RunPod replaces this worker after the job
@@ -78,11 +71,12 @@ def preload() -> None:
     """Load PRELOAD_MODEL before the first job; a failure is logged, never raised (see the module doc)."""
     from handlers.controlnet_pyworker.engine import DeviceUnusable
 
-    variant = os.environ.get("PRELOAD_MODEL", "")
+    variant = None
     try:
         engine = get_engine()
-        if variant.lower() != "none":
-            engine.get(variant or engine.manifest.default_variant)
+        variant = engine.settings.preload_variant(engine.manifest.default_variant)
+        if variant:
+            engine.get(variant)
     except DeviceUnusable as exc:
         log.critical("FATAL: %s; every job will fail and ask RunPod for a fresh worker", exc)
     except Exception as exc:
@@ -95,8 +89,10 @@ def main() -> None:
     from common import runpod_entry
     from common.redaction import configure_logging
 
-    configure_logging()
-    if os.environ.get("RUNPOD_WEBHOOK_GET_JOB"):
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    ENGINE.settings = settings
+    if settings.runpod_worker_loop:
         preload()
     runpod_entry.start(handler)
 

@@ -1,12 +1,13 @@
 """The model manifest: which files make up each variant, era LoRA and the depth estimator.
 
-A JSON data file, found in this order: env `MODEL_MANIFEST`, `$MODELS_DIR/manifest.json`
+A JSON data file, found in this order: `MODEL_MANIFEST`, `$MODELS_DIR/manifest.json`
 (how tiny models ship their own), then the packaged `manifest.json`. Every file has a
 `source` (`hf://owner/repo/path`, `https://...`, `s3://bucket/key`, `gs://bucket/key`) and a
 `sha256`; `null` means "not pinned yet" (the file is then accepted unchecked and its hash is
 logged so it can be pinned). Paths are relative to `MODELS_DIR`.
 
-Standard library only: the vast.ai front (no pydantic, no torch) reads variant defaults here.
+Standard library only (and `common.model_files`, which is too): the vast.ai front (no pydantic,
+no torch) reads variant defaults here.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from common.model_files import SOURCE_SCHEMES as MODEL_SOURCE_SCHEMES
+from common.model_files import ModelFile
+from handlers.controlnet_pyworker.settings import Settings
+
 PACKAGED = Path(__file__).with_name("manifest.json")
-DEFAULT_MODELS_DIR = "/workspace/models"
-SOURCE_SCHEMES = ("hf://", "https://", "http://", "s3://", "gs://")
+SOURCE_SCHEMES = tuple(f"{s}://" for s in MODEL_SOURCE_SCHEMES)
 SCHEDULERS = ("euler", "euler_trailing", "ddim_trailing", "dpm_sde")
 COMPONENT_KINDS = ("sdxl", "sdxl_single_file", "controlnet", "vae", "lora", "depth_estimator")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -53,6 +57,11 @@ class Component:
     def file_paths(self, models_dir: Path) -> list[tuple[FileEntry, Path]]:
         base = self.local_path(models_dir)
         return [(f, base / f.name if f.name else base) for f in self.files]
+
+    def model_files(self) -> list[ModelFile]:
+        """Its files as `common.model_files.ModelFile`s, paths relative to MODELS_DIR."""
+        return [ModelFile(source=f.source, path=f"{self.path}/{f.name}" if f.name else self.path,
+                          sha256=f.sha256, size=f.size) for f in self.files]
 
 
 @dataclass(frozen=True)
@@ -190,15 +199,10 @@ def parse(data: dict, source: str = "<dict>") -> Manifest:
                     depth_estimator=depth, notes=list(data.get("notes", [])))
 
 
-def models_dir() -> Path:
-    return Path(os.environ.get("MODELS_DIR", DEFAULT_MODELS_DIR))
-
-
-def manifest_path() -> Path:
-    env = os.environ.get("MODEL_MANIFEST")
-    if env:
-        return Path(env)
-    local = models_dir() / "manifest.json"
+def manifest_path(settings: Settings) -> Path:
+    if settings.model_manifest:
+        return settings.model_manifest
+    local = settings.models_dir / "manifest.json"
     return local if local.is_file() else PACKAGED
 
 
@@ -211,8 +215,9 @@ def _load_cached(path: str, mtime: float) -> Manifest:
     return parse(data, source=path)
 
 
-def load(path: str | os.PathLike | None = None) -> Manifest:
-    p = Path(path) if path else manifest_path()
+def load(path: str | os.PathLike | None = None, settings: Settings | None = None) -> Manifest:
+    """The manifest at `path`, else the one `settings` (default: the environment's) names."""
+    p = Path(path) if path else manifest_path(settings or Settings.from_env())
     try:
         mtime = p.stat().st_mtime
     except OSError as exc:

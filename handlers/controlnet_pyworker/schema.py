@@ -1,7 +1,9 @@
 """The /generate request (also the RunPod job input), validated before any model work.
 
 `validate(raw, manifest)` returns a `GenerateRequest` or raises `JobError("invalid_input")`
-with one `field: reason` line per problem; the server turns that into a 422.
+with one `field: reason` line per problem; the server turns that into a 422. The model server
+validates before it queues the request and hands the result on; the RunPod handler's
+`service.execute` validates the job input. Either way, once.
 """
 
 from __future__ import annotations
@@ -9,34 +11,32 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from common.jobs import JobError, parse_input
 from common.uploads.spec import UploadSpec
 from handlers.controlnet_pyworker.manifest import Manifest
+from handlers.controlnet_pyworker.settings import Settings
 
 MAX_PROMPT_CHARS = 2000
-MAX_IMAGE_B64_BYTES = int(os.environ.get("MAX_IMAGE_B64_BYTES", str(16 * 1024 * 1024)))
 MAX_INPUT_PIXELS = 4096 * 4096
 SIZE_MIN, SIZE_MAX = 256, 2048
 MAX_NAME_CHARS = 64          # `model` and `era`: manifest names
-# One base64 image at most (depth_map_b64, or image_b64 with auto_depth) plus room for the rest.
-MAX_BODY_BYTES = int(os.environ.get("MAX_BODY_BYTES", str(MAX_IMAGE_B64_BYTES + 1024 * 1024)))
 MAX_JSON_DEPTH = 32          # the deepest request (output.s3.*) is 3 levels
 MAX_DETAIL_CHARS = 200       # one problem line; a field name is user text
 MAX_DETAILS = 20
 
 
-def _check_image_b64(value: str | None) -> str | None:
-    """Size cap, base64 syntax, and an image header PIL can read (cheap: pixels are not decoded)."""
+def _check_image_b64(value: str | None, info: ValidationInfo) -> str | None:
+    """Size cap (MAX_IMAGE_B64_BYTES, from the validation context), base64 syntax, and an image
+    header PIL can read (cheap: pixels are not decoded)."""
     if value is None:
         return None
-    if len(value) > MAX_IMAGE_B64_BYTES:
-        raise ValueError(f"{len(value)} characters, more than the {MAX_IMAGE_B64_BYTES} allowed "
-                         "(send a smaller image)")
+    limit = (info.context or {}).get("max_image_b64_bytes", Settings.max_image_b64_bytes)
+    if len(value) > limit:
+        raise ValueError(f"{len(value)} characters, more than the {limit} allowed (send a smaller image)")
     body = value.split(",", 1)[1] if value.startswith("data:") else value
     try:
         raw = base64.b64decode(body, validate=True)
@@ -85,15 +85,10 @@ class GenerateRequest(BaseModel):
             raise ValueError(f"must be a multiple of 64 between {SIZE_MIN} and {SIZE_MAX}")
         return v
 
-    @field_validator("depth_map_b64")
+    @field_validator("depth_map_b64", "image_b64")
     @classmethod
-    def _depth_b64(cls, v: str | None) -> str | None:
-        return _check_image_b64(v)
-
-    @field_validator("image_b64")
-    @classmethod
-    def _image_b64(cls, v: str | None) -> str | None:
-        return _check_image_b64(v)
+    def _image(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return _check_image_b64(v, info)
 
     @model_validator(mode="after")
     def _one_depth_source(self) -> GenerateRequest:
@@ -137,16 +132,17 @@ def json_depth(value: object) -> int:
     return depth
 
 
-def validate(raw: object, manifest: Manifest) -> GenerateRequest:
+def validate(raw: object, manifest: Manifest, settings: Settings | None = None) -> GenerateRequest:
     """Pydantic validation plus the names the manifest defines (variant, era, depth model),
-    all problems reported together."""
+    all problems reported together; `settings` (default: the environment's) gives the image size limit."""
+    settings = settings or Settings.from_env()
     problems: list[str] = []
     req = None
     if json_depth(raw) > MAX_JSON_DEPTH:
         raise JobError("invalid_input", f"input: nested deeper than {MAX_JSON_DEPTH} levels",
                        [f"input: nested deeper than {MAX_JSON_DEPTH} levels"])
     try:
-        req = parse_input(GenerateRequest, raw)
+        req = parse_input(GenerateRequest, raw, {"max_image_b64_bytes": settings.max_image_b64_bytes})
     except JobError as exc:
         if not isinstance(raw, dict):
             raise

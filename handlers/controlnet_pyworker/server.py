@@ -1,30 +1,16 @@
 """The model server: `python -m handlers.controlnet_pyworker.server`.
 
-FastAPI + uvicorn. Environment:
-  MODEL_SERVER_HOST / MODEL_SERVER_PORT   bind address (127.0.0.1:5001). Only the PyWorker front on
-                                          the same instance calls it: on vast.ai every EXPOSEd or
-                                          published port is public, so it listens on loopback.
-  MODEL_SERVER_TOKEN                      required to bind beyond loopback (the server refuses to
-                                          start without it); then every route but /ping needs
-                                          `Authorization: Bearer <token>`
-  MAX_BODY_BYTES                          request body limit, enforced while reading (413)
-  MODELS_DIR                              model files (/workspace/models)
-  MODEL_MANIFEST                          manifest override (see manifest.py)
-  MODEL_LOG                               readiness log the vast.ai PyWorker tails
-                                          (/workspace/logs/model_server.log; truncated at start)
-  PRELOAD_MODEL                           variant loaded before the ready line (lightning; "none" skips)
-  MAX_QUEUE                               requests that may wait behind the running one (8)
-  MAX_LOADED_VARIANTS                     variants kept in memory (2)
-  LOG_LEVEL                               info
+FastAPI + uvicorn; settings from `settings.Settings` (docs/controlnet-pyworker.md#environment).
+It listens on 127.0.0.1:5001 by default: only the PyWorker front on the same instance calls it,
+and on vast.ai every EXPOSEd or published port is public. Binding beyond loopback needs
+MODEL_SERVER_TOKEN (the server refuses to start without it); then every route but /ping needs
+`Authorization: Bearer <token>`. The body limit (MAX_BODY_BYTES) is enforced while reading (413).
 
-Routes: POST /generate, GET /ping, GET /models, GET /checkhealth.
+Routes: POST /generate (its body and answers in /docs), GET /ping, GET /models, GET /checkhealth.
 
-MODEL_LOG only ever receives lines this module writes (start, ready, fatal, one line per
-request without user text), so no prompt can forge the PyWorker's ready/error markers. Marker
-lines start with the marker (vast.ai documents its log actions as prefix matches) and the fatal
-ones name their cause: `MODEL_SERVER_FATAL <cause>: <detail>`, written when the preload fails
-(a download, CUDA unusable under REQUIRE_CUDA=1, ...), the server cannot start, or a CUDA error
-leaves the device unusable.
+MODEL_LOG (`model_log.ModelLog`) gets the ready line after the preload and a fatal line
+(`MODEL_SERVER_FATAL <cause>: <detail>`) when the preload fails (a download, CUDA unusable under
+REQUIRE_CUDA=1, ...), the server cannot start, or a CUDA error leaves the device unusable.
 
 Everything sized by the client (parsing, validation, error texts and their redaction, the
 response's JSON) runs on a worker thread, never on the event loop.
@@ -37,27 +23,21 @@ import hmac
 import ipaddress
 import json
 import logging
-import os
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from fastapi import Request  # module level: FastAPI resolves the route annotation from globals
 
 from common.jobs import JobError, error_result, worker_version
 from common.redaction import configure_logging, register_env_secrets
+from handlers.controlnet_pyworker.engine_holder import EngineHolder
+from handlers.controlnet_pyworker.model_log import READY_MARKER, ModelLog
+from handlers.controlnet_pyworker.settings import Settings
 
 log = logging.getLogger("controlnet.server")
 
-READY_MARKER = "MODEL_SERVER_READY"
-FATAL_MARKER = "MODEL_SERVER_FATAL"
-# The causes a fatal line names; the vast.ai front reports the matching `FATAL_MARKER cause`
-# (handlers/controlnet_pyworker/vast.py keeps the same list: it cannot import this module).
-FATAL_CAUSES = ("preload failed", "cannot start", "device unusable")
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_MODEL_LOG = "/workspace/logs/model_server.log"
 STATUS_BY_CODE = {"invalid_input": 422, "download_failed": 502, "upload_failed": 502, "timeout": 504,
                   "cancelled": 499, "engine_failed": 500, "internal": 500, "unsafe_archive": 422}
 
@@ -70,54 +50,24 @@ async def _stop_when_disconnected(request: Request, stop: threading.Event, poll:
     stop.set()
 
 
-class ModelLog:
-    """The file the PyWorker tails: truncated at start, one flushed line per event."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("")
-        self._lock = threading.Lock()
-
-    def write(self, line: str) -> None:
-        self._append(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}")
-
-    def marker(self, marker: str, text: str) -> None:
-        """A line the front acts on: the marker first, the time last."""
-        self._append(f"{marker} {text} at={time.strftime('%Y-%m-%dT%H:%M:%S')}")
-
-    def fatal(self, cause: str, detail: str) -> None:
-        self.marker(FATAL_MARKER, f"{cause}: {detail}")
-
-    def _append(self, line: str) -> None:
-        line = line.replace("\n", " ").replace("\r", " ")
-        with self._lock, open(self.path, "a") as f:
-            f.write(line + "\n")
-
-
 class State:
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
         from handlers.controlnet_pyworker import manifest
 
+        self.settings = settings or Settings.from_env()
         self.started = time.monotonic()
-        self.manifest = manifest.load()
-        self.models_dir = manifest.models_dir()
-        self.model_log = ModelLog(os.environ.get("MODEL_LOG", DEFAULT_MODEL_LOG))
-        self.preload = os.environ.get("PRELOAD_MODEL", self.manifest.default_variant)
+        self.manifest = manifest.load(settings=self.settings)
+        self.models_dir = self.settings.models_dir
+        self.model_log = ModelLog(self.settings.model_log)
+        self.preload = self.settings.preload_variant(self.manifest.default_variant)
         self.ready = False
         self.last_error: dict | None = None
         self.fatal_written = False
-        self._engine = None
-        self._engine_lock = threading.Lock()
+        self.engines = EngineHolder(self.settings, self.manifest)
 
     @property
     def engine(self):
-        with self._engine_lock:
-            if self._engine is None:
-                from handlers.controlnet_pyworker.engine import Engine
-
-                self._engine = Engine(self.manifest, self.models_dir)
-            return self._engine
+        return self.engines.get()
 
     def record_error(self, where: str, message: str) -> None:
         self.last_error = {"where": where, "message": message, "at": time.time()}
@@ -137,7 +87,7 @@ def _wait_listening(host: str, port: int, timeout: float = 60.0) -> None:
 def _preload(state: State, host: str, port: int) -> None:
     """Load PRELOAD_MODEL, wait until the port listens, then write the ready line (or the fatal one)."""
     try:
-        if state.preload and state.preload.lower() != "none":
+        if state.preload:
             if state.preload not in state.manifest.variants:
                 raise JobError("invalid_input", f"PRELOAD_MODEL: unknown variant '{state.preload}'")
             state.engine.get(state.preload)
@@ -145,7 +95,8 @@ def _preload(state: State, host: str, port: int) -> None:
             state.engine  # noqa: B018 - import torch/diffusers now, not on the first request
         _wait_listening(host, port)
         state.ready = True
-        state.model_log.marker(READY_MARKER, f"preload={state.preload} device={state.engine.device} port={port}")
+        state.model_log.marker(READY_MARKER, f"preload={state.preload or 'none'} device={state.engine.device} "
+                                             f"port={port}")
         log.info("ready (preload=%s)", state.preload)
     except Exception as exc:
         msg = str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
@@ -181,11 +132,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def bind_settings() -> tuple[str, int, str | None]:
-    """(host, port, token) from the environment; beyond loopback a token is required."""
-    host = os.environ.get("MODEL_SERVER_HOST") or DEFAULT_HOST
-    port = int(os.environ.get("MODEL_SERVER_PORT", "5001"))
-    token = os.environ.get("MODEL_SERVER_TOKEN") or None
+def bind_settings(settings: Settings) -> tuple[str, int, str | None]:
+    """(host, port, token); beyond loopback a token is required."""
+    host, port, token = settings.host, settings.port, settings.token
     if not is_loopback(host) and not token:
         raise ValueError(f"MODEL_SERVER_HOST={host} listens beyond loopback: set MODEL_SERVER_TOKEN (clients then "
                          "send `Authorization: Bearer <token>`), or leave MODEL_SERVER_HOST unset (127.0.0.1)")
@@ -195,14 +144,15 @@ def bind_settings() -> tuple[str, int, str | None]:
 def _admit(state: State, body: bytes, request_id: str | None):
     """Parse, validate and take a queue place (on a worker thread: all of it is sized by the client).
 
-    Returns `(job, ticket, None)`, or `(None, None, (status, body, headers))` for a refusal."""
+    Returns `(job, request, ticket, None)`, `request` the validated body, or
+    `(None, None, None, (status, body, headers))` for a refusal."""
     from handlers.controlnet_pyworker import schema
     from handlers.controlnet_pyworker.engine import QueueFull
 
     def refusal(exc: BaseException, status: int | None = None):
         out = error_result(exc)
         out["worker_version"] = worker_version()
-        return None, None, (status or STATUS_BY_CODE.get(out["error_code"], 500), out, None)
+        return None, None, None, (status or STATUS_BY_CODE.get(out["error_code"], 500), out, None)
 
     try:
         raw = json.loads(body or b"null")
@@ -211,23 +161,23 @@ def _admit(state: State, body: bytes, request_id: str | None):
     except ValueError:
         return refusal(JobError("invalid_input", "body: not valid JSON", ["body: not valid JSON"]))
     try:
-        schema.validate(raw, state.manifest)  # 422 before the request takes a queue place
+        req = schema.validate(raw, state.manifest, state.settings)  # 422 before it takes a queue place
         ticket = state.engine.queue.admit()
     except JobError as exc:
         return refusal(exc)
     except QueueFull as exc:
-        return None, None, (429, {"error": f"queue_full: {exc}", "error_code": "queue_full",
-                                  "retry_after": exc.retry_after}, {"Retry-After": str(exc.retry_after)})
+        return None, None, None, (429, {"error": f"queue_full: {exc}", "error_code": "queue_full",
+                                        "retry_after": exc.retry_after}, {"Retry-After": str(exc.retry_after)})
     if not (request_id and len(request_id) <= 128):
         request_id = f"http-{time.time_ns()}"
-    return {"id": request_id, "input": raw}, ticket, None
+    return {"id": request_id, "input": raw}, req, ticket, None
 
 
-def _run(state: State, job: dict, ticket, stop: threading.Event) -> tuple[int, bytes]:
+def _run(state: State, job: dict, req, ticket, stop: threading.Event) -> tuple[int, bytes]:
     """Generate and deliver (worker thread): the status and the response's JSON bytes."""
     from handlers.controlnet_pyworker import service
 
-    out = service.respond(job, state.engine, ticket=ticket, stop=stop)
+    out = service.respond(job, state.engine, ticket=ticket, stop=stop, request=req)
     if "error" in out:
         status = STATUS_BY_CODE.get(out.get("error_code"), 500)
         if status >= 500:
@@ -243,7 +193,7 @@ def _run(state: State, job: dict, ticket, stop: threading.Event) -> tuple[int, b
     return status, json.dumps(out).encode()
 
 
-def create_app(state: State | None = None, *, preload: bool = True, host: str = DEFAULT_HOST, port: int = 5001,
+def create_app(state: State | None = None, *, preload: bool = True, host: str = "127.0.0.1", port: int = 5001,
                token: str | None = None):
     """The FastAPI app; with `token`, every route but /ping needs `Authorization: Bearer <token>`."""
     from contextlib import asynccontextmanager
@@ -251,8 +201,6 @@ def create_app(state: State | None = None, *, preload: bool = True, host: str = 
     from fastapi import FastAPI
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse, Response
-
-    from handlers.controlnet_pyworker import schema
 
     state = state or State()
 
@@ -278,16 +226,19 @@ def create_app(state: State | None = None, *, preload: bool = True, host: str = 
                                  "error_code": "unauthorized"}, status_code=401,
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    @app.post("/generate")
+    @app.post("/generate", openapi_extra=REQUEST_BODY_DOC, responses=RESPONSES_DOC)
     async def generate(request: Request):
+        """Generate images: the body is read here (its size capped while it streams) and validated
+        on a worker thread, so FastAPI does not parse it; `/docs` shows it from `REQUEST_BODY_DOC`."""
         try:
-            body = await read_body(request, schema.MAX_BODY_BYTES)
+            body = await read_body(request, state.settings.body_limit)
         except BodyTooLarge:
-            detail = f"body: larger than the {schema.MAX_BODY_BYTES} bytes allowed"
+            detail = f"body: larger than the {state.settings.body_limit} bytes allowed"
             return JSONResponse({"error": f"invalid_input: {detail}", "error_code": "invalid_input",
                                  "details": [detail], "worker_version": worker_version()}, status_code=413,
                                 headers={"Connection": "close"})
-        job, ticket, refused = await run_in_threadpool(_admit, state, body, request.headers.get("x-request-id"))
+        job, req, ticket, refused = await run_in_threadpool(_admit, state, body,
+                                                            request.headers.get("x-request-id"))
         del body
         if refused:
             status, out, headers = refused
@@ -295,7 +246,7 @@ def create_app(state: State | None = None, *, preload: bool = True, host: str = 
         stop = threading.Event()
         watcher = asyncio.create_task(_stop_when_disconnected(request, stop))
         try:
-            status, payload = await run_in_threadpool(_run, state, job, ticket, stop)
+            status, payload = await run_in_threadpool(_run, state, job, req, ticket, stop)
         finally:
             watcher.cancel()
             ticket.release()
@@ -310,7 +261,7 @@ def create_app(state: State | None = None, *, preload: bool = True, host: str = 
         from handlers.controlnet_pyworker import fetch
 
         m = state.manifest
-        loaded = state.engine.loaded() if state._engine else []
+        loaded = state.engines.current.loaded() if state.engines.current else []
         return {
             "default": m.default_variant,
             "variants": {
@@ -330,7 +281,46 @@ def create_app(state: State | None = None, *, preload: bool = True, host: str = 
     async def checkhealth():
         return await run_in_threadpool(_health, state)
 
+    _document_request_body(app)
     return app
+
+
+REQUEST_BODY_DOC = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/GenerateRequest"}}}}}
+
+
+def _responses_doc() -> dict:
+    from common.result_models import ErrorResult
+    from handlers.controlnet_pyworker.responses import GenerateResponse
+
+    codes = {401: "MODEL_SERVER_TOKEN is set and the request lacks it", 413: "the body is larger than MAX_BODY_BYTES",
+             422: "invalid input, every bad field named", 429: "the queue is full (see Retry-After)",
+             499: "the client went away (model log only)", 500: "the engine failed",
+             502: "a model file could not be fetched, or every upload method failed"}
+    return {200: {"model": GenerateResponse, "description": "the images (base64) or their upload record"},
+            **{code: {"model": ErrorResult, "description": why} for code, why in codes.items()}}
+
+
+RESPONSES_DOC = _responses_doc()
+
+
+def _document_request_body(app) -> None:
+    """Add GenerateRequest (and the models it uses) to the OpenAPI components the route refers to."""
+    from handlers.controlnet_pyworker.schema import GenerateRequest
+
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            doc = build()
+            request = GenerateRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = doc.setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in request.pop("$defs", {}).items():
+                components.setdefault(name, definition)
+            components["GenerateRequest"] = request
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _health(state: State) -> dict[str, Any]:
@@ -338,11 +328,11 @@ def _health(state: State) -> dict[str, Any]:
 
     vm = psutil.virtual_memory()
     out: dict[str, Any] = {
-        "status": ("unusable" if state._engine is not None and state._engine.broken
+        "status": ("unusable" if state.engines.current is not None and state.engines.current.broken
                    else "ok" if state.ready and not state.last_error
                    else "loading" if not state.ready else "degraded"),
         "ready": state.ready,
-        "preload": state.preload,
+        "preload": state.preload or "none",
         "uptime_s": round(time.monotonic() - state.started, 1),
         "ram": {"total_mb": vm.total // 2**20, "available_mb": vm.available // 2**20,
                 "process_rss_mb": psutil.Process().memory_info().rss // 2**20},
@@ -352,8 +342,8 @@ def _health(state: State) -> dict[str, Any]:
         "last_error": state.last_error,
         "worker_version": worker_version(),
     }
-    if state._engine is not None:
-        eng = state._engine
+    eng = state.engines.current
+    if eng is not None:
         out.update(loaded=eng.loaded(), queue_depth=eng.queue.pending, max_queue=eng.queue.max_waiting,
                    device=eng.device, stats=dict(eng.stats))
         if eng.device.startswith("cuda"):
@@ -368,18 +358,20 @@ def _health(state: State) -> dict[str, Any]:
 def main() -> None:
     import uvicorn
 
-    configure_logging(os.environ.get("LOG_LEVEL", "info"))
     register_env_secrets(["MODEL_SERVER_TOKEN"])
+    settings = Settings()   # the defaults until the environment is read: where a fatal line goes
     try:
-        host, port, token = bind_settings()
-        state = State()
+        settings = Settings.from_env()
+        configure_logging(settings.log_level)
+        host, port, token = bind_settings(settings)
+        state = State(settings)
     except Exception as exc:  # e.g. an unreadable manifest: tell the PyWorker, then stop
+        configure_logging(settings.log_level)
         log.error("model server cannot start: %s", exc, exc_info=not isinstance(exc, ValueError))
-        ModelLog(os.environ.get("MODEL_LOG", DEFAULT_MODEL_LOG)).fatal("cannot start", str(exc))
+        ModelLog(settings.model_log).fatal("cannot start", str(exc))
         raise SystemExit(1) from None
     app = create_app(state, host=host, port=port, token=token)
-    uvicorn.run(app, host=host, port=port, log_level=os.environ.get("LOG_LEVEL", "info").lower(),
-                access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,9 @@ from common.jobs import JobError, Progress, Timings, run_job
 from handlers.controlnet_pyworker import schema, workload
 from handlers.controlnet_pyworker.engine import Engine, Generation, Ticket
 
-# RunPod returns at most ~10 MB (/run) / 20 MB (/runsync); leave room for the rest of the result.
-RUNPOD_MAX_INLINE_BYTES = int(os.environ.get("RUNPOD_MAX_INLINE_BYTES", str(9 * 1024 * 1024)))
 
-
-def volume_dir() -> Path | None:
-    for candidate in (os.environ.get("VOLUME_DIR"), "/runpod-volume", "/workspace"):
+def volume_dir(configured: Path | None) -> Path | None:
+    for candidate in (configured, "/runpod-volume", "/workspace"):
         if candidate and Path(candidate).is_dir() and os.access(candidate, os.W_OK):
             return Path(candidate)
     return None
@@ -38,15 +35,18 @@ def safe_job_id(job: dict) -> str:
     return job_id if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", job_id) else f"job-{uuid.uuid4().hex[:12]}"
 
 
-def png_bytes(image) -> bytes:
-    """PNG at zlib level 1 (PNG_COMPRESS_LEVEL): at 1024x1024 about 40 ms faster than PIL's
+def png_bytes(image, level: int = 1) -> bytes:
+    """PNG at zlib `level` (PNG_COMPRESS_LEVEL, 1): at 1024x1024 about 40 ms faster than PIL's
     default 6 for ~8% more bytes."""
     buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=int(os.environ.get("PNG_COMPRESS_LEVEL", "1")))
+    image.save(buf, format="PNG", compress_level=level)
     return buf.getvalue()
 
 
-def _describe(gen: Generation, units: float) -> dict:
+def _describe(gen: Generation, variant_cost: float) -> dict:
+    units = workload.cost(width=gen.width, height=gen.height, steps=gen.steps, cfg=gen.cfg, variant_cost=variant_cost,
+                          num_images=len(gen.seeds), era=gen.era is not None, scheduler=gen.scheduler,
+                          auto_depth=gen.depth_source == "auto_depth")
     return {
         "seed": gen.seeds[0], "seeds": gen.seeds, "model": gen.variant, "era": gen.era, "steps": gen.steps,
         "cfg": gen.cfg, "scheduler": gen.scheduler, "lora_strength": gen.lora_strength,
@@ -55,10 +55,10 @@ def _describe(gen: Generation, units: float) -> dict:
     }
 
 
-def _upload(pngs: list[bytes], req: schema.GenerateRequest, job_id: str, progress: Progress | None) -> dict:
+def _upload(pngs: list[bytes], req: schema.GenerateRequest, job_id: str, progress: Progress | None,
+            vol: Path | None) -> dict:
     from common.uploads import upload
 
-    vol = volume_dir()
     root = (vol / "controlnet-outputs" / job_id) if vol else Path(tempfile.mkdtemp(prefix=f"cn-{job_id}-"))
     root.mkdir(parents=True, exist_ok=True)
     files = []
@@ -71,17 +71,18 @@ def _upload(pngs: list[bytes], req: schema.GenerateRequest, job_id: str, progres
 
 
 def execute(engine: Engine, raw: dict, *, job: dict, timings: Timings, max_inline_bytes: int | None = None,
-            progress: Progress | None = None, ticket: Ticket | None = None,
-            stop: threading.Event | None = None) -> tuple[dict, list[str]]:
+            progress: Progress | None = None, ticket: Ticket | None = None, stop: threading.Event | None = None,
+            request: schema.GenerateRequest | None = None) -> tuple[dict, list[str]]:
     """Validate, generate, deliver: (response without images, base64 images), or raises.
 
-    `ticket` is a place already taken in the engine's queue (the server admits before it
-    hands the request to a thread); without one, a place is taken here. `max_inline_bytes`
-    refuses base64 results above it unless an `output` spec is given. `stop` cancels the generation.
+    `request` is `raw` already validated (the server validates before it queues); without it,
+    `raw` is validated here. `ticket` is a place already taken in the engine's queue (the server
+    admits before it hands the request to a thread); without one, a place is taken here.
+    `max_inline_bytes` refuses base64 results above it unless an `output` spec is given. `stop`
+    cancels the generation.
     """
     try:
-        req = schema.validate(raw, engine.manifest)
-        units = workload.units(raw, engine.manifest)
+        req = request or schema.validate(raw, engine.manifest, engine.settings)
         job_id = safe_job_id(job)
 
         def on_step(i: int, total: int) -> None:
@@ -99,13 +100,13 @@ def execute(engine: Engine, raw: dict, *, job: dict, timings: Timings, max_inlin
     for k, v in gen.timings.items():
         timings.add(k, v)
     with timings.stage("encode"):
-        pngs = [png_bytes(img) for img in gen.images]
-    result = _describe(gen, units)
+        pngs = [png_bytes(img, engine.settings.png_compress_level) for img in gen.images]
+    result = _describe(gen, engine.manifest.variants[gen.variant].cost)
     if req.output is not None:
         if progress:
             progress.update("uploading", 100.0, f"uploading {len(pngs)} image(s)", force=True)
         with timings.stage("upload"):
-            result["upload"] = _upload(pngs, req, job_id, progress)
+            result["upload"] = _upload(pngs, req, job_id, progress, volume_dir(engine.settings.volume_dir))
         return result, []
     images = [base64.b64encode(p).decode("ascii") for p in pngs]
     size = sum(len(s) for s in images)

@@ -11,34 +11,32 @@ vast documents prefix matches, and the server writes its markers at the start of
 The benchmark posts the PRELOAD_MODEL variant, so it runs on the pipeline already in memory.
 
 Runs in `.venv-vast` (vastai 1.9.1 and its exact pins, no torch, no pydantic): this module
-imports only the standard library, `vastai` and the pure-Python `workload`.
+imports only the standard library, `vastai` and the pure-Python `workload`, `model_log` and
+`settings`.
 
-Environment: MODEL_SERVER_PORT (5001), MODEL_LOG, WORKER_PORT and the autoscaler variables
-vastai reads (REPORT_ADDR, CONTAINER_ID, PUBLIC_IPADDR, VAST_TCP_PORT_<port>, MASTER_TOKEN,
-USE_SSL); MAX_QUEUE_TIME (seconds of estimated wait before 429, 60); BENCHMARK_SIZE (1024)
-and BENCHMARK_RUNS (3) shape the start-up benchmark (smaller only for tests); LOG_LEVEL (info).
+Settings (`settings.Settings`): MODEL_SERVER_PORT, MODEL_LOG, MAX_QUEUE_TIME, BENCHMARK_SIZE and
+BENCHMARK_RUNS (smaller only for tests), PRELOAD_MODEL, LOG_LEVEL; vastai itself reads WORKER_PORT
+and the autoscaler variables (REPORT_ADDR, CONTAINER_ID, PUBLIC_IPADDR, VAST_TCP_PORT_<port>,
+MASTER_TOKEN, USE_SSL).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 
 from handlers.controlnet_pyworker import workload
-
-READY_MARKER = "MODEL_SERVER_READY"   # kept equal to server.READY_MARKER (server imports torch-side code)
-FATAL_MARKER = "MODEL_SERVER_FATAL"
-FATAL_CAUSES = ("preload failed", "cannot start", "device unusable")   # = server.FATAL_CAUSES
-DEFAULT_MODEL_LOG = "/workspace/logs/model_server.log"
+from handlers.controlnet_pyworker.model_log import FATAL_CAUSES, FATAL_MARKER, READY_MARKER
+from handlers.controlnet_pyworker.settings import Settings
 
 
-def benchmark_payload() -> dict:
+def benchmark_payload(settings: Settings | None = None) -> dict:
     """Typical traffic on the preloaded variant (PRELOAD_MODEL; unset: the server's default),
     1024x1024 (BENCHMARK_SIZE), mock depth, random seed. Another variant would load a second
     SDXL pipeline next to the preloaded one."""
-    size = int(os.environ.get("BENCHMARK_SIZE", "1024"))
-    preload = os.environ.get("PRELOAD_MODEL", "")
+    settings = settings or Settings.from_env()
+    size = settings.benchmark_size
+    preload = settings.preload
     model = {"model": preload} if preload and preload.lower() != "none" else {}
     return {
         **model,
@@ -51,22 +49,22 @@ def benchmark_payload() -> dict:
     }
 
 
-def worker_config():
+def worker_config(settings: Settings):
     from vastai import BenchmarkConfig, HandlerConfig, LogActionConfig, WorkerConfig
 
     return WorkerConfig(
         model_server_url="http://127.0.0.1",
-        model_server_port=int(os.environ.get("MODEL_SERVER_PORT", "5001")),
-        model_log_file=os.environ.get("MODEL_LOG", DEFAULT_MODEL_LOG),
+        model_server_port=settings.port,
+        model_log_file=str(settings.model_log),
         model_healthcheck_url="/ping",
         handlers=[
             HandlerConfig(
                 route="/generate",
                 allow_parallel_requests=False,
-                max_queue_time=float(os.environ.get("MAX_QUEUE_TIME", "60")),
+                max_queue_time=settings.max_queue_time,
                 workload_calculator=workload.calculate,
-                benchmark_config=BenchmarkConfig(generator=benchmark_payload,
-                                                 runs=int(os.environ.get("BENCHMARK_RUNS", "3")), do_warmup=True),
+                benchmark_config=BenchmarkConfig(generator=lambda: benchmark_payload(settings),
+                                                 runs=settings.benchmark_runs, do_warmup=True),
             )
         ],
         # The causes first: the front reports the first marker a line contains.
@@ -75,10 +73,10 @@ def worker_config():
     )
 
 
-def apply_log_level() -> None:
+def apply_log_level(settings: Settings) -> None:
     """LOG_LEVEL for the root logger and its handlers: vastai's `Worker()` sets both to DEBUG
     (vastai/serverless/server/worker.py:404-419, vastai 1.9.1), which logs every request."""
-    level = os.environ.get("LOG_LEVEL", "info").upper()
+    level = settings.log_level.upper()
     root = logging.getLogger()
     root.setLevel(level)
     for handler in root.handlers:
@@ -89,8 +87,9 @@ def main() -> None:
     from vastai import Worker
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    worker = Worker(worker_config())
-    apply_log_level()
+    settings = Settings.from_env()
+    worker = Worker(worker_config(settings))
+    apply_log_level(settings)
     worker.run()
 
 

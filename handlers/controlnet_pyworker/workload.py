@@ -45,25 +45,33 @@ def _num(value, default: float) -> float:
     return out
 
 
+def cost(*, width: float, height: float, steps: float, cfg: float, variant_cost: float, num_images: float,
+         era: bool, scheduler: str, auto_depth: bool) -> float:
+    """Workload units of resolved values (the service's, after generating: what actually ran)."""
+    w = width * height / MEGAPIXEL * steps * variant_cost * (2.0 if cfg > 1.0 else 1.0) * CONTROLNET_FACTOR
+    w *= num_images
+    if era:
+        w *= LORA_FACTOR
+    if scheduler == "dpm_sde":
+        w *= SDE_ORDER
+    if auto_depth:
+        w += AUTO_DEPTH_UNITS
+    return round(w, 3)
+
+
 def units(payload: dict, manifest=None) -> float:
-    """Workload units of a request body (raises ValueError on values no request could carry).
+    """Workload units of a request body, its defaults resolved from the variant table (raises
+    ValueError on values no request could carry). For the vast.ai front, before the request runs.
 
     `manifest` (a loaded `Manifest`) supplies variant defaults; else the one the environment names."""
     default_variant, table = _variant_table(manifest)
     variant = payload.get("model") or default_variant
-    steps_d, cfg_d, cost = table.get(variant, table.get(default_variant, DEFAULTS[DEFAULT_VARIANT]))
-    steps = _num(payload.get("steps"), steps_d)
-    cfg = _num(payload.get("cfg"), cfg_d)
-    pixels = _num(payload.get("width"), 1024) * _num(payload.get("height"), 1024) / MEGAPIXEL
-    n = _num(payload.get("num_images"), 1)
-    w = pixels * steps * cost * (2.0 if cfg > 1.0 else 1.0) * CONTROLNET_FACTOR * n
-    if payload.get("era"):
-        w *= LORA_FACTOR
-    if payload.get("scheduler") == "dpm_sde":
-        w *= SDE_ORDER
-    if payload.get("auto_depth"):
-        w += AUTO_DEPTH_UNITS
-    return round(w, 3)
+    steps_d, cfg_d, variant_cost = table.get(variant, table.get(default_variant, DEFAULTS[DEFAULT_VARIANT]))
+    return cost(width=_num(payload.get("width"), 1024), height=_num(payload.get("height"), 1024),
+                steps=_num(payload.get("steps"), steps_d), cfg=_num(payload.get("cfg"), cfg_d),
+                variant_cost=variant_cost, num_images=_num(payload.get("num_images"), 1),
+                era=bool(payload.get("era")), scheduler=str(payload.get("scheduler")),
+                auto_depth=bool(payload.get("auto_depth")))
 
 
 def calculate(payload: dict) -> float:

@@ -11,20 +11,20 @@ import asyncio
 import json
 import logging
 import mimetypes
-import os
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from common import processes
 from common.jobs import JobError
 from common.redaction import redact_text
+from handlers.diffusion_pipe_trainer import settings
 
 log = logging.getLogger("trainer.captions")
 
-DEFAULT_GEMINI_MODEL = "gemini-3.5-flash"
+DEFAULT_GEMINI_MODEL = settings.DEFAULT_GEMINI_MODEL
 VIDEO_PROMPT = (
     "Write one plain-prose paragraph of 40 to 120 words, in the present tense, that captions this video clip "
     "for training a video model. Describe the subject's appearance, the motion over time, the camera "
@@ -76,50 +76,44 @@ async def caption_images(model_dir: Path, files: list[Path], *, prompt: str, tri
     The child is its own process group, killed if this coroutine is cancelled, so
     neither its GPU memory nor its processes outlive the captioning stage.
     """
-    batch = batch_size or int(os.environ.get("JOYCAPTION_BATCH_SIZE", "4"))
+    cfg = settings.current()
+    batch = batch_size or cfg.joycaption_batch_size
     cmd = [sys.executable, "-m", "handlers.diffusion_pipe_trainer.joycaption", "--model", str(model_dir),
            "--prompt", prompt, "--batch-size", str(batch), "--max-new-tokens", str(max_new_tokens)]
-    if os.environ.get("JOYCAPTION_SEED"):
-        cmd += ["--seed", os.environ["JOYCAPTION_SEED"]]
+    if cfg.joycaption_seed is not None:
+        cmd += ["--seed", str(cfg.joycaption_seed)]
     with open(log_file, "ab") as err:
-        proc = await asyncio.create_subprocess_exec(
-            *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
-            start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]),
-        )
+        proc = await processes.spawn(cmd, env=processes.child_env(cfg.pass_env), cwd=Path(__file__).resolve().parents[2],
+                                     stdin=asyncio.subprocess.PIPE, stderr=err)
+        done: set[str] = set()
+
+        def on_line(line: str, _cut: bool) -> None:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                return
+            path = Path(msg["file"])
+            caption = (msg.get("caption") or "").strip()
+            if not caption:
+                raise JobError("engine_failed", f"JoyCaption returned an empty caption for {path.name}")
+            write_caption(path, caption, trigger)
+            done.add(str(path))
+            on_caption(path, caption)
+
         try:
             assert proc.stdin and proc.stdout
             proc.stdin.write(json.dumps([str(f) for f in files]).encode())
             await proc.stdin.drain()
             proc.stdin.close()
-            done: set[str] = set()
-            async for raw in proc.stdout:
-                try:
-                    msg = json.loads(raw)
-                except ValueError:
-                    continue
-                path = Path(msg["file"])
-                caption = (msg.get("caption") or "").strip()
-                if not caption:
-                    raise JobError("engine_failed", f"JoyCaption returned an empty caption for {path.name}")
-                write_caption(path, caption, trigger)
-                done.add(str(path))
-                on_caption(path, caption)
+            await processes.pump(proc.stdout, processes.LineSplitter(on_line, keep=1 << 20))
             rc = await proc.wait()
         except BaseException:
-            _kill_group(proc.pid)
-            await proc.wait()
+            await processes.stop(proc, cfg.kill_grace_s)
             raise
     if rc != 0 or len(done) != len(files):
         tail = _tail(log_file)
         raise JobError("engine_failed", f"JoyCaption captioning failed (exit code {rc}, {len(done)}/{len(files)} "
                                         f"captioned)", tail)
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _tail(path: Path, lines: int = 20) -> list[str]:
@@ -138,17 +132,18 @@ def gemini_client(api_key: str):
     from google import genai
     from google.genai import types
 
+    cfg = settings.current()
     retry = types.HttpRetryOptions(
-        attempts=int(os.environ.get("GEMINI_RETRY_ATTEMPTS", "6")),
-        initial_delay=float(os.environ.get("GEMINI_RETRY_INITIAL_DELAY_S", "2")),
+        attempts=cfg.gemini_retry_attempts,
+        initial_delay=cfg.gemini_retry_initial_delay_s,
         max_delay=60.0,
-        jitter=float(os.environ.get("GEMINI_RETRY_JITTER_S", "1")),
+        jitter=cfg.gemini_retry_jitter_s,
         http_status_codes=[408, 429, 500, 502, 503, 504],
     )
     opts = types.HttpOptions(
-        base_url=os.environ.get("GEMINI_BASE_URL") or os.environ.get("GOOGLE_GEMINI_BASE_URL") or None,
-        api_version=os.environ.get("GEMINI_API_VERSION") or None,
-        timeout=int(float(os.environ.get("GEMINI_TIMEOUT_S", "300")) * 1000),
+        base_url=cfg.gemini_base_url,
+        api_version=cfg.gemini_api_version,
+        timeout=int(cfg.gemini_timeout_s * 1000),
         retry_options=retry,
     )
     return genai.Client(api_key=api_key, http_options=opts)
@@ -208,12 +203,13 @@ def caption_video(client, video: Path, *, model: str, prompt: str, poll_s: float
 def caption_videos(files: list[Path], *, api_key: str, model: str | None, prompt: str | None,
                    trigger: str | None, on_caption: OnCaption, stop: threading.Event | None = None) -> None:
     """Caption the clips one by one; setting `stop` ends the loop at the next clip or processing poll."""
-    model = model or os.environ.get("GEMINI_MODEL") or DEFAULT_GEMINI_MODEL
+    cfg = settings.current()
+    model = model or cfg.gemini_model
     full_prompt = prompt or VIDEO_PROMPT
     if trigger:
         full_prompt += f" Begin the caption with '{trigger}' and refer to the main subject as {trigger}."
     client = gemini_client(api_key)
-    poll = float(os.environ.get("GEMINI_POLL_S", "2"))
+    poll = cfg.gemini_poll_s
     for video in files:
         if stop is not None and stop.is_set():
             raise CaptioningStopped(video.name)

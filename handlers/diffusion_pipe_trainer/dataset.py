@@ -7,7 +7,6 @@ paired with its same-name `.txt` here, where a problem can still be reported cle
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 from collections.abc import Callable
@@ -15,12 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.jobs import JobError
+from handlers.diffusion_pipe_trainer import settings
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
 KIND_EXTS = {"images": IMAGE_EXTS, "videos": VIDEO_EXTS}
-MAX_ARCHIVE_BYTES = int(os.environ.get("TRAINER_MAX_DATASET_BYTES", str(50 * 1024**3)))
-MAX_MEMBERS = int(os.environ.get("TRAINER_MAX_DATASET_FILES", "100000"))
 _LIST_LIMIT = 20
 
 
@@ -54,7 +52,7 @@ def fetch_archive(url: str, kind: str, downloads: Path, *, sha256: str | None = 
     # loopback/private hosts are refused unless the worker runs with ALLOW_PRIVATE_DOWNLOADS=1
     # a private dataset repo on the Hub (hf://...) is read with the job's Hugging Face token
     headers = {"Authorization": f"Bearer {hf_token}"} if hf_token and url.startswith("hf://") else None
-    path = download(url, dest, max_bytes=MAX_ARCHIVE_BYTES, sha256=sha256, progress=progress, headers=headers,
+    path = download(url, dest, max_bytes=settings.current().max_dataset_bytes, sha256=sha256, progress=progress, headers=headers,
                     stop=stop)
     if archive_kind(path) is None:
         with open(path, "rb") as f:
@@ -172,7 +170,8 @@ def prepare(url: str, kind: str, downloads: Path, dest: Path, *, precaptioned: b
     extracted = downloads / f"{kind}_extracted"
     if extracted.exists():
         shutil.rmtree(extracted)
-    safe_extract(archive, extracted, max_members=MAX_MEMBERS, max_total_bytes=MAX_ARCHIVE_BYTES * 4)
+    caps = settings.current()
+    safe_extract(archive, extracted, max_members=caps.max_dataset_files, max_total_bytes=caps.max_dataset_bytes * 4)
     media = flatten(extracted, kind, dest)
     shutil.rmtree(extracted, ignore_errors=True)
     archive.unlink(missing_ok=True)

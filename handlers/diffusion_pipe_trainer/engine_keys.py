@@ -150,7 +150,7 @@ OPTIMIZER_COMMON = {"type", "lr", "gradient_release", "beta2_half_life"}
 # The optimizer names as train.py spells them in its docs/examples (any case is accepted, train.py:656).
 OPTIMIZER_NAMES = ("adamw", "AdamW8bit", "adamw_optimi", "StableAdamW", "sgd", "AdamW8bitKahan", "offload",
                    "automagic", "GenericOptim")
-# Which of the seed's optimizer_betas / optimizer_eps / optimizer_weight_decay each optimizer takes in the seed's
+# Which of the request's optimizer_betas / optimizer_eps / optimizer_weight_decay each optimizer takes in that
 # form (automagic takes eps as a pair, optimizers/automagic.py:42, so a single float is not written for it).
 SEED_OPTIMIZER_KWARGS: dict[str, set[str]] = {
     name: ({"betas", "eps", "weight_decay"} & kwargs) - ({"eps"} if name == "automagic" else set())

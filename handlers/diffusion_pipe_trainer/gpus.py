@@ -19,6 +19,7 @@ import shutil
 import subprocess
 
 from common.jobs import JobError
+from handlers.diffusion_pipe_trainer import settings
 
 _GPU_LINE = re.compile(r"^GPU (\d+): .*\(UUID: (\S+)\)")
 
@@ -50,8 +51,8 @@ def visible_gpu_ids() -> list[int]:
                                                 "nor a UUID that nvidia-smi -L lists; DeepSpeed needs GPU indices")
     else:
         ids = sorted(uuids.values()) or [0]
-    if limit := os.environ.get("TRAINER_NUM_GPUS"):
-        ids = ids[:max(1, int(limit))]
+    if limit := settings.current().num_gpus:
+        ids = ids[:limit]
     return ids
 
 
@@ -76,8 +77,8 @@ def p2p_ok(ids: list[int]) -> bool:
 
 def host_ram_gb() -> float | None:
     """RAM of this worker in GB: `TRAINER_HOST_RAM_GB`, else the smaller of MemTotal and the cgroup limit."""
-    if env := os.environ.get("TRAINER_HOST_RAM_GB"):
-        return float(env)
+    if configured := settings.current().host_ram_gb:
+        return configured
     limits = []
     try:
         with open("/proc/meminfo") as f:

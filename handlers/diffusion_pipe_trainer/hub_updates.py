@@ -1,4 +1,5 @@
-"""Progress written to the output repo's `UPDATES/` folder on the Hugging Face Hub (seed 002).
+"""Progress written to the output repo's `UPDATES/` folder on the Hugging Face Hub
+(docs/diffusion-pipe-trainer.md, "Progress").
 
 RunPod keeps a `/run` result for 30 minutes; the repo keeps `UPDATES/<job_id>.json` (this
 job's latest state, and at the end its download link or error) and `UPDATES/latest.json`
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from typing import Any
 
+from common.jobs import JobError
 from common.redaction import redact
+from handlers.diffusion_pipe_trainer import settings
 
 log = logging.getLogger("trainer.hub_updates")
 
@@ -24,7 +26,7 @@ log = logging.getLogger("trainer.hub_updates")
 def hub_api(token: str):
     from huggingface_hub import HfApi
 
-    return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
+    return HfApi(endpoint=settings.current().hf_endpoint, token=token)
 
 
 def resolve_repo_id(token: str, repo_id: str | None, job_id: str, model_type: str) -> str:
@@ -42,7 +44,7 @@ class HubUpdates:
         self.repo_id = repo_id
         self.job_id = job_id
         self.private = private
-        self.interval_s = float(os.environ.get("HF_UPDATES_INTERVAL_S", "120")) if interval_s is None else interval_s
+        self.interval_s = settings.current().hf_updates_interval_s if interval_s is None else interval_s
         self._pending: dict | None = None
         self._last_stage: str | None = None
         self._last_sent = 0.0
@@ -104,3 +106,38 @@ class HubUpdates:
         if self._thread is not None:
             self._thread.join(timeout=60)
         self._commit(state, f"job {self.job_id}: {state.get('status')}")
+
+
+def start_for(req, job_id: str) -> HubUpdates | None:
+    """UPDATES/ progress when the output goes to the Hub (method huggingface, or auto with a token)."""
+    out = req.output
+    if out is None or req.dry_run or out.method not in ("huggingface", "auto"):
+        return None
+    token = (out.huggingface.token if out.huggingface else None) or settings.current().secret("hf_token")
+    if not token:
+        return None
+    from huggingface_hub.errors import HfHubHTTPError
+
+    hf = out.huggingface
+    try:
+        repo_id = resolve_repo_id(token, hf.repo_id if hf else None, job_id, req.model_type)
+        hub = HubUpdates(token, repo_id, job_id, private=hf.private if hf else True)
+        hub.start()
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if out.method == "huggingface" and status in (401, 403):
+            # found out now rather than after hours of training
+            raise JobError("invalid_input", f"output.huggingface.token: the Hub refused it ({status}); "
+                                            "it needs write access") from None
+        log.warning("UPDATES/ disabled: %s", exc)
+        return None
+    except Exception as exc:  # progress on the Hub is a convenience; the upload reports real failures
+        log.warning("UPDATES/ disabled: %s", exc)
+        return None
+    if hf is None:
+        from common.uploads.spec import HuggingFaceSpec
+
+        out.huggingface = HuggingFaceSpec(token=token, repo_id=repo_id)
+    else:
+        hf.repo_id = repo_id  # the upload goes to the same repo as the updates
+    return hub

@@ -10,16 +10,15 @@ concurrent workers on the same volume from downloading the same weights twice.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
 from common.jobs import JobError
+from handlers.diffusion_pipe_trainer import settings
 from handlers.diffusion_pipe_trainer.models import Fetch
 
 log = logging.getLogger("trainer.models")
 MARKER = ".complete"
-LOCK_TIMEOUT_S = float(os.environ.get("TRAINER_MODEL_LOCK_TIMEOUT_S", str(6 * 3600)))
 
 
 def is_complete(models_dir: Path, item: Fetch) -> bool:
@@ -36,7 +35,7 @@ def ensure(models_dir: Path, item: Fetch, *, token: str | None = None) -> Path:
     locks = models_dir / ".locks"
     locks.mkdir(parents=True, exist_ok=True)
     try:
-        with FileLock(str(locks / (item.local_dir.replace("/", "_") + ".lock")), timeout=LOCK_TIMEOUT_S):
+        with FileLock(str(locks / (item.local_dir.replace("/", "_") + ".lock")), timeout=settings.current().model_lock_timeout_s):
             if is_complete(models_dir, item):  # another worker finished it while we waited
                 return target
             _download(models_dir, item, token)
@@ -65,7 +64,7 @@ def _download(models_dir: Path, item: Fetch, token: str | None) -> None:
             allow_patterns=list(item.allow_patterns) if item.allow_patterns else None,
             ignore_patterns=list(item.ignore_patterns) or None,
             token=token or None,
-            endpoint=os.environ.get("HF_ENDPOINT") or None,  # read per call, not once at import
+            endpoint=settings.current().hf_endpoint,  # read per call, not once at import
         )
     except GatedRepoError:
         raise JobError("download_failed", f"{item.repo_id} is gated: the Hugging Face token's account must accept "

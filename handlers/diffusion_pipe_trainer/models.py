@@ -5,7 +5,8 @@ files fetched into the volume's shared `models/` dir, the `[model]` table of the
 engine's config with `{models}` standing for that dir, dataset defaults, and the
 file name the engine writes into each `epochN/` directory.
 
-Facts come from diffusion-pipe at the pinned commit (see images/diffusion-pipe-trainer/README.md):
+Facts come from tdrussell/diffusion-pipe at the commit the image pins (DIFFUSION_PIPE_COMMIT in
+images/diffusion-pipe-trainer/Dockerfile):
 `type` names in train.py, the `save_adapter` file names in models/*.py, and the key names
 read by each model class (sdxl's `checkpoint_path`, z_image's `split_files/` paths).
 """

@@ -1,6 +1,6 @@
-"""The trainer's job input (seed 002), validated before any download or GPU work.
+"""The trainer's job input (docs/diffusion-pipe-trainer.md, "Request"), validated before any download or GPU work.
 
-`training` keeps the seed's documented keys typed with their defaults and passes any
+`training` keeps the documented keys typed with their defaults and passes any
 other key through to where the engine reads it (engine_keys: top level, `[model]` or
 dataset.toml). Refused here: keys the engine reads nowhere, keys it would reject, keys that
 would break the TOML (null, nested junk) or exceed a bound, and keys the worker owns (paths).
@@ -9,7 +9,6 @@ would break the TOML (null, nested junk) or exceed a bound, and keys the worker 
 from __future__ import annotations
 
 import math
-import os
 import re
 from typing import Any, Literal
 
@@ -17,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from common.jobs import JobError, parse_input
 from common.uploads.spec import UploadSpec
-from handlers.diffusion_pipe_trainer import engine_keys
+from handlers.diffusion_pipe_trainer import engine_keys, settings
 from handlers.diffusion_pipe_trainer.models import MODEL_TYPES, REGISTRY
 
 ModelType = Literal["flux", "sdxl", "wan13", "wan14b_t2v", "wan14b_i2v", "qwen", "z_image_turbo"]
@@ -458,8 +457,8 @@ def optimizer_errors(training: TrainingSpec) -> list[str]:
 
 
 def _env_hf_token() -> str | None:
-    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    return settings.current().secret("hf_token")
 
 
 def _env_gemini_key() -> str | None:
-    return os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
+    return settings.current().secret("gemini_api_key")

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 STEP = re.compile(r"^steps: (\d+) loss: (\S+) .*iter time \(s\): ([\d.]+)")
+# tdrussell/diffusion-pipe at 8f83dbf: utils/saver.py:143, :112; train.py:891, :974 (COMPLETE)
 NEW_EPOCH = re.compile(r"Started new epoch: (\d+)")
 SAVED = re.compile(r"Saving model to directory (\S+)")
 RESUMED = re.compile(r"Resuming training from checkpoint\. Resuming at epoch: (\d+), step: (\d+)")
@@ -20,7 +21,9 @@ DROPPED = re.compile(r"size bucket (.+) is being completely dropped")
 CACHING = re.compile(r"^caching (latents|text embeddings)")
 COMPLETE = "TRAINING COMPLETE!"
 
-# Log text -> what to tell the caller (reference/diffusion-pipe.md section 5, "Errors to map").
+# Log text -> what to tell the caller. The engine's own messages, in tdrussell/diffusion-pipe at 8f83dbf:
+# models/wan/wan.py:291-292 (i2v/flf2v), utils/dataset.py:673 (no images/videos), :814/:820 (too short),
+# :1306 (empty), models/wan/attention.py:107 (flash-attn); the others are PyTorch's, DeepSpeed's and the OS's.
 HINTS = (
     ("CUDA out of memory", "the GPU ran out of memory: lower training.resolution or frame_buckets, set "
                            "transformer_dtype='float8', raise blocks_to_swap, or use a bigger GPU"),

@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shlex
-import signal
 import socket
-import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from common import processes
 from common.jobs import JobError
 from common.redaction import redact_text
+from handlers.diffusion_pipe_trainer import settings
 from handlers.diffusion_pipe_trainer.gpus import p2p_ok
 from handlers.diffusion_pipe_trainer.train_log import TrainProgress, hint_for
 
@@ -35,7 +34,7 @@ TAIL_LINES = 40
 
 
 def engine_dir() -> Path:
-    return Path(os.environ.get("DIFFUSION_PIPE_DIR", "/diffusion-pipe"))
+    return settings.current().engine_dir
 
 
 def free_port() -> int:
@@ -45,7 +44,7 @@ def free_port() -> int:
 
 
 def command(config: Path, *, resume: bool, gpu_ids: list[int], master_port: int) -> list[str]:
-    launcher = shlex.split(os.environ.get("DIFFUSION_PIPE_LAUNCHER", "deepspeed"))
+    launcher = settings.current().launcher
     cmd = [*launcher, f"--include=localhost:{','.join(map(str, gpu_ids))}", f"--master_port={master_port}",
            "train.py", "--deepspeed", "--config", str(config), f"--master_port={master_port}"]
     if resume:
@@ -54,35 +53,15 @@ def command(config: Path, *, resume: bool, gpu_ids: list[int], master_port: int)
 
 
 def child_env(gpu_ids: list[int]) -> dict[str, str]:
-    env = dict(os.environ)
+    """The worker's environment without its secrets (`TRAINER_PASS_ENV` names any the engine needs) and
+    the NCCL/PyTorch settings one node wants."""
+    env = processes.child_env(settings.current().pass_env)
     if len(gpu_ids) > 1 and not p2p_ok(gpu_ids):
         env.setdefault("NCCL_P2P_DISABLE", "1")  # PCIe GPUs without P2P hang NCCL; NVLink pods keep P2P
     env.setdefault("NCCL_IB_DISABLE", "1")  # one node: no InfiniBand
     env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     env["PYTHONUNBUFFERED"] = "1"
-    for secret in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "RUNPOD_AI_API_KEY", "AWS_SECRET_ACCESS_KEY"):
-        env.pop(secret, None)  # the engine needs none of them
     return env
-
-
-def kill_group(pid: int, grace_s: float | None = None) -> None:
-    """SIGTERM the child's process group, then SIGKILL whatever is left after `grace_s` (blocking)."""
-    grace = float(os.environ.get("TRAINER_KILL_GRACE_S", "10")) if grace_s is None else grace_s
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 async def run(cmd: list[str], *, gpu_ids: list[int], progress: TrainProgress, log_file: Path,
@@ -95,51 +74,40 @@ async def run(cmd: list[str], *, gpu_ids: list[int], progress: TrainProgress, lo
     log.info("starting diffusion-pipe: %s (cwd %s)", shlex.join(cmd), cwd)
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *cmd, cwd=str(cwd), env=child_env(gpu_ids), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True, limit=1 << 20,
-        )
+        proc = await processes.spawn(cmd, cwd=cwd, env=child_env(gpu_ids))
     except OSError as exc:
         raise JobError("engine_failed", f"could not start the DeepSpeed launcher: {exc}") from None
+    first = True
 
-    async def pump() -> int:
+    def on_line(line: str, _cut: bool) -> None:
+        nonlocal first
+        if not line:
+            return
+        if first and on_first_line:
+            on_first_line()
+            first = False
+        tail.append(line)
+        if progress.feed(line):
+            on_update(progress)
+
+    async def read_all() -> int:
         assert proc.stdout
-        first = True
-        with open(log_file, "a", encoding="utf-8", errors="replace") as logf:
-            buf = b""
-            while True:
-                chunk = await proc.stdout.read(65536)
-                if not chunk:
-                    break
-                buf += chunk
-                # tqdm redraws with \r; treat it as a line end so bars do not pile up.
-                *lines, buf = buf.replace(b"\r", b"\n").split(b"\n")
-                for raw in lines:
-                    line = raw.decode("utf-8", errors="replace").rstrip()
-                    if not line:
-                        continue
-                    if first and on_first_line:
-                        on_first_line()
-                        first = False
-                    logf.write(line + "\n")
-                    tail.append(line)
-                    if progress.feed(line):
-                        on_update(progress)
-                logf.flush()
+        # tqdm redraws with \r: a line end, so its bars do not pile up into one line
+        with open(log_file, "ab") as logf:
+            await processes.pump(proc.stdout, processes.LineSplitter(on_line, carriage_returns=True), raw=logf)
         return await proc.wait()
 
     try:
-        rc = await asyncio.wait_for(pump(), timeout=timeout_s)
+        rc = await asyncio.wait_for(read_all(), timeout=timeout_s)
     except asyncio.TimeoutError:
-        await asyncio.to_thread(kill_group, proc.pid)
-        await proc.wait()
+        await processes.stop(proc, settings.current().kill_grace_s)
         raise JobError("timeout", f"training ran past the job's time limit of {timeout_s:g} s and was stopped at "
                                   f"epoch {progress.epoch}, step {progress.step}; saved: "
                                   f"{', '.join(progress.saved) or 'nothing yet'} (checkpoints stay on the volume; "
                                   "send 'resume' with this job id to continue)",
                        [redact_text(x) for x in tail][-10:]) from None
     except BaseException:  # cancelled: end the whole group before letting the cancellation through
-        await asyncio.shield(asyncio.to_thread(kill_group, proc.pid))
+        await asyncio.shield(asyncio.to_thread(processes.kill_group, proc.pid, settings.current().kill_grace_s))
         raise
     if rc != 0:
         lines = [redact_text(x) for x in tail]

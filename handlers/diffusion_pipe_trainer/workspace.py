@@ -7,41 +7,25 @@
     <root>/jobs/<job_id>/logs/                    train.log, caption logs
     <root>/training_outputs/<job_id>/<run>/epochN the engine's output (run = its UTC timestamp)
 
-`<root>` is `DIFFUSION_PIPE_WORKING_DIR`, else `/runpod-volume/diffusion_pipe_working_folder`
-when the RunPod network volume is mounted, else `/workspace/...` on a pod, else a local temp dir.
+`<root>` is `DIFFUSION_PIPE_WORKING_DIR`, else `diffusion_pipe_working_folder` on the volume
+(`common.volumes.volume_root`), else in the local temp dir.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-FOLDER = "diffusion_pipe_working_folder"
-_SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
+from common.volumes import safe_job_id
+from handlers.diffusion_pipe_trainer import settings
 
 
 def working_root() -> Path:
-    env = os.environ.get("DIFFUSION_PIPE_WORKING_DIR")
-    if env:
-        return Path(env)
-    for volume in ("/runpod-volume", "/workspace"):
-        if os.path.ismount(volume) or Path(volume, FOLDER).is_dir():
-            return Path(volume) / FOLDER
-    return Path(tempfile.gettempdir()) / FOLDER
+    return settings.current().working_root()
 
 
 def models_dir(root: Path | None = None) -> Path:
-    env = os.environ.get("DIFFUSION_PIPE_MODELS_DIR")
-    return Path(env) if env else (root or working_root()) / "models"
-
-
-def safe_job_id(job_id: str) -> str:
-    """A job id usable as one path component (RunPod ids are already safe; local ones may not be)."""
-    cleaned = _SAFE_ID.sub("_", job_id)[:128].strip(".")
-    return cleaned or "job"
+    return settings.current().models_dir or (root or working_root()) / "models"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any
 from common.hashing import file_sha256
 from common.jobs import JobError, Progress, Timings
 from common.swarmui import SwarmUIError, SwarmUIUnavailable, is_data_url
+from common.volumes import safe_job_id
 from handlers.swarm_worker.runtime import WorkerRuntime
 from handlers.swarm_worker.schema import GenerateInput
 from handlers.swarm_worker.swarm_process import SwarmProcess, SwarmStartError
@@ -129,7 +130,7 @@ def _fetch_init_image(url: str, dest_dir: Path) -> str:
 
 async def run_generate(rt: WorkerRuntime, job: dict, req: GenerateInput, timings: Timings,
                        progress: Progress) -> dict:
-    job_dir = rt.cfg.output_dir / re.sub(r"[^\w.-]+", "_", str(job.get("id") or "job"))
+    job_dir = rt.cfg.output_dir / safe_job_id(job.get("id"))
     initimage = None
     if req.init_image_url:
         with timings.stage("download"):

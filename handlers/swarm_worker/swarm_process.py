@@ -16,7 +16,7 @@ import shlex
 import signal
 import time
 
-from common.redaction import is_sensitive_key
+from common import processes
 from common.swarmui import SwarmUIClient, SwarmUIError
 from handlers.swarm_worker.config import WorkerConfig
 from handlers.swarm_worker.swarm_files import build_model_tree, write_swarm_config
@@ -25,7 +25,6 @@ log = logging.getLogger("swarm.process")
 
 TAIL_LINES = 200
 LINE_KEEP_CHARS = 4096  # of one log line, in the tail and error details (the log file has it all)
-READ_CHUNK = 64 * 1024
 
 
 def child_env() -> dict[str, str]:
@@ -35,9 +34,7 @@ def child_env() -> dict[str, str]:
     worker's secrets in those processes' environment. `SWARMUI_PASS_ENV` (comma-separated names)
     passes chosen ones on anyway, e.g. `HF_TOKEN,CIVITAI_API_KEY` for SwarmUI's model downloads.
     """
-    keep = {n.strip() for n in os.environ.get("SWARMUI_PASS_ENV", "").split(",") if n.strip()}
-    return {k: v for k, v in os.environ.items()
-            if k in keep or not (is_sensitive_key(k) or k.startswith(("RUNPOD_WEBHOOK_", "AWS_", "S3_")))}
+    return processes.child_env(os.environ.get("SWARMUI_PASS_ENV", "").split(","))
 
 
 class SwarmStartError(RuntimeError):
@@ -219,10 +216,7 @@ class SwarmProcess:
         self._tail.clear()
         self.started_at = time.monotonic()
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-                env=env, **spawn_as)
+            self._proc = await processes.spawn(argv, cwd=cwd, env=env, **spawn_as)
         except OSError as exc:
             raise SwarmStartError(f"cannot run SwarmUI launch command {argv[0]!r}: {exc}", []) from None
         self._reader = asyncio.create_task(self._read_output(self._proc))
@@ -233,31 +227,13 @@ class SwarmProcess:
         self._monitor = asyncio.create_task(self._watch(self._proc))
 
     async def _read_output(self, proc: asyncio.subprocess.Process) -> None:
-        """Copy SwarmUI's output to the log file and keep the last lines, reading chunks: a line reader
-        dies on a line longer than its limit, and then the pipe fills and SwarmUI blocks on its next log
-        line. Of each line the first LINE_KEEP_CHARS bytes are kept."""
+        """Copy SwarmUI's output to the log file and keep the last lines (the first LINE_KEEP_CHARS of each)."""
         assert proc.stdout is not None
         self.cfg.log_file.parent.mkdir(parents=True, exist_ok=True)
-        line = bytearray()
-        cut = False
         with self.cfg.log_file.open("ab") as fh:
-            while chunk := await proc.stdout.read(READ_CHUNK):
-                fh.write(chunk)
-                fh.flush()
-                pieces = chunk.split(b"\n")
-                for n, piece in enumerate(pieces, 1):
-                    room = LINE_KEEP_CHARS - len(line)
-                    line += piece[:room]
-                    cut = cut or len(piece) > room
-                    if n < len(pieces):  # a newline ended this piece
-                        self._keep_line(bytes(line), cut)
-                        line.clear()
-                        cut = False
-            if line:
-                self._keep_line(bytes(line), cut)
+            await processes.pump(proc.stdout, processes.LineSplitter(self._keep_line, keep=LINE_KEEP_CHARS), raw=fh)
 
-    def _keep_line(self, raw: bytes, cut: bool) -> None:
-        text = raw.decode("utf-8", "replace").rstrip()
+    def _keep_line(self, text: str, cut: bool) -> None:
         self._tail.append(text + " …(line cut)" if cut else text)
 
     async def _wait_ready(self, proc: asyncio.subprocess.Process, deadline: float) -> None:
@@ -299,7 +275,8 @@ class SwarmProcess:
         self.state = "exited"
         self.error = f"SwarmUI exited unexpectedly with code {code}"
         log.error("%s; last log lines:\n%s", self.error, "\n".join(self.tail(20)))
-        await self._kill_group(proc.pid)
+        # ComfyUI children outlive a crashed SwarmUI
+        processes.signal_group(proc.pid, signal.SIGKILL)
         if self.restarts < self.cfg.max_restarts:
             self.restarts += 1
             log.warning("restarting SwarmUI (restart %d of %d)", self.restarts, self.cfg.max_restarts)
@@ -321,39 +298,12 @@ class SwarmProcess:
         if proc is None:
             return
         if proc.returncode is None:
-            self._signal_group(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), self.cfg.stop_timeout)
-            except asyncio.TimeoutError:
-                log.warning("SwarmUI did not stop within %.0f s; killing it", self.cfg.stop_timeout)
-        await self._kill_group(proc.pid)
-        if proc.returncode is None:
-            await proc.wait()
-        self.last_exit = proc.returncode
+            log.info("stopping SwarmUI (SIGTERM, SIGKILL after %.0f s)", self.cfg.stop_timeout)
+        self.last_exit = await processes.stop(proc, self.cfg.stop_timeout)
         await self._drain_reader()
-
-    async def _kill_group(self, pgid: int) -> None:
-        """Kill what is left of the process group (ComfyUI children outlive a crashed SwarmUI)."""
-        self._signal_group(pgid, signal.SIGKILL)
-
-    @staticmethod
-    def _signal_group(pgid: int, sig: int) -> None:
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def _kill_group_now(self) -> None:
         """atexit: the worker is exiting, take SwarmUI and its children with it."""
         self._stopping = True
-        proc = self._proc
-        if proc is not None:
-            self._signal_group(proc.pid, signal.SIGTERM)
-            deadline = time.monotonic() + 3
-            while time.monotonic() < deadline:
-                try:
-                    os.killpg(proc.pid, 0)
-                except (ProcessLookupError, PermissionError):
-                    return
-                time.sleep(0.05)
-            self._signal_group(proc.pid, signal.SIGKILL)
+        if self._proc is not None:
+            processes.kill_group(self._proc.pid, 3)

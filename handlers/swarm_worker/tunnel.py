@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import re
-import signal
+
+from common import processes
 
 log = logging.getLogger("swarm.tunnel")
 
 URL_RE = re.compile(r"https://[-a-z0-9]+\.trycloudflare\.com")
+STOP_GRACE_S = 5.0
 
 
 class TunnelError(RuntimeError):
@@ -35,12 +36,11 @@ class QuickTunnel:
 
     async def start(self) -> str:
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                self.binary, "tunnel", "--no-autoupdate", "--url", self.local_url,
-                # a TLS gateway carries a certificate for the instance's public address, not for 127.0.0.1
-                *(["--no-tls-verify"] if self.local_url.startswith("https://") else []),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True)
+            self._proc = await processes.spawn(
+                [self.binary, "tunnel", "--no-autoupdate", "--url", self.local_url,
+                 # a TLS gateway carries a certificate for the instance's public address, not for 127.0.0.1
+                 *(["--no-tls-verify"] if self.local_url.startswith("https://") else [])],
+                env=processes.child_env(), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         except OSError as exc:
             raise TunnelError(f"cannot run {self.binary!r}: {exc}") from None
         found: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -56,24 +56,19 @@ class QuickTunnel:
 
     async def _read(self, found: asyncio.Future[str]) -> None:
         assert self._proc and self._proc.stderr
-        async for raw in self._proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip()
+
+        def on_line(line: str, _cut: bool) -> None:
             self._tail.append(line)
             m = URL_RE.search(line)
             if m and not found.done():
                 found.set_result(m.group(0))
+
+        await processes.pump(self._proc.stderr, processes.LineSplitter(on_line, keep=4096))
         if not found.done():
             found.set_exception(TunnelError("cloudflared exited: " + " | ".join(self._tail)))
 
     async def stop(self) -> None:
         if self._proc and self._proc.returncode is None:
-            try:
-                os.killpg(self._proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                await asyncio.wait_for(self._proc.wait(), 5)
-            except asyncio.TimeoutError:
-                os.killpg(self._proc.pid, signal.SIGKILL)
+            await processes.stop(self._proc, STOP_GRACE_S)
         if self._reader:
             self._reader.cancel()

@@ -8,11 +8,11 @@
 # Extra arguments go to the Python entry point (e.g. --test_input '{"input": {...}}').
 #
 # Environment (defaults): APP_DIR (/app, else this script's repository), PYTHON (python3, the
-# model env), VAST_PYTHON ($APP_DIR/.venv-vast/bin/python), MODELS_DIR (/workspace/models),
-# MODEL_LOG (/workspace/logs/model_server.log), MODEL_SERVER_HOST/PORT (127.0.0.1 / 5001; binding
-# beyond loopback needs MODEL_SERVER_TOKEN, and vast mode keeps it on loopback: every port a vast.ai
-# instance exposes is public, and the front forwards without a token),
-# PRELOAD_MODEL (lightning), FETCH_ON_START (1: fetch PRELOAD_MODEL's files before serving),
+# model env), VAST_PYTHON ($APP_DIR/.venv-vast/bin/python); MODELS_DIR, MODEL_LOG and the other
+# settings the Python side reads take their defaults from handlers/controlnet_pyworker/settings.py
+# (this script asks it for MODEL_LOG); MODEL_SERVER_HOST: vast mode keeps it on loopback (every port
+# a vast.ai instance exposes is public, and the front forwards without a token);
+# PRELOAD_MODEL (the manifest's default variant), FETCH_ON_START (1: fetch PRELOAD_MODEL's files before serving),
 # WORKER_PORT (3000), PYWORKER_DIR (/workspace: the front's working directory, .has_benchmark),
 # USE_SSL (true, as in vast's own start script: the instance certificate is made and signed by vast.ai
 # before the front starts; false serves plain HTTP, prompts and images unencrypted), VAST_TLS_DIR (/etc),
@@ -26,9 +26,6 @@ fi
 PYTHON="${PYTHON:-python3}"
 VAST_PYTHON="${VAST_PYTHON:-$APP_DIR/.venv-vast/bin/python}"
 export PYTHONPATH="$APP_DIR${PYTHONPATH:+:$PYTHONPATH}"
-export MODELS_DIR="${MODELS_DIR:-/workspace/models}"
-export MODEL_LOG="${MODEL_LOG:-/workspace/logs/model_server.log}"
-export MODEL_SERVER_PORT="${MODEL_SERVER_PORT:-5001}"
 export WORKER_PORT="${WORKER_PORT:-3000}"
 
 mode="${CONTROLNET_MODE:-auto}"
@@ -40,9 +37,9 @@ if [[ "$mode" == auto ]]; then
     fi
 fi
 
-fetch_preload() {
-    if [[ "${FETCH_ON_START:-1}" == 1 && "${PRELOAD_MODEL:-lightning}" != none ]]; then
-        "$PYTHON" -m scripts.fetch_models --variant "${PRELOAD_MODEL:-lightning}"
+fetch_preload() {   # PRELOAD_MODEL's files (unset: the manifest's default variant; none: nothing)
+    if [[ "${FETCH_ON_START:-1}" == 1 ]]; then
+        "$PYTHON" -m handlers.controlnet_pyworker.fetch --preload
     fi
 }
 
@@ -60,6 +57,7 @@ case "$mode" in
         # One front per instance: a second start (on-start script + supervisor) would fight for WORKER_PORT.
         exec 9>"${CONTROLNET_LOCK_FILE:-/tmp/controlnet-pyworker.lock}"
         if ! flock -n 9; then echo "controlnet-pyworker is already running on this instance" >&2; exit 0; fi
+        eval "$("$PYTHON" -m handlers.controlnet_pyworker.settings MODEL_LOG)"
         mkdir -p "$(dirname "$MODEL_LOG")"
         : > "$MODEL_LOG"   # no stale ready line from an earlier boot reaches the front
         cd "$APP_DIR"

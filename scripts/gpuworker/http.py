@@ -1,4 +1,5 @@
-"""JSON-over-HTTP calls with the retries every cloud API here needs (429 and 5xx, honouring Retry-After).
+"""JSON-over-HTTP calls with the retries every cloud API here needs (429 and 5xx, honouring Retry-After
+as `common.retries` reads it).
 
 A request that creates something (a RunPod job, a vast.ai instance) is retried only when the
 service cannot have acted on it: 429, 503, or a connection that was never established. A 502
@@ -16,13 +17,13 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 from urllib3.exceptions import NewConnectionError
 
+from common import retries
 from scripts.gpuworker.console import CliError, mask_keys
 
 
@@ -84,19 +85,6 @@ def _never_connected(exc: requests.RequestException) -> bool:
     return isinstance(exc, requests.ConnectionError) and isinstance(reason, NewConnectionError)
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
 def error_text(resp: requests.Response) -> str:
     """The service's own error message from a JSON body (`error`, `msg`, `message`), else the text."""
     try:
@@ -153,7 +141,7 @@ class JsonApi:
                 never_connected = _never_connected(exc)
                 network_failures += 1
                 if network_failures <= NETWORK_RETRIES and (not creates or never_connected):
-                    wait = min(MAX_BACKOFF, self.backoff * 2 ** (network_failures - 1))
+                    wait = retries.backoff(network_failures, base=self.backoff, cap=MAX_BACKOFF)
                     announce(f"{self.service} {route}: {_failure(exc)}; retrying in {wait:g} s "
                              f"({network_failures}/{NETWORK_RETRIES})")
                     self.sleep(wait)
@@ -165,8 +153,8 @@ class JsonApi:
                 raise Unreachable(f"{self.service} {route}: {what} ({_failure(exc)}); "
                                f"gave up after {network_failures} attempt(s)") from None
             if resp.status_code in (RETRY_STATUS_UNSAFE if creates else RETRY_STATUS) and attempt < self.retries:
-                wait = _retry_after(resp.headers.get("Retry-After"))
-                wait = min(MAX_BACKOFF, wait if wait is not None else self.backoff * 2 ** attempt)
+                wait = retries.delay(attempt + 1, base=self.backoff, cap=MAX_BACKOFF,
+                                     server_wait=retries.retry_after(resp.headers.get("Retry-After")))
                 announce(f"{self.service} {route}: HTTP {resp.status_code}; retrying in {wait:g} s "
                          f"({attempt + 1}/{self.retries})")
                 self.sleep(wait)

@@ -4,78 +4,62 @@ checksummed), or with a trainer model's Hugging Face weights the way the trainer
 from __future__ import annotations
 
 import argparse
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.hashing import file_sha256
-from scripts.gpuworker.console import CliError, Console
+from scripts.gpuworker.console import CliError, Console, register_key
 
 if TYPE_CHECKING:
-    from scripts.gpuworker.manifest import ModelFile
+    from common.model_files import ModelFile
 
 DEFAULT_MAX_BYTES = 1 << 40  # 1 TiB: a manifest entry without `size` is not capped further
 
 
-def shown(url: str) -> str:
-    return url.split("?", 1)[0]
-
-
 class Fetcher:
+    """`common.model_files.fetch_file` with a progress bar per file; a failure is a record, not a raise."""
+
     def __init__(self, dest: Path, bar: Any, *, verify_existing: bool, allow_private: bool):
         self.dest = dest
         self.bar = bar
         self.verify_existing = verify_existing
         self.allow_private = allow_private
-        self.lock = threading.Lock()
-
-    def existing(self, item: ModelFile, target: Path) -> str | None:
-        """'present' when the file on the volume is the right one; else why it is fetched again."""
-        size = target.stat().st_size
-        if item.size is not None and size != item.size:
-            return f"size {size} != {item.size}"
-        if item.sha256 and self.verify_existing:
-            task = self.bar.add_task(f"verify {item.path}", total=size)
-            digest = file_sha256(target, lambda n: self.bar.advance(task, n))
-            self.bar.remove_task(task)
-            if digest != item.sha256:
-                return "sha256 differs"
-        return None
 
     def fetch(self, item: ModelFile) -> dict:
-        from common.downloads import download
         from common.jobs import JobError
+        from common.model_files import fetch_file
 
         target = self.dest / item.path
-        record: dict[str, Any] = {"path": item.path, "url": shown(item.url)}
-        if target.is_file():
-            why = self.existing(item, target)
-            if why is None:
-                return {**record, "status": "present", "bytes": target.stat().st_size}
-            record["replaced"] = why
-            target.unlink()
-        task = self.bar.add_task(item.path, total=item.size)
+        verify = None
+        if target.is_file() and item.sha256 and self.verify_existing:
+            verify = self.bar.add_task(f"verify {item.path}", total=target.stat().st_size)
+        task = None
 
         def progress(done: int, total: int | None) -> None:
+            nonlocal task
+            if task is None:
+                task = self.bar.add_task(item.path, total=item.size)
             self.bar.update(task, completed=done, total=total if total is not None else item.size)
 
         try:
-            download(item.url, target, max_bytes=item.size or DEFAULT_MAX_BYTES, sha256=item.sha256,
-                     headers=item.headers or None, progress=progress, allow_private=self.allow_private)
+            return fetch_file(item, self.dest, verify_existing=self.verify_existing, max_bytes=DEFAULT_MAX_BYTES,
+                              allow_private=self.allow_private, progress=progress,
+                              on_hashed=(lambda n: self.bar.advance(verify, n)) if verify is not None else None)
         except JobError as exc:
+            if task is None:
+                task = self.bar.add_task(item.path, total=item.size)
             self.bar.update(task, description=f"[red]failed[/red] {item.path}")
-            return {**record, "status": "failed", "error": exc.message}
-        size = target.stat().st_size
-        if item.size is not None and size != item.size:
-            target.unlink()
-            return {**record, "status": "failed", "error": f"got {size} bytes, manifest says {item.size}"}
-        return {**record, "status": "fetched", "bytes": size, **({"sha256": item.sha256} if item.sha256 else {})}
+            return {"path": item.path, "url": item.source.split("?", 1)[0], "status": "failed", "error": exc.message}
+        finally:
+            if verify is not None:
+                self.bar.remove_task(verify)
 
 
 def cmd_fetch(args: argparse.Namespace, console: Console) -> int:
+    from common.model_files import gcs_token
     from scripts.gpuworker.manifest import load_manifest  # pydantic: not needed for --help
 
+    register_key(gcs_token() or "")
     files = load_manifest(Path(args.manifest), variant=args.variant)
     if args.only:
         files = [f for f in files if any(part in f.path for part in args.only)]
@@ -141,7 +125,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     cmds = group.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = cmds.add_parser("fetch", parents=[common], help="download what a manifest lists into --dest")
-    p.add_argument("manifest", help="manifest JSON (see `gpuworker models fetch --help` / README)")
+    p.add_argument("manifest", help="manifest JSON (formats: docs/gpuworker.md#model-volumes)")
     p.add_argument("--dest", required=True, help="volume folder the manifest's paths are relative to")
     p.add_argument("-j", "--jobs", type=int, default=4, help="parallel downloads (default 4)")
     p.add_argument("--variant", help="controlnet-pyworker manifest: only what this variant needs (e.g. lightning)")

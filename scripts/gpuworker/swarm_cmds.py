@@ -16,7 +16,7 @@ from scripts.gpuworker.console import CliError, Console
 from scripts.gpuworker.runpod_api import Endpoint, api_key_from_env
 from scripts.gpuworker.swarm_wake import release, release_hint, shutdown, wake
 
-# Wan 2.2 image-to-video with the LightX2V 4-step LoRA (seed 004): 81 frames ≈ 5 s at 16 fps.
+# Wan 2.2 image-to-video with the LightX2V 4-step LoRA: 81 frames ≈ 5 s at 16 fps.
 WAN_FRAMES, WAN_CFG, WAN_STEPS, WAN_FPS = 81, 3.5, 4, 16
 MAX_INIT_IMAGE_BYTES = 100 * 1024 * 1024
 IMAGE_MAGIC = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"GIF8": "image/gif", b"BM": "image/bmp"}

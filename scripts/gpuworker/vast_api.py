@@ -1,4 +1,4 @@
-"""vast.ai's REST API for instances (reference/vastai-pyworker.md §9), with `requests`.
+"""vast.ai's REST API for instances (https://docs.vast.ai/api-reference), with `requests`.
 
 The `vastai` package is not used here: its exact pins clash with `runpod`, so it lives in
 its own virtual environment; these few routes are plain JSON. Routes and fields follow the

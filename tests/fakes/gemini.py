@@ -1,6 +1,8 @@
 """Local stand-in for the Gemini API (Files API + generateContent), for tests only.
 
-Follows the routes google-genai 3.x uses (reference/uploads.md section 5):
+Follows the routes google-genai 3.6.1 uses (googleapis/python-genai: `google/genai/files.py:273`
+upload start, `:632-638` the upload URL header, `:366` / `:446` get / delete, `models.py:4545`
+generateContent; `_api_client.py:1337` the `x-goog-api-key` header; https://ai.google.dev/api/files):
 - `POST /upload/{ver}/files` with `X-Goog-Upload-Command: start` -> `X-Goog-Upload-URL` header
 - `POST <that URL>` with `X-Goog-Upload-Command: upload, finalize` + the bytes -> `{"file": {... "PROCESSING"}}`
 - `GET /{ver}/files/{id}` -> the file; PROCESSING for `processing_polls` polls, then ACTIVE
@@ -20,7 +22,9 @@ import re
 import threading
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.fakes.threaded_http import BackgroundServer
 
 FAIL_MARKER = b"GEMINI_FAIL"
 
@@ -181,20 +185,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(404, "NOT_FOUND", f"no route {path}")
 
 
-class FakeGemini:
+class FakeGemini(BackgroundServer):
     """`with FakeGemini() as g:` -> a running server; `g.base_url`, `g.state`."""
 
     def __init__(self, state: GeminiState | None = None) -> None:
         self.state = state or GeminiState()
-        handler = type("Handler", (_Handler,), {"state": self.state})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeGemini:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(_Handler, self.state)
+        self.base_url = self.url

@@ -1,6 +1,8 @@
 """A Hugging Face Hub stand-in that the real `huggingface_hub` client can create repos and commit to.
 
-Routes (reference/uploads.md section 1): `GET /api/whoami-v2`, `POST /api/repos/create`
+Routes, as huggingface_hub 2.4.0 calls them (huggingface/huggingface_hub `src/huggingface_hub/hf_api.py:2262`
+whoami, `:4663` create_repo, `:4023` tree; `_commit_api.py:764` preupload, `:1056` commit;
+`utils/_http.py:871-888` X-Error-Code GatedRepo): `GET /api/whoami-v2`, `POST /api/repos/create`
 (409 with the url when it exists), `POST /api/{type}s/{repo}/preupload/{rev}` (every file
 "regular", so content is inlined in the commit and no LFS/Xet is involved),
 `POST /api/{type}s/{repo}/commit/{rev}` (NDJSON), and downloads at

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 from requests.structures import CaseInsensitiveDict
 
+from tests.fakes.threaded_http import LocalService
+
 
 @dataclass
 class Route:
@@ -57,19 +59,20 @@ class _QuietServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-class FileServer:
+class FileServer(LocalService):
     """`with FileServer() as srv: srv.add("/a.bin", Route(data)); srv.url("/a.bin")`."""
 
     def __init__(self):
         self.routes: dict[str, Route] = {}
         self.requests: list[Seen] = []
         self._lock = threading.Lock()
-        self._httpd = _QuietServer(("127.0.0.1", 0), _handler_for(self))
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self.bind()
 
-    @property
-    def port(self) -> int:
-        return self._httpd.server_address[1]
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _handler_for(self)
+
+    def _server(self, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+        return _QuietServer(("127.0.0.1", 0), handler)
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -81,14 +84,6 @@ class FileServer:
     def seen(self, path: str) -> list[Seen]:
         with self._lock:
             return [r for r in self.requests if urlsplit(r.path).path == path]
-
-    def __enter__(self) -> FileServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
 
 def _handler_for(server: FileServer):

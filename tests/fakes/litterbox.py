@@ -1,4 +1,4 @@
-"""A litterbox.catbox.moe stand-in following its documented behaviour (reference/uploads.md section 3).
+"""A litterbox.catbox.moe stand-in following its documented behaviour (https://litterbox.catbox.moe/tools.php).
 
 `POST /resources/internals/api.php` multipart (`reqtype=fileupload`, `time`, `fileToUpload`)
 -> 200 with the plain-text link `{base}/files/<key>.<ext>`, which `GET` serves. Like the real
@@ -7,7 +7,7 @@ service it answers mistakes with text and status 200 (`reqtype` missing, `time` 
 
 `HostState.mode` switches failures on (shared with the transfer.sh stand-in): "ok", "500",
 "hang" (no answer until past the client's read timeout), "text" (200 with a non-link body, as
-Cloudflare challenge pages arrive).
+Cloudflare challenge pages arrive); `busy` answers that many requests 429 with a Retry-After first.
 """
 
 from __future__ import annotations
@@ -32,11 +32,16 @@ class HostState:
     files: dict[str, bytes] = field(default_factory=dict)
     requests: list[dict] = field(default_factory=list)
     base_url: str = ""
+    busy: int = 0  # the next `busy` requests are answered 429 with `Retry-After: retry_after`
+    retry_after: str = "1"
 
 
 def answer_failure(handler: BaseHTTPRequestHandler, state: HostState) -> bool:
-    """Answer as the failure `state.mode` asks for; False in mode "ok"."""
-    if state.mode == "500":
+    """Answer as the failure `state.mode` asks for (or 429 while `state.busy`); False in mode "ok"."""
+    if state.busy:
+        state.busy -= 1
+        reply(handler, 429, "slow down", headers={"Retry-After": state.retry_after})
+    elif state.mode == "500":
         reply(handler, 500, "<html>Internal Server Error</html>", "text/html")
     elif state.mode == "hang":
         time.sleep(state.hang_seconds)

@@ -1,4 +1,5 @@
-"""A local stand-in for RunPod's client-facing serverless endpoint API (reference/runpod.md §2, §7, §8).
+"""A local stand-in for RunPod's client-facing serverless endpoint API
+(https://docs.runpod.io/serverless/endpoints/operations, https://docs.runpod.io/serverless/endpoints/send-requests).
 
 Routes, under `/v2/<endpoint_id>/`:
 - `POST run` `{"input": ..., "webhook"?, "policy"?}` -> `{"id", "status": "IN_QUEUE"}`; a body

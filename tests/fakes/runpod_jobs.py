@@ -2,7 +2,12 @@
 
 The SDK (1.12) reads its webhook URLs from the environment at import time, so a handler
 is run as a subprocess (`launch_handler`) with `server.env()` pointing it here. What the
-server speaks (reference/runpod.md section 6):
+server speaks is what runpod-python 1.12.0 sends (runpod/runpod-python, tag 1.12.0):
+`runpod/serverless/modules/rp_job.py:23` (job-take URL from RUNPOD_WEBHOOK_GET_JOB),
+`:116-122` (job-take-batch, `job_in_progress`), `:145` (204: no job), `:37-39` (job-stop);
+`rp_http.py:17,22` (job-done / job-stream URLs), `:38-44` (JSON sent as form-urlencoded),
+`:63` (`isStream`); `rp_ping.py:29` (ping); `runpod/http_client.py:20-30` (the raw key in
+`Authorization`).
 
 - `GET  /v2/<ep>/job-take/<worker>?...&job_in_progress=0|1` -> a queued job as JSON
   `{"id", "input", ...}`, or 204 after a short long-poll; `/job-take-batch/` -> a JSON list.

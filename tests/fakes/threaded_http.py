@@ -1,10 +1,19 @@
-"""Run a `BaseHTTPRequestHandler` class on 127.0.0.1 in a background thread."""
+"""Local servers for tests on 127.0.0.1: `LocalService` (the base of the stand-ins), `free_port()`
+for servers started as processes, and helpers to read and answer requests."""
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 free right now (for a process that binds it itself)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class _Server(ThreadingHTTPServer):
@@ -12,22 +21,6 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address):  # clients time out and hang up on purpose in tests
         pass
-
-
-class BackgroundServer:
-    def __init__(self, handler: type[BaseHTTPRequestHandler], state: object):
-        bound = type(handler.__name__, (handler,), {"state": state})  # one state per server
-        self.httpd = _Server(("127.0.0.1", 0), bound)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> BackgroundServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def read_body(handler: BaseHTTPRequestHandler) -> bytes:
@@ -53,19 +46,22 @@ def reply(handler: BaseHTTPRequestHandler, status: int, body: bytes | str = b"",
 
 
 class LocalService:
-    """Base of the stand-ins that route every request through one `_dispatch(handler, method)`.
+    """The base of every stand-in server: 127.0.0.1, a free port, a daemon thread.
 
-    `start()` serves on a free port of 127.0.0.1 in a daemon thread (HTTP/1.1 keep-alive);
-    `close()` stops it; `origin` is `http://127.0.0.1:<port>`. Usable as a context manager.
+    Subclasses route every request through `_dispatch(handler, method)` (HTTP/1.1 keep-alive), or
+    give their own request handler class (`_handler_class`) or server (`_server`). `bind()` takes
+    the port (so `origin` is known before serving), `start()` binds and serves, `close()` stops;
+    usable as a context manager.
     """
 
     methods: tuple[str, ...] = ("GET", "POST")
     _httpd: ThreadingHTTPServer | None = None
+    _port: int | None = None
 
     def _dispatch(self, handler: BaseHTTPRequestHandler, method: str) -> None:
         raise NotImplementedError
 
-    def start(self):
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         service = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -76,14 +72,30 @@ class LocalService:
 
         for method in self.methods:
             setattr(Handler, f"do_{method}", lambda h, m=method: service._dispatch(h, m))
-        self._httpd = _Server(("127.0.0.1", 0), Handler)
+        return Handler
+
+    def _server(self, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+        return _Server(("127.0.0.1", 0), handler)
+
+    def bind(self):
+        if self._httpd is None:
+            self._httpd = self._server(self._handler_class())
+            self._port = self._httpd.server_address[1]
+        return self
+
+    def start(self):
+        self.bind()
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return self
 
     @property
+    def port(self) -> int:
+        """The port taken by `bind()` (still known after `close()`)."""
+        return self._port
+
+    @property
     def origin(self) -> str:
-        assert self._httpd is not None, "server not started"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
     def close(self) -> None:
         if self._httpd is not None:
@@ -96,3 +108,15 @@ class LocalService:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class BackgroundServer(LocalService):
+    """A `BaseHTTPRequestHandler` class served with its own `state` (the class attribute the
+    handler reads); bound at once, so `url` is known before `with` starts serving."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], state: object):
+        self._bound = type(handler.__name__, (handler,), {"state": state})  # one state per server
+        self.url = self.bind().origin
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return self._bound

@@ -1,4 +1,5 @@
-"""A self-hosted transfer.sh stand-in following its documented behaviour (reference/uploads.md section 4).
+"""A self-hosted transfer.sh stand-in following its documented behaviour (dutchcoders/transfer.sh README.md,
+https://github.com/dutchcoders/transfer.sh#usage).
 
 `PUT /<name>` (also `/put/<name>`, `/upload/<name>`) with `Max-Days` -> 200 text link
 `{base}/<token>/<name>` and header `X-Url-Delete`; `GET /<token>/<name>` and

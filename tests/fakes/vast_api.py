@@ -1,4 +1,4 @@
-"""A local stand-in for vast.ai's REST API (reference/vastai-pyworker.md §9), for tests.
+"""A local stand-in for vast.ai's REST API (https://docs.vast.ai/api-reference), for tests.
 
 What it mimics, and where that behaviour is written down. `CLI` is `vast-ai/vast-cli` `vast.py` at
 55679830a2c2adcf5c7fad08bf08717a9591062a; `DOCS` is `vast-ai/docs` at
@@ -95,7 +95,7 @@ DEFAULT_OFFERS = [
 ]
 
 SWARMUI_HASH = "7a42a1fc4f8062a63bbcdbbc9cd65b42"
-# vast's SwarmUI template (seed 004) as its fields read (DOCS creating-and-using-templates-with-api.mdx
+# vast's SwarmUI template as its fields read (DOCS creating-and-using-templates-with-api.mdx
 # "Template Fields Reference"): a vast base image whose Instance Portal fronts SwarmUI on 7801 with the
 # OPEN_BUTTON_TOKEN proxy (vast-ai/base-image README "Authentication"; DOCS guides/instances/connect/
 # instance-portal.mdx "Configuration"), started by vast's entrypoint in jupyter mode.

@@ -1,6 +1,8 @@
 """A local stand-in for the vast.ai serverless autoscaler, as the `vastai` PyWorker sees it.
 
-Routes (reference/vastai-pyworker.md sections 5 and 8):
+Routes, as the vastai 1.9.1 package calls them (`vastai/serverless/server/lib/backend.py:393-409`
+/pubkey/, `lib/metrics.py:281` /worker_status/, `lib/metrics.py:183` /delete_requests/,
+`vastai/serverless/client/endpoint.py:182` /route/):
 - `GET  /pubkey/`          PEM of this autoscaler's RSA public key (the worker verifies requests with it)
 - `POST /worker_status/`   the worker's periodic report (recorded; 200)
 - `POST /delete_requests/` finished requests (recorded; 200)
@@ -10,7 +12,7 @@ Routes (reference/vastai-pyworker.md sections 5 and 8):
                            a wrong api_key -> 401.
 
 Signatures are PKCS#1 v1.5 over SHA-256 of `json.dumps({"url": url}, indent=4, sort_keys=True)`,
-base64-encoded, exactly what the worker checks (only `url` is signed).
+base64-encoded, exactly what the worker checks (only `url` is signed; `lib/backend.py:791-815`).
 """
 
 from __future__ import annotations

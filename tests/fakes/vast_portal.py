@@ -20,14 +20,13 @@ import ipaddress
 import socket
 import ssl
 import tempfile
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import requests
 
-from tests.fakes.threaded_http import reply
+from tests.fakes.threaded_http import LocalService, reply
 
 HTTPS_REFUSAL = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
 
@@ -55,7 +54,7 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-class OpenButtonProxy:
+class OpenButtonProxy(LocalService):
     def __init__(self, target: str, *, token: str, https: bool = False, label: str = "C.12345"):
         self.target = target.rstrip("/")
         self.token = token
@@ -80,7 +79,7 @@ class OpenButtonProxy:
                 return False
         return f"{self.cookie}={self.token}" in h.headers.get("Cookie", "")
 
-    def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
+    def _dispatch(self, h: BaseHTTPRequestHandler, method: str) -> None:
         if getattr(h.request, "plain_on_tls", False):
             self.clear_credentials += bool(h.headers.get("Authorization") or "token=" in h.path)
             h.wfile.write(HTTPS_REFUSAL)
@@ -99,20 +98,8 @@ class OpenButtonProxy:
                                     headers={"Content-Type": h.headers.get("Content-Type", "application/json")})
         reply(h, upstream.status_code, upstream.content, upstream.headers.get("Content-Type", "text/plain"))
 
-    def start(self) -> OpenButtonProxy:
+    def _server(self, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
         proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                proxy._handle(self, "GET")
-
-            def do_POST(self) -> None:
-                proxy._handle(self, "POST")
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
@@ -131,24 +118,11 @@ class OpenButtonProxy:
             def handle_error(self, request, client_address):  # clients hang up on a bad certificate
                 pass
 
-        self._httpd = Server(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return self
-
-    @property
-    def port(self) -> int:
-        return self._httpd.server_address[1]
+        return Server(("127.0.0.1", 0), handler)
 
     def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().close()
         self._tmp.cleanup()
-
-    def __enter__(self) -> OpenButtonProxy:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class _PlainOnTls(socket.socket):
