@@ -569,6 +569,7 @@ def test_where_the_worker_is_reached_comes_from_its_config(tmp_path, monkeypatch
     from handlers.swarm_worker.config import WorkerConfig
     from handlers.swarm_worker.lease_control import vast_public_url
     from handlers.swarm_worker.standalone import direct_base_url, tunnel_binary
+    from handlers.swarm_worker.tunnel import TunnelError
 
     for name in ("RUNPOD_POD_ID", "SWARM_PUBLIC_URL", "SWARMUI_TLS_CERT", "SWARMUI_TLS_KEY", "SWARM_MODEL_DOWNLOAD_ROOT",
                  "SWARM_URL_FILE", "SWARM_CLOUDFLARED_BIN"):
@@ -590,8 +591,8 @@ def test_where_the_worker_is_reached_comes_from_its_config(tmp_path, monkeypatch
     monkeypatch.setenv("SWARM_TUNNEL", "cloudflared")
     assert tunnel_binary(WorkerConfig.from_env()) == "/bin/true"
     monkeypatch.setenv("SWARM_TUNNEL", "ngrok")
-    with pytest.raises(ValueError, match="SWARM_TUNNEL: expected one of auto, cloudflared, none"):
-        WorkerConfig.from_env()
+    with pytest.raises(TunnelError, match="SWARM_TUNNEL: expected auto, cloudflared or none, got 'ngrok'"):
+        tunnel_binary(WorkerConfig.from_env())
     monkeypatch.delenv("PUBLIC_IPADDR")
     monkeypatch.setenv("SWARM_TUNNEL", "none")
     with pytest.raises(ValueError, match="PUBLIC_IPADDR and VAST_TCP_PORT_7801 must be set"):

@@ -204,7 +204,7 @@ class WorkerConfig:
             lease_control_port=lease_control_port(),
             model_manifest=_env("SWARM_MODEL_MANIFEST"),
             model_download_root=Path(_env("SWARM_MODEL_DOWNLOAD_ROOT") or roots[0]),
-            tunnel=_choice("SWARM_TUNNEL", ("auto", "cloudflared", "none"), "auto"),
+            tunnel=(_env("SWARM_TUNNEL") or "auto").lower(),  # checked by standalone.tunnel_binary, its only user
             cloudflared_bin=_env("SWARM_CLOUDFLARED_BIN"),
             url_file=Path(_env("SWARM_URL_FILE") or work_dir / "public_url.txt"),
         )

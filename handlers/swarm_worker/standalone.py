@@ -46,6 +46,8 @@ def direct_base_url(cfg: WorkerConfig) -> str:
 
 def tunnel_binary(cfg: WorkerConfig) -> str | None:
     """cloudflared for a quick tunnel (SWARM_TUNNEL), or None for no tunnel."""
+    if cfg.tunnel not in ("auto", "cloudflared", "none"):
+        raise TunnelError(f"SWARM_TUNNEL: expected auto, cloudflared or none, got {cfg.tunnel!r}")
     binary = cfg.cloudflared_bin or shutil.which("cloudflared")
     if cfg.tunnel == "cloudflared" and not binary:
         raise TunnelError("SWARM_TUNNEL=cloudflared but no cloudflared binary (set SWARM_CLOUDFLARED_BIN)")
