@@ -375,6 +375,36 @@ def test_cancelled_lease_job_releases_at_once(worker):
     assert lease is None and still_valid is None
 
 
+def test_a_lease_granted_as_its_job_is_cancelled_is_released(worker):
+    """The cancel lands after the runtime granted the lease but before the job's loop took the answer
+    (the job's loop is held up meanwhile, as on a loaded machine): the granted lease is released all the same."""
+    from handlers.swarm_worker.handler import handler
+
+    async def go():
+        task = asyncio.create_task(handler({"id": "cancel-at-grant", "input": {"action": "lease", "idle_seconds": 60,
+                                                                              "startup_grace_seconds": 60}}))
+        rt = runtime()
+        assert rt.leases.current is None
+        deadline = time.monotonic() + 10
+        while rt.leases.current is None and time.monotonic() < deadline:  # the runtime is granting it
+            await asyncio.sleep(0)
+        # From here this loop is blocked: the grant completes on the runtime's loop and its answer waits
+        # in this loop's queue when the cancel lands.
+        while rt.leases.current.published is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.05)
+        token = rt.leases.current.token
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        while rt.leases.current is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return rt.leases.current, rt.gateway._match(token)
+
+    lease, still_valid = asyncio.run(go())
+    assert lease is None and still_valid is None
+
+
 def test_hold_outlasts_a_running_generation(worker):
     ready = call({"action": "ready"})
     done = {}

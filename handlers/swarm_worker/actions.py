@@ -9,6 +9,8 @@ progress update, then the release, which is the job's output.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -79,7 +81,14 @@ async def lease_session(job: dict) -> AsyncIterator[dict]:
         return
     rt = get_runtime()
     leases = rt.leases
-    lease, first = await rt.call(leases.begin(req.idle_seconds, req.startup_grace_seconds, req.max_lease_seconds))
+    granting = rt.submit(leases.begin(req.idle_seconds, req.startup_grace_seconds, req.max_lease_seconds))
+    try:
+        lease, first = await asyncio.wrap_future(granting)
+    except asyncio.CancelledError:
+        # Cancelled in the instant the runtime finished granting: the lease exists though this job never
+        # saw it. (A grant still in progress is cancelled with the job and releases itself in `begin`.)
+        granting.add_done_callback(lambda done: _release_unseen(rt, done))
+        raise
     if lease is None:
         yield first
         return
@@ -89,6 +98,14 @@ async def lease_session(job: dict) -> AsyncIterator[dict]:
     finally:
         if leases.current is lease:  # the consumer stopped early (job cancelled): release now
             rt.submit(leases.end(lease, "cancelled"))
+
+
+def _release_unseen(rt: Any, granted: concurrent.futures.Future) -> None:
+    if granted.cancelled() or granted.exception() is not None:
+        return
+    lease = granted.result()[0]
+    if lease is not None:
+        rt.submit(rt.leases.end(lease, "cancelled"))
 
 
 async def _publish_stream(job: dict, item: dict) -> None:
