@@ -119,7 +119,7 @@ def test_bad_manifest_stops_before_starting(tmp_path):
     env.pop("RUNPOD_WEBHOOK_GET_JOB", None)
     out = subprocess.run(["bash", str(START)], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
-    assert "[0].folder: Value error" not in out.stderr and "models[0].folder: must be a relative folder" in out.stderr
+    assert "[0].folder: Value error" not in out.stderr and "models[0].folder: must be a relative path" in out.stderr
 
 
 def test_check_mode_for_the_image_build(tmp_path):
