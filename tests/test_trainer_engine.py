@@ -14,6 +14,7 @@ import pytest
 import tomllib
 
 from common.jobs import JobError
+from common.processes import free_port
 from handlers.diffusion_pipe_trainer import buckets, configs, gpus, training
 from handlers.diffusion_pipe_trainer.models import REGISTRY
 from handlers.diffusion_pipe_trainer.outputs import clear_interrupted_saves, latest_lora
@@ -66,7 +67,7 @@ def make_job(tmp_path: Path, model_type: str, training: dict, n_images: int = 6,
 def run(cfg: Path, tp: TrainProgress, tmp_path: Path, gpu_ids: list[int] | None = None, resume: bool = False, **kw):
     updates = []
     ids = gpu_ids or [0]
-    cmd = training.command(cfg, resume=resume, gpu_ids=ids, master_port=training.free_port())
+    cmd = training.command(cfg, resume=resume, gpu_ids=ids, master_port=free_port())
     result = asyncio.run(training.run(cmd, gpu_ids=ids, progress=tp, log_file=tmp_path / "train.log",
                                       on_update=lambda p: updates.append(p.report() | {"pct": p.percent()}), **kw))
     return result, updates
@@ -147,7 +148,7 @@ def test_cancellation_kills_the_process_group(engine, tmp_path, monkeypatch):
     cfg, tp, _, _ = make_job(tmp_path, "sdxl", {"epochs": 3})
 
     async def scenario():
-        cmd = training.command(cfg, resume=False, gpu_ids=[0], master_port=training.free_port())
+        cmd = training.command(cfg, resume=False, gpu_ids=[0], master_port=free_port())
         task = asyncio.create_task(training.run(cmd, gpu_ids=[0], progress=tp, log_file=tmp_path / "t.log",
                                                 on_update=lambda p: None))
         while tp.step < 2:
@@ -181,7 +182,7 @@ def test_master_port_reaches_train_py_which_would_otherwise_use_29500(engine, tm
     """train.py has its own --master_port (default 29500) and sets MASTER_PORT from it (train.py:54, 252-253)."""
     monkeypatch.setenv("FAKE_DIFFUSION_PIPE_ARGV", str(tmp_path / "argv.json"))
     cfg, tp, _, _ = make_job(tmp_path, "sdxl", {"epochs": 1, "gradient_accumulation_steps": 1})
-    port = training.free_port()
+    port = free_port()
     cmd = training.command(cfg, resume=False, gpu_ids=[0], master_port=port)
     asyncio.run(training.run(cmd, gpu_ids=[0], progress=tp, log_file=tmp_path / "l", on_update=lambda p: None))
     seen = json.loads((tmp_path / "argv.json").read_text())
