@@ -105,3 +105,16 @@ def test_upload_record_refuses_undocumented_keys():
     UploadRecord.model_validate(record)
     with pytest.raises(ValueError, match="surprise"):
         UploadRecord.model_validate({**record, "surprise": 1})
+
+
+def test_upload_record_is_checked_where_it_is_built(put_server, monkeypatch, tmp_path):
+    """`common.uploads.upload` checks its record against UploadRecord: a method answering with a value
+    of the wrong kind is a bug found by every upload test, not a record that merely looks right."""
+    from common.uploads import presigned_put, upload
+
+    real = presigned_put.upload
+    monkeypatch.setattr(presigned_put, "upload", lambda *a, **kw: {**real(*a, **kw), "expires_in_days": "soon"})
+    out = tmp_path / "out.png"
+    out.write_bytes(b"png")
+    with pytest.raises(RuntimeError, match=r"does not match UploadRecord: expires_in_days"):
+        upload([out], {"upload_url": put_server.url("x.png")}, job_id="doc-upload")

@@ -20,6 +20,7 @@ from typing import Any
 from common import processes
 from common.jobs import JobError, Progress, Timings, error_result
 from common.redaction import redact
+from common.result_models import checked
 from handlers.diffusion_pipe_trainer import (
     buckets,
     configs,
@@ -33,7 +34,7 @@ from handlers.diffusion_pipe_trainer import (
 )
 from handlers.diffusion_pipe_trainer.models import REGISTRY, ModelSpec
 from handlers.diffusion_pipe_trainer.outputs import clear_interrupted_saves, latest_lora
-from handlers.diffusion_pipe_trainer.responses import DryRunOutcome, TrainOutcome, checked
+from handlers.diffusion_pipe_trainer.responses import DryRunOutcome, TrainOutcome
 from handlers.diffusion_pipe_trainer.schema import TrainRequest, parse_request
 from handlers.diffusion_pipe_trainer.train_log import TrainProgress
 from handlers.diffusion_pipe_trainer.workspace import JobDirs, job_dirs

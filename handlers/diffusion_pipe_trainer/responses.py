@@ -1,6 +1,6 @@
 """The trainer's job outputs: a finished training, or a dry run (docs/diffusion-pipe-trainer.md).
 
-The pipeline checks what it returns against `TrainOutcome` / `DryRunOutcome` (`checked`), so a
+The pipeline checks what it returns against `TrainOutcome` / `DryRunOutcome` (`common.result_models.checked`), so a
 result that drifts from its documentation fails every job test; `common.jobs.run_job_async` then
 adds `timings` and `worker_version`, which makes it a `TrainResult` / `DryRunResult`."""
 
@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field
 
-from common.jobs import validation_details
 from common.result_models import Strict, UploadRecord
 
 
@@ -71,14 +70,3 @@ class DryRunOutcome(Strict):
 class DryRunResult(DryRunOutcome):
     timings: dict[str, float] = Field(..., description="seconds per stage")
     worker_version: str = Field(..., description="version of the worker image")
-
-
-def checked(model: type[BaseModel], result: dict[str, Any]) -> dict[str, Any]:
-    """`result` itself, once `model` accepts it; a RuntimeError (an `internal` error: a bug, not bad input)
-    naming the fields otherwise."""
-    try:
-        model.model_validate(result)
-    except ValidationError as exc:
-        raise RuntimeError(f"the result does not match {model.__name__}: "
-                           + "; ".join(validation_details(exc))) from None
-    return result
