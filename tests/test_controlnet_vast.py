@@ -4,7 +4,6 @@ real model server, registered with a local autoscaler stand-in (tests/fakes/vast
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import requests
 
 from tests.controlnet_fixtures import REPO, body, free_port, png_size, stop
 from tests.fakes.vast_autoscaler import VastAutoscaler
+from tests.process_helpers import stop_gracefully
 
 VAST_PYTHON = REPO / ".venv-vast" / "bin" / "python"
 START = REPO / "images" / "controlnet-pyworker" / "start.sh"
@@ -53,17 +53,6 @@ def start_script(env: dict[str, str], tmp) -> subprocess.Popen:
     with open(tmp / "start.log", "wb") as log:
         return subprocess.Popen(["bash", str(START)], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-
-
-def stop_gracefully(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """SIGTERM, as the platform stops an instance: the start script must end within `timeout`, else its
-    whole process group is killed and the test fails."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from handlers.diffusion_pipe_trainer.models import REGISTRY
 from handlers.diffusion_pipe_trainer.outputs import clear_interrupted_saves, latest_lora
 from handlers.diffusion_pipe_trainer.schema import parse_request
 from handlers.diffusion_pipe_trainer.train_log import TrainProgress
+from tests.process_helpers import gone_within
 from tests.trainer_fixtures import png
 
 FAKE = Path(__file__).parent / "fakes" / "diffusion_pipe_train.py"
@@ -117,19 +117,6 @@ def test_crash_mid_epoch_is_engine_failed_with_the_log_tail(engine, tmp_path, mo
     assert tp.epoch == 2
 
 
-def _dead(pid: int) -> bool:
-    for _ in range(50):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        # a killed child is reaped by init; until then it may still show up briefly
-        if Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_hang_past_timeout_kills_the_whole_process_group(engine, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_DIFFUSION_PIPE_MODE", "hang")
     monkeypatch.setenv("FAKE_DIFFUSION_PIPE_PIDFILE", str(tmp_path / "train.pid"))
@@ -138,7 +125,7 @@ def test_hang_past_timeout_kills_the_whole_process_group(engine, tmp_path, monke
         run(cfg, tp, tmp_path, timeout_s=3)
     assert ei.value.code == "timeout" and "time limit of 3 s" in ei.value.message
     assert "resume" in ei.value.message
-    assert _dead(int((tmp_path / "train.pid").read_text()))  # the launcher's child, not just the launcher
+    assert gone_within(int((tmp_path / "train.pid").read_text()), 5)  # the launcher's child, not just the launcher
 
 
 def test_cancellation_kills_the_process_group(engine, tmp_path, monkeypatch):
@@ -158,7 +145,7 @@ def test_cancellation_kills_the_process_group(engine, tmp_path, monkeypatch):
             await task
 
     asyncio.run(scenario())
-    assert _dead(int(pidfile.read_text()))
+    assert gone_within(int(pidfile.read_text()), 5)
 
 
 def test_missing_engine_is_a_clear_error(tmp_path, monkeypatch):
