@@ -18,9 +18,9 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -33,14 +33,6 @@ ENV_END = "<!-- END GENERATED: environment -->"
 LINKED = {"UploadSpec": ("the shared upload spec", "uploads.md"),
           "UploadRecord": ("the upload record", "uploads.md#result"),
           "LoraOutput": ("the upload record of the LoRA", "uploads.md#result")}
-
-
-class PlainAction(BaseModel):
-    """The swarm worker's actions that take no arguments (the legacy extension's `ready`, `health`,
-    `shutdown`, and `status`); any other key is ignored, like the other legacy inputs."""
-
-    model_config = ConfigDict(extra="ignore")
-    action: Literal["ready", "health", "shutdown", "status"] = Field(..., description="the action")
 
 
 @dataclass
@@ -63,7 +55,7 @@ def images() -> list[ImageDoc]:
     from handlers.diffusion_pipe_trainer.responses import DryRunResult, TrainResult
     from handlers.diffusion_pipe_trainer.schema import TrainRequest
     from handlers.swarm_worker.responses import ActionFailure, GenerateResult, LeaseGranted, LeaseReleased
-    from handlers.swarm_worker.schema import GenerateInput, HoldInput, LeaseInput, ModelsInput
+    from handlers.swarm_worker.schema import SwarmAction
 
     error = Shape("Failure (any request)", TypeAdapter(ErrorResult))
     return [
@@ -75,9 +67,8 @@ def images() -> list[ImageDoc]:
                  [Shape("Response: training finished", TypeAdapter(TrainResult)),
                   Shape("Response: dry run", TypeAdapter(DryRunResult)), error]),
         ImageDoc("swarm-worker",
-                 [Shape(f"Request `{name}` (RunPod job `input`)", TypeAdapter(model)) for name, model in
-                  (("lease", LeaseInput), ("wakeup` / `keepalive", HoldInput), ("generate", GenerateInput),
-                   ("models", ModelsInput), ("ready` / `health` / `shutdown` / `status", PlainAction))],
+                 [Shape(f"Request `{'` / `'.join(get_args(model.model_fields['action'].annotation))}` "
+                        "(RunPod job `input`)", TypeAdapter(model)) for model in get_args(get_args(SwarmAction)[0])],
                  [Shape("Lease: first streamed output", TypeAdapter(LeaseGranted)),
                   Shape("Lease: final output", TypeAdapter(LeaseReleased)),
                   Shape("`generate` result", TypeAdapter(GenerateResult)),
@@ -172,7 +163,7 @@ def shape_table(shape: Shape, response: bool = False) -> str:
     defs = schema.get("$defs", {})
     lines = [f"#### {shape.title}", ""]
     doc = _resolve(schema, defs).get("description")
-    if doc and shape.adapter.core_schema.get("cls") is PlainAction:
+    if doc and set(shape.adapter.core_schema["cls"].model_fields) == {"action"}:  # says what the actions do
         lines += [_cell(doc), ""]
     column = "present" if response else "default"
     lines += [f"| field | type | {column} | description |", "|---|---|---|---|",

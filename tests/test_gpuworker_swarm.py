@@ -39,7 +39,8 @@ def swarm_worker_job(job_input, ctx, *, publish: str = "stream"):
     """The real swarm-worker handler as the RunPod worker loop runs it. A lease's first output goes to
     the job's stream (what the SDK's stream POST does on RunPod), or only to its progress (`/status`),
     and a cancel reaches it as CancelledError."""
-    from handlers.swarm_worker.handler import handler, lease_session
+    from handlers.swarm_worker.actions import lease_session
+    from handlers.swarm_worker.handler import handler
 
     if job_input.get("action") != "lease":
         return asyncio.run(handler({"id": ctx.id, "input": job_input}))
@@ -118,9 +119,9 @@ def cancel_lease(api, capsys, endpoint: str, job_id: str) -> None:
     assert KEY not in r.text
     assert wait_until_ended(api, job_id) == "CANCELLED"
     deadline = time.monotonic() + 10
-    while get_runtime().lease is not None and time.monotonic() < deadline:
+    while get_runtime().leases.current is not None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert get_runtime().lease is None
+    assert get_runtime().leases.current is None
 
 
 def test_wake_leases_a_worker_i2v_through_its_url_then_cancel(api, capsys, tmp_path):

@@ -77,7 +77,7 @@ def swarm_worker(tmp_path_factory):
 
 
 def test_swarm_generate_and_lease_results(swarm_worker):
-    from handlers.swarm_worker.handler import lease_session
+    from handlers.swarm_worker.actions import lease_session
     from handlers.swarm_worker.responses import ActionFailure, GenerateResult, LeaseGranted, LeaseReleased
     from tests.swarm_helpers import call
 

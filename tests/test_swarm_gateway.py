@@ -196,7 +196,7 @@ def test_large_view_download_is_streamed(gw):
 
 def test_lease_token_revocation_closes_websockets(gw):
     base, _, _ = gw
-    from handlers.swarm_worker.handler import lease_session
+    from handlers.swarm_worker.actions import lease_session
 
     async def go():
         gen = lease_session({"id": "gw-lease", "input": {"action": "lease", "idle_seconds": 30,
@@ -208,7 +208,7 @@ def test_lease_token_revocation_closes_websockets(gw):
                                     headers={"Authorization": f"Bearer {first['token']}"})
             ok = await _post(f"{base}/API/GetNewSession", headers={"Authorization": f"Bearer {first['token']}"})
             rt = runtime()
-            lease = rt.lease
+            lease = rt.leases.current
             lease.stop_reason = "released"
             rt.submit(_stop(lease))
             last = [item async for item in gen][-1]
@@ -328,7 +328,7 @@ def test_refusals_are_counted_not_logged_one_by_one(gw, caplog):
 
 
 def test_legacy_token_is_refused_while_a_lease_holds_the_worker(tmp_path):
-    from handlers.swarm_worker.handler import lease_session
+    from handlers.swarm_worker.actions import lease_session
 
     with configured_worker(tmp_path, SWARM_ACCESS_TOKEN="") as env:  # no fixed token: a per-worker legacy one
         base = f"http://127.0.0.1:{env['SWARM_PUBLIC_PORT']}"
@@ -345,7 +345,7 @@ def test_legacy_token_is_refused_while_a_lease_holds_the_worker(tmp_path):
                 during = await _post(f"{legacy_url}/API/GetNewSession")
                 leased = await _post(f"{base}/API/GetNewSession", headers={"Authorization": f"Bearer {first['token']}"})
                 rt = runtime()
-                lease = rt.lease
+                lease = rt.leases.current
                 lease.stop_reason = "released"
                 rt.submit(_set(lease.stop))
                 [item async for item in gen]

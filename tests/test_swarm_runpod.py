@@ -177,7 +177,7 @@ def test_concurrency_modifier_reports_one_while_a_lease_is_taken_or_held():
 
     class Runtime:
         cfg = type("Cfg", (), {"concurrency": 8})()
-        lease = None
+        leases = type("Leases", (), {"current": None})()
         booted = 0
 
         def start_background(self):
@@ -189,9 +189,9 @@ def test_concurrency_modifier_reports_one_while_a_lease_is_taken_or_held():
     taken.append("lease job in the SDK's queue")
     assert modifier(8) == 1
     taken.clear()
-    rt.lease = object()
+    rt.leases.current = object()
     assert modifier(1) == 1
-    rt.lease = None
+    rt.leases.current = None
     assert modifier(1) == 8 and rt.booted == 1
 
 

@@ -113,8 +113,8 @@ def test_concurrent_shutdown_ends_keepalive(worker):
 def test_unknown_action_and_bad_input(worker):
     out = call({"action": "explode"})
     assert out == {"success": False, "error": "Unknown action: explode", "error_id": "unknown_action",
-                   "available_actions": ["lease", "wakeup", "ready", "health", "keepalive", "shutdown", "generate",
-                                         "models", "status"]}
+                   "available_actions": ["lease", "wakeup", "keepalive", "ready", "health", "shutdown", "status", "generate",
+                                         "models"]}
     bad = call({"action": "keepalive", "duration": -1})
     assert bad["error_code"] == "invalid_input" and "duration" in bad["error"]
     gen = call({"action": "generate", "params": {"prompt": "x", "steps": 0}, "bogus": 1})
@@ -249,6 +249,7 @@ def test_models_lists_volume_through_a_per_worker_tree(worker):
 
 
 def test_status_reports_swarmui_and_lease(worker):
+    assert call({"action": "ready"})["ready"] is True  # status reports SwarmUI's state, without waiting for it
     out = call({"action": "status"})
     assert out["success"] is True and out["swarmui"]["state"] == "ready" and out["lease"] is None
     assert out["global_status"]["status"]["live_gens"] == 0
@@ -256,6 +257,7 @@ def test_status_reports_swarmui_and_lease(worker):
 
 def test_swarmui_settings_close_the_loopback_bypass(worker):
     env, tmp = worker
+    assert call({"action": "ready"})["ready"] is True  # the settings are written when SwarmUI starts
     text = (tmp / "work" / "Data" / "Settings.fds").read_text()
     settings = fake.parse_fds(text)
     assert settings["Network"]["AuthBypassIPs"] == "none" and settings["Network"]["RequiredAuthorization"].startswith(
@@ -277,7 +279,7 @@ def test_swarmui_settings_close_the_loopback_bypass(worker):
 
 
 async def _collect_lease(job_input: dict, during=None) -> tuple[list[dict], float]:
-    from handlers.swarm_worker.handler import lease_session
+    from handlers.swarm_worker.actions import lease_session
 
     items, start = [], time.monotonic()
     task = None
@@ -292,7 +294,7 @@ async def _collect_lease(job_input: dict, during=None) -> tuple[list[dict], floa
 
 def test_lease_startup_grace_expires_and_a_second_lease_waits(worker):
     async def go():
-        from handlers.swarm_worker.handler import lease_session
+        from handlers.swarm_worker.actions import lease_session
 
         gen = lease_session({"id": "l1", "input": {"action": "lease", "idle_seconds": 5,
                                                     "startup_grace_seconds": 1.5, "max_lease_seconds": 60}})
@@ -359,15 +361,15 @@ def test_cancelled_lease_job_releases_at_once(worker):
                                                                          "startup_grace_seconds": 60}}))
         rt = runtime()
         deadline = time.monotonic() + 10
-        while (rt.lease is None or rt.lease.published is None) and time.monotonic() < deadline:
+        while (rt.leases.current is None or rt.leases.current.published is None) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        token = rt.lease.token
+        token = rt.leases.current.token
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        while rt.lease is not None and time.monotonic() < deadline:
+        while rt.leases.current is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        return rt.lease, rt.gateway._match(token)
+        return rt.leases.current, rt.gateway._match(token)
 
     lease, still_valid = asyncio.run(go())
     assert lease is None and still_valid is None
@@ -398,7 +400,7 @@ def test_hold_outlasts_a_running_generation(worker):
 
 def test_lease_limits_are_clamped(worker):
     rt = runtime()
-    limits = rt.lease_limits(0.0001, 10**9, None)
+    limits = rt.leases.limits(0.0001, 10**9, None)
     assert limits["idle_seconds"] == rt.cfg.lease_min_seconds
     assert limits["startup_grace_seconds"] == rt.cfg.lease_cap_seconds
     assert limits["max_lease_seconds"] == rt.cfg.max_lease_seconds
@@ -423,6 +425,30 @@ def test_crash_mid_generation_gives_a_clear_error_and_restarts(tmp_path):
         out = call({"action": "generate", "params": {"prompt": "CRASH_SWARMUI again", "steps": 10}})
         assert "will not be restarted again" in out["error"] and out["refresh_worker"] is True
         assert call({"action": "health"})["healthy"] is False
+
+
+def test_a_crash_reported_after_the_restart_still_names_the_exit_and_its_log(tmp_path, monkeypatch):
+    # On a loaded machine the generation's broken connection can surface after the worker has already
+    # restarted SwarmUI (which clears the log tail): the reply still describes the run that crashed.
+    from common.swarmui import SwarmUIUnavailable
+
+    original = SwarmUIClient.generate
+
+    async def reported_late(self, *args, **kwargs):
+        try:
+            return await original(self, *args, **kwargs)
+        except SwarmUIUnavailable:
+            await asyncio.sleep(1.5)  # meanwhile the worker restarts SwarmUI
+            raise
+
+    monkeypatch.setattr(SwarmUIClient, "generate", reported_late)
+    with configured_worker(tmp_path):
+        assert call({"action": "ready"})["ready"] is True
+        first_pid = runtime().process.pid
+        out = call({"action": "generate", "params": {"prompt": "CRASH_SWARMUI please", "steps": 10}})
+        assert runtime().process.pid != first_pid  # restarted before the reply was made
+        assert "SwarmUI exited with code 134 during the generation; it is being restarted" in out["error"]
+        assert any("simulated fatal error" in line for line in out["details"])
 
 
 def test_lease_ends_when_swarmui_is_gone_for_good(tmp_path):
@@ -470,15 +496,15 @@ def test_lease_cancelled_while_swarmui_starts_frees_the_worker(tmp_path):
         async def go():
             task = asyncio.create_task(handler({"id": "early", "input": {"action": "lease"}}))
             await asyncio.sleep(0.3)
-            assert runtime().lease is not None and runtime().lease.published is None
+            assert runtime().leases.current is not None and runtime().leases.current.published is None
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
             for _ in range(100):
-                if runtime().lease is None:
+                if runtime().leases.current is None:
                     break
                 await asyncio.sleep(0.02)
-            return runtime().lease
+            return runtime().leases.current
 
         assert asyncio.run(go()) is None
         first = asyncio.run(_collect_lease({"startup_grace_seconds": 0.2}))[0]
@@ -539,7 +565,41 @@ def test_default_launch_command_uses_the_image_install(tmp_path, monkeypatch):
         WorkerConfig.from_env()
 
 
-# -- SwarmUI as it really behaves (issue 15) ----------------------------------------------------------------
+def test_where_the_worker_is_reached_comes_from_its_config(tmp_path, monkeypatch):
+    from handlers.swarm_worker.config import WorkerConfig
+    from handlers.swarm_worker.lease_control import vast_public_url
+    from handlers.swarm_worker.standalone import direct_base_url, tunnel_binary
+    from handlers.swarm_worker.tunnel import TunnelError
+
+    for name in ("RUNPOD_POD_ID", "SWARM_PUBLIC_URL", "SWARMUI_TLS_CERT", "SWARMUI_TLS_KEY", "SWARM_MODEL_DOWNLOAD_ROOT",
+                 "SWARM_URL_FILE", "SWARM_CLOUDFLARED_BIN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"SWARM_PUBLIC_PORT": "7801", "SWARMUI_TLS": "off", "PUBLIC_IPADDR": " 203.0.113.7 ",
+                        "VAST_TCP_PORT_7801": "40123", "VAST_CONTAINERLABEL": "C.42", "SWARM_TUNNEL": "auto",
+                        "SWARM_WORK_DIR": str(tmp_path), "SWARMUI_MODEL_ROOT": str(tmp_path / "models")}.items():
+        monkeypatch.setenv(name, value)
+    cfg = WorkerConfig.from_env()
+    assert vast_public_url(cfg) == direct_base_url(cfg) == "http://203.0.113.7:40123"
+    assert cfg.worker_id == "C.42" and cfg.url_file == tmp_path / "public_url.txt"
+    assert cfg.model_download_root == tmp_path / "models" and cfg.lease_control_port == 18000
+
+    monkeypatch.setenv("RUNPOD_POD_ID", "pod9")
+    monkeypatch.setenv("SWARM_CLOUDFLARED_BIN", "/bin/true")
+    cfg = WorkerConfig.from_env()
+    assert cfg.worker_id == "pod9" and direct_base_url(cfg) == "https://pod9-7801.proxy.runpod.net"
+    assert tunnel_binary(cfg) is None  # auto: the pod proxy is there
+    monkeypatch.setenv("SWARM_TUNNEL", "cloudflared")
+    assert tunnel_binary(WorkerConfig.from_env()) == "/bin/true"
+    monkeypatch.setenv("SWARM_TUNNEL", "ngrok")
+    with pytest.raises(TunnelError, match="SWARM_TUNNEL: expected auto, cloudflared or none, got 'ngrok'"):
+        tunnel_binary(WorkerConfig.from_env())
+    monkeypatch.delenv("PUBLIC_IPADDR")
+    monkeypatch.setenv("SWARM_TUNNEL", "none")
+    with pytest.raises(ValueError, match="PUBLIC_IPADDR and VAST_TCP_PORT_7801 must be set"):
+        vast_public_url(WorkerConfig.from_env())
+
+
+# -- SwarmUI as it really behaves (its FDS files, ports, logs, status) -------------------------------------
 
 
 def test_backends_fds_leaves_empty_values_out_and_comfyui_starts(worker):
@@ -648,9 +708,9 @@ def test_lease_end_interrupts_the_leases_generations_only(worker):
         lease_task = asyncio.create_task(handler({"id": "lease-x", "input": {
             "action": "lease", "idle_seconds": 60, "startup_grace_seconds": 60}}))
         deadline = time.monotonic() + 10
-        while (rt.lease is None or rt.lease.published is None) and time.monotonic() < deadline:
+        while (rt.leases.current is None or rt.leases.current.published is None) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        client = SwarmUIClient(rt.cfg.public_base_url(), token=rt.lease.token)
+        client = SwarmUIClient(rt.cfg.public_base_url(), token=rt.leases.current.token)
         leased = asyncio.create_task(client.generate({"prompt": "the lease's", "steps": 2000}))  # 20 s
         while await live_gens() < 2:
             assert time.monotonic() < deadline, "both generations should be running"

@@ -53,7 +53,7 @@ def concurrency_modifier(runtime: WorkerRuntime, lease_taken: Callable[[], bool]
         if not booted:
             booted = True
             runtime.start_background()
-        return 1 if runtime.lease is not None or lease_taken() else n
+        return 1 if runtime.leases.current is not None or lease_taken() else n
 
     return modifier
 

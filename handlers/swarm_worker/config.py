@@ -1,4 +1,6 @@
-"""The swarm worker's settings, all from the environment (documented in the README)."""
+"""The swarm worker's settings: `WorkerConfig.from_env()` is where the worker reads its environment
+(documented in docs/swarm-worker.md). Standard library only: the vast.ai PyWorker side
+(handlers.swarm_worker.vast, in .venv-vast) imports it too."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import os
 import socket
 import ssl
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from handlers.swarm_worker.run_as import RunAs, parse_run_as, prepare_run_as
@@ -99,8 +101,13 @@ def default_model_roots(swarmui_dir: Path) -> list[Path]:
     return roots
 
 
-def worker_id() -> str:
-    return os.environ.get("RUNPOD_POD_ID") or os.environ.get("VAST_CONTAINERLABEL") or socket.gethostname()
+def lease_control_port() -> int:
+    """The loopback port of the vast.ai lease control (lease_control.py), which vast.py forwards to."""
+    return _int("SWARM_LEASE_CONTROL_PORT", 18000)
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name, "").strip() or None
 
 
 @dataclass
@@ -135,6 +142,16 @@ class WorkerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     run_as: RunAs | None = None
+    pod_id: str | None = None  # RunPod's RUNPOD_POD_ID
+    worker_id: str = field(default_factory=socket.gethostname)
+    vast_public_ip: str | None = None  # vast.ai's PUBLIC_IPADDR
+    vast_public_port: str | None = None  # vast.ai's VAST_TCP_PORT_<public_port>: the gateway's mapped port
+    lease_control_port: int = 18000
+    model_manifest: str | None = None
+    model_download_root: Path | None = None
+    tunnel: str = "auto"
+    cloudflared_bin: str | None = None
+    url_file: Path | None = None
 
     @classmethod
     def from_env(cls) -> WorkerConfig:
@@ -147,11 +164,13 @@ class WorkerConfig:
         volume_outputs = Path("/runpod-volume/swarm_outputs") if Path("/runpod-volume").is_dir() else None
         output_dir = Path(os.environ.get("SWARM_OUTPUT_DIR") or volume_outputs or work_dir / "jobs")
         tls = tls_files()
+        public_port = _port("SWARM_PUBLIC_PORT", "SWARMUI_PUBLIC_PORT", 7801)
+        pod_id = _env("RUNPOD_POD_ID")
         cfg = cls(
             swarmui_dir=swarmui_dir,
             launch_cmd=launch,
             internal_port=_int("SWARMUI_INTERNAL_PORT", 7810),
-            public_port=_port("SWARM_PUBLIC_PORT", "SWARMUI_PUBLIC_PORT", 7801),
+            public_port=public_port,
             public_host=_aliased("SWARM_PUBLIC_HOST", "SWARMUI_PUBLIC_HOST") or "0.0.0.0",
             public_url=(os.environ.get("SWARM_PUBLIC_URL") or "").rstrip("/") or None,
             access_token=access_token(),
@@ -178,6 +197,16 @@ class WorkerConfig:
             tls_cert=tls[0] if tls else None,
             tls_key=tls[1] if tls else None,
             run_as=parse_run_as(os.environ.get("SWARMUI_RUN_AS")),
+            pod_id=pod_id,
+            worker_id=pod_id or _env("VAST_CONTAINERLABEL") or socket.gethostname(),
+            vast_public_ip=_env("PUBLIC_IPADDR"),
+            vast_public_port=_env(f"VAST_TCP_PORT_{public_port}"),
+            lease_control_port=lease_control_port(),
+            model_manifest=_env("SWARM_MODEL_MANIFEST"),
+            model_download_root=Path(_env("SWARM_MODEL_DOWNLOAD_ROOT") or roots[0]),
+            tunnel=(_env("SWARM_TUNNEL") or "auto").lower(),  # checked by standalone.tunnel_binary, its only user
+            cloudflared_bin=_env("SWARM_CLOUDFLARED_BIN"),
+            url_file=Path(_env("SWARM_URL_FILE") or work_dir / "public_url.txt"),
         )
         cfg.server_ssl_context()  # a certificate that does not load fails here, naming the variables
         return cfg
@@ -227,7 +256,12 @@ class WorkerConfig:
         """Base URL clients reach the gateway at (no token)."""
         if self.public_url:
             return self.public_url
-        pod = os.environ.get("RUNPOD_POD_ID")
-        if pod:
-            return f"https://{pod}-{self.public_port}.proxy.runpod.net"
+        if self.pod_id:
+            return f"https://{self.pod_id}-{self.public_port}.proxy.runpod.net"
         return f"{self.scheme}://127.0.0.1:{self.public_port}"
+
+    def vast_url(self) -> str | None:
+        """The gateway as vast.ai maps it, `<scheme>://PUBLIC_IPADDR:VAST_TCP_PORT_<port>` (None elsewhere)."""
+        if self.vast_public_ip and self.vast_public_port:
+            return f"{self.scheme}://{self.vast_public_ip}:{self.vast_public_port}"
+        return None

@@ -17,11 +17,12 @@ from common.swarmui import SwarmUIError, SwarmUIUnavailable, is_data_url
 from common.volumes import safe_job_id
 from handlers.swarm_worker.runtime import WorkerRuntime
 from handlers.swarm_worker.schema import GenerateInput
-from handlers.swarm_worker.swarm_process import SwarmStartError
+from handlers.swarm_worker.swarm_process import SwarmProcess, SwarmStartError
 
 log = logging.getLogger("swarm.generate")
 
 MODEL_FIELDS = ("model", "videomodel", "videoswapmodel")
+CRASH_NOTED_SECONDS = 10  # how long a crashed generation's reply waits for the process watcher
 
 
 def _describe(path: Path) -> dict[str, Any]:
@@ -72,14 +73,41 @@ async def check_models(rt: WorkerRuntime, body: dict[str, Any]) -> None:
         raise JobError("invalid_input", "; ".join(missing) + f" (available: {sample})", missing)
 
 
-def _crash_error(rt: WorkerRuntime, code: int | None, exc: Exception) -> JobError:
-    tail = rt.process.tail(15)
-    if code is None:
-        return JobError("engine_failed", f"SwarmUI connection failed during the generation: {exc}", tail)
-    restart = ("it is being restarted" if rt.process.state in ("starting", "ready")
-               else "it will not be restarted again")
-    return JobError("engine_failed", f"SwarmUI exited with code {code} during the generation; {restart}. "
-                    "Last log lines are in details.", tail)
+class RunEnd:
+    """How the SwarmUI run a generation started on ended (exit code, restarted or not, last log lines),
+    noted when the process watcher (SwarmProcess._watch, which has no public hook) is done with the
+    exit: it reads the log to the end, then restarts SwarmUI or gives up. The note is taken in the
+    watcher's done callback, before a restart clears the log tail (that waits for a thread round
+    trip), however late the generation's broken connection is reported."""
+
+    def __init__(self, process: SwarmProcess):
+        self.process = process
+        self.pid = process.pid
+        self.watcher: asyncio.Task | None = process._monitor
+        self.seen: tuple[int | None, bool, list[str]] | None = None
+        if self.watcher is not None:
+            self.watcher.add_done_callback(self._note)
+
+    def _note(self, _watcher: asyncio.Task) -> None:
+        p = self.process
+        self.seen = (p.last_exit, p.state in ("exited", "starting", "ready"), p.tail(15))
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.remove_done_callback(self._note)
+
+    async def error(self, exc: Exception) -> JobError:
+        """The error of the generation whose connection broke."""
+        process = self.process
+        if self.seen is None and (process.pid != self.pid or await process.wait_exit(3) is None):
+            return JobError("engine_failed", f"SwarmUI connection failed during the generation: {exc}",
+                            process.tail(15))
+        if self.seen is None and self.watcher is not None:
+            await asyncio.wait({self.watcher}, timeout=CRASH_NOTED_SECONDS)
+        code, restarting, tail = self.seen or (process.last_exit, process.state != "failed", process.tail(15))
+        restart = "it is being restarted" if restarting else "it will not be restarted again"
+        return JobError("engine_failed", f"SwarmUI exited with code {code} during the generation; {restart}. "
+                        "Last log lines are in details.", tail)
 
 
 INIT_IMAGE_MAX_BYTES = 50 * 1024 * 1024
@@ -122,17 +150,18 @@ async def run_generate(rt: WorkerRuntime, job: dict, req: GenerateInput, timings
         if isinstance(prog, dict) and isinstance(prog.get("overall_percent"), (int, float)):
             progress.update("generate", 100 * prog["overall_percent"])
 
-    client = rt.process.client
+    client, run = rt.process.client, RunEnd(rt.process)
     with timings.stage("generate"):
         try:
             # its own SwarmUI session, so that a cancelled or timed-out job interrupts its generation alone
             result = await client.generate(body, websocket=req.websocket, on_event=on_event,
                                            timeout=req.timeout_seconds, own_session=True)
         except SwarmUIUnavailable as exc:
-            code = await rt.process.wait_exit(3)
-            raise _crash_error(rt, code, exc) from None
+            raise await run.error(exc) from None
         except SwarmUIError as exc:
             raise JobError("engine_failed", f"SwarmUI refused the generation: {exc.message}") from None
+        finally:
+            run.close()
     if not result.outputs:
         raise JobError("engine_failed", "SwarmUI finished without any output")
 

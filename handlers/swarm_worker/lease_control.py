@@ -23,43 +23,41 @@ repeats `/lease` to renew and ends with `/session/end`. Routes here (127.0.0.1 o
 The lease lasts as long as its vast session (the client's renewals decide), so no idle timer runs here.
 The gateway must serve TLS (vast's instance certificate): CloudBackends refuses a plain-HTTP address.
 
-Environment: the swarm worker's (README), SWARM_LEASE_CONTROL_PORT (18000), and vast's PUBLIC_IPADDR
-and VAST_TCP_PORT_<gateway port>.
+Environment (read by WorkerConfig.from_env, documented in docs/swarm-worker.md): the swarm worker's,
+SWARM_LEASE_CONTROL_PORT (18000), SWARM_MODEL_MANIFEST, SWARM_MODEL_DOWNLOAD_ROOT, and vast's
+PUBLIC_IPADDR and VAST_TCP_PORT_<gateway port>.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 import threading
-from pathlib import Path
 
 from aiohttp import web
 
 from common.jobs import JobError
 from common.redaction import configure_logging, register_env_secrets
 from handlers.swarm_worker.config import WorkerConfig
+from handlers.swarm_worker.leases import Lease
 from handlers.swarm_worker.manifest import fetch_models, load_manifest
-from handlers.swarm_worker.runtime import Lease, WorkerRuntime
+from handlers.swarm_worker.runtime import WorkerRuntime
 
 log = logging.getLogger("swarm.vast")
 
 BENCH_SECONDS = 1.0
 BENCH_WORKLOAD = 100.0  # kept equal to handlers.swarm_worker.vast.BENCH_WORKLOAD (that module runs in .venv-vast)
-DEFAULT_CONTROL_PORT = 18000
 
 
 def vast_public_url(cfg: WorkerConfig) -> str:
     """The gateway as vast.ai maps it: https://PUBLIC_IPADDR:VAST_TCP_PORT_<port>."""
-    ip = os.environ.get("PUBLIC_IPADDR", "").strip()
-    port = os.environ.get(f"VAST_TCP_PORT_{cfg.public_port}", "").strip()
-    if not ip or not port:
+    url = cfg.vast_url()
+    if url is None:
         raise ValueError(f"PUBLIC_IPADDR and VAST_TCP_PORT_{cfg.public_port} must be set (vast.ai sets them when "
                          f"the template exposes port {cfg.public_port})")
-    return f"{cfg.scheme}://{ip}:{port}"
+    return url
 
 
 class LeaseControl:
@@ -95,7 +93,7 @@ class LeaseControl:
                 log.warning("a new vast session arrived before the previous lease was closed; closing it")
                 await self._close()
             if self.session_id is None:
-                lease, first = await self.rt.begin_lease(None, None, None)
+                lease, first = await self.rt.leases.begin(None, None, None)
                 if lease is None:
                     return web.json_response(first, status=503)
                 self.session_id, self.lease = session_id, lease
@@ -133,7 +131,7 @@ class LeaseControl:
     async def _close(self) -> None:
         lease, self.lease, self.session_id, self.first = self.lease, None, None, None
         if lease is not None:
-            await self.rt.end_lease(lease, "session_ended")
+            await self.rt.leases.end(lease, "session_ended")
 
 
 async def _json(request: web.Request) -> dict:
@@ -157,9 +155,7 @@ def main() -> int:
     try:
         cfg = WorkerConfig.from_env()
         public_url = vast_public_url(cfg)
-        control_port = int(os.environ.get("SWARM_LEASE_CONTROL_PORT") or DEFAULT_CONTROL_PORT)
-        manifest = os.environ.get("SWARM_MODEL_MANIFEST", "").strip()
-        entries = load_manifest(manifest) if manifest else []
+        entries = load_manifest(cfg.model_manifest) if cfg.model_manifest else []
     except (ValueError, JobError) as exc:
         log.error("configuration error: %s", exc)
         return 2
@@ -172,9 +168,8 @@ def main() -> int:
                   "no /etc/instance.crt, and SWARMUI_TLS_CERT/SWARMUI_TLS_KEY are not set")
         return 2
     if entries:
-        root = Path(os.environ.get("SWARM_MODEL_DOWNLOAD_ROOT") or cfg.model_roots[0])
         try:
-            for rec in fetch_models(entries, root):
+            for rec in fetch_models(entries, cfg.model_download_root):
                 log.info("model %s: %s", rec["status"], rec["path"])
         except JobError as exc:
             log.error("model download failed: %s", exc)
@@ -188,8 +183,8 @@ def main() -> int:
     runner = None
     try:
         rt.start_background().result(60)
-        runner = rt.submit(_serve(control, control_port)).result(30)
-        log.info("lease control on 127.0.0.1:%d; gateway at %s", control_port, public_url)
+        runner = rt.submit(_serve(control, cfg.lease_control_port)).result(30)
+        log.info("lease control on 127.0.0.1:%d; gateway at %s", cfg.lease_control_port, public_url)
         while not stop.wait(1.0):
             if rt.process.state == "failed":
                 log.error("SwarmUI is gone: %s", rt.process.error)

@@ -1,17 +1,16 @@
-"""Job input models, one per action. Legacy and lease inputs ignore keys they do not know
-(clients of both extension generations send what they send); `generate` rejects them."""
+"""Job input models, one per action, and `SwarmAction`, their union on `action`: the one list of
+the worker's actions (the handler dispatches on it, the docs are generated from it). Legacy and
+lease inputs ignore keys they do not know (clients of both extension generations send what they
+send); `generate` and `models` reject them."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from common.swarmui import MODEL_SUBTYPES, T2IParams, params_for
 from common.uploads.spec import UploadSpec
-
-LEGACY_ACTIONS = ("wakeup", "ready", "health", "keepalive", "shutdown")
-ACTIONS = ("lease", *LEGACY_ACTIONS, "generate", "models", "status")
 
 
 class _Tolerant(BaseModel):
@@ -24,6 +23,13 @@ class HoldInput(_Tolerant):
     action: Literal["wakeup", "keepalive"] = Field(..., description="the action")
     duration: float = Field(180, ge=0, le=7 * 24 * 3600, description="seconds to hold the worker")
     interval: float = Field(30, gt=0, le=3600, description="seconds between SwarmUI checks")
+
+
+class PlainInput(_Tolerant):
+    """The actions that take no arguments (the legacy extension's `ready`, `health`, `shutdown`, and
+    `status`); any other key is ignored, like the other legacy inputs."""
+
+    action: Literal["ready", "health", "shutdown", "status"] = Field(..., description="the action")
 
 
 class LeaseInput(_Tolerant):
@@ -73,3 +79,12 @@ class GenerateInput(BaseModel):
         if initimage is not None:
             body["initimage"] = initimage
         return params_for(body)
+
+
+SwarmAction = Annotated[Union[LeaseInput, HoldInput, PlainInput, GenerateInput, ModelsInput],  # noqa: UP007
+                        Field(discriminator="action")]
+# action name -> its input model, in the union's order (what an unknown action's reply lists)
+ACTION_MODELS: dict[str, type[BaseModel]] = {
+    name: model for model in get_args(get_args(SwarmAction)[0])
+    for name in get_args(model.model_fields["action"].annotation)}
+ACTIONS = tuple(ACTION_MODELS)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import secrets
 import shutil
 import signal
@@ -40,33 +39,27 @@ log = logging.getLogger("swarm.standalone")
 
 def direct_base_url(cfg: WorkerConfig) -> str:
     """The gateway's address without a tunnel: SWARM_PUBLIC_URL, the RunPod pod proxy, vast.ai's mapped port."""
-    if cfg.public_url or os.environ.get("RUNPOD_POD_ID"):
+    if cfg.public_url or cfg.pod_id:
         return cfg.public_base_url()
-    ip = os.environ.get("PUBLIC_IPADDR")
-    port = os.environ.get(f"VAST_TCP_PORT_{cfg.public_port}")
-    if ip and port:
-        return f"{cfg.scheme}://{ip}:{port}"
-    return cfg.public_base_url()
+    return cfg.vast_url() or cfg.public_base_url()
 
 
-def tunnel_binary(mode: str) -> str | None:
-    binary = os.environ.get("SWARM_CLOUDFLARED_BIN") or shutil.which("cloudflared")
-    if mode == "none":
+def tunnel_binary(cfg: WorkerConfig) -> str | None:
+    """cloudflared for a quick tunnel (SWARM_TUNNEL), or None for no tunnel."""
+    if cfg.tunnel not in ("auto", "cloudflared", "none"):
+        raise TunnelError(f"SWARM_TUNNEL: expected auto, cloudflared or none, got {cfg.tunnel!r}")
+    binary = cfg.cloudflared_bin or shutil.which("cloudflared")
+    if cfg.tunnel == "cloudflared" and not binary:
+        raise TunnelError("SWARM_TUNNEL=cloudflared but no cloudflared binary (set SWARM_CLOUDFLARED_BIN)")
+    if cfg.tunnel == "none" or (cfg.tunnel == "auto" and (cfg.public_url or cfg.pod_id)):
         return None
-    if mode == "cloudflared":
-        if not binary:
-            raise TunnelError("SWARM_TUNNEL=cloudflared but no cloudflared binary (set SWARM_CLOUDFLARED_BIN)")
-        return binary
-    if mode == "auto":
-        has_proxy = bool(os.environ.get("SWARM_PUBLIC_URL") or os.environ.get("RUNPOD_POD_ID"))
-        return None if has_proxy else binary
-    raise TunnelError(f"SWARM_TUNNEL: expected auto, cloudflared or none, got {mode!r}")
+    return binary
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url-file", default=os.environ.get("SWARM_URL_FILE"),
-                        help="write the public URL here (default: <SWARM_WORK_DIR>/public_url.txt)")
+    parser.add_argument("--url-file", type=Path,
+                        help="write the public URL here (default: SWARM_URL_FILE, else <SWARM_WORK_DIR>/public_url.txt)")
     parser.add_argument("--check", action="store_true",
                         help="start SwarmUI, wait until its backend runs, stop and exit 0 (1 if it does not come up); "
                              "the image build pre-warms with `python -m handlers.swarm_worker.prewarm` instead")
@@ -75,10 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     register_env_secrets(["SWARM_ACCESS_TOKEN", "SWARMUI_WORKER_TOKEN"])
     try:
         cfg = WorkerConfig.from_env()
-        mode = os.environ.get("SWARM_TUNNEL", "auto").strip().lower()
-        binary = None if args.check else tunnel_binary(mode)
-        manifest = os.environ.get("SWARM_MODEL_MANIFEST", "").strip()
-        entries = load_manifest(manifest) if manifest and not args.check else []
+        binary = None if args.check else tunnel_binary(cfg)
+        entries = load_manifest(cfg.model_manifest) if cfg.model_manifest and not args.check else []
     except (ValueError, JobError, TunnelError) as exc:
         log.error("configuration error: %s", exc)
         return 2
@@ -89,9 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(the URL changes on restart)")
 
     if entries:
-        root = Path(os.environ.get("SWARM_MODEL_DOWNLOAD_ROOT") or cfg.model_roots[0])
         try:
-            for rec in fetch_models(entries, root):
+            for rec in fetch_models(entries, cfg.model_download_root):
                 log.info("model %s: %s", rec["status"], rec["path"])
         except JobError as exc:
             log.error("model download failed: %s", exc)
@@ -121,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.error("quick tunnel failed: %s (the gateway is still reachable at %s)", exc, base)
                 tunnel = None
         url = f"{base}/t/{cfg.access_token}"
-        url_file = Path(args.url_file) if args.url_file else cfg.work_dir / "public_url.txt"
+        url_file = args.url_file or cfg.url_file
         url_file.parent.mkdir(parents=True, exist_ok=True)
         url_file.write_text(url + "\n")
         url_file.chmod(0o600)

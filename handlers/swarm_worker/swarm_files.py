@@ -34,8 +34,8 @@ def fds(data: dict, indent: int = 0) -> str:
     """Render a nested dict in SwarmUI's FDS format (`key: value`, sections indented by tabs).
 
     Empty values (None, "") are left out so that SwarmUI's default applies: FDS has no way to
-    quote, and `key: ""` would be the two-character string `""` (issue 15: as ComfyUI's
-    `ExtraArgs` it became an empty argv element and ComfyUI's argparse exited)."""
+    quote, and `key: ""` would be the two-character string `""` (as ComfyUI's `ExtraArgs` it became
+    an empty argv element and ComfyUI's argparse exited)."""
     lines = []
     for key, value in data.items():
         key = str(key)

@@ -15,8 +15,8 @@ routes again, to another worker. Ready (reported to the autoscaler) once lease_c
 answers, i.e. SwarmUI can generate. Every SYNC_SECONDS the live sessions are sent to
 lease_control, so a lease whose session expired ends even if the close callback was lost.
 
-Runs in `.venv-vast` (vastai and its exact pins; no pydantic): only the standard library, aiohttp
-and vastai are imported here.
+Runs in `.venv-vast` (vastai and its exact pins; no pydantic): only the standard library, aiohttp,
+vastai and handlers.swarm_worker.config (standard library only) are imported here.
 """
 
 from __future__ import annotations
@@ -28,15 +28,16 @@ import os
 
 import aiohttp
 
+from handlers.swarm_worker.config import lease_control_port
+
 BENCH_WORKLOAD = 100.0  # kept equal to lease_control.BENCH_WORKLOAD
 SYNC_SECONDS = 5.0
-DEFAULT_CONTROL_PORT = 18000
 
 log = logging.getLogger("swarm.vast")
 
 
 def control_url() -> str:
-    return f"http://127.0.0.1:{int(os.environ.get('SWARM_LEASE_CONTROL_PORT') or DEFAULT_CONTROL_PORT)}"
+    return f"http://127.0.0.1:{lease_control_port()}"
 
 
 async def wait_ready(session: aiohttp.ClientSession, url: str, poll: float = 1.0) -> None:

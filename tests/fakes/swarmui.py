@@ -1,4 +1,5 @@
-"""A SwarmUI stand-in that speaks the documented API (reference/swarmui.md), for tests.
+"""A SwarmUI stand-in that speaks SwarmUI's documented API (mcmonkeyprojects/SwarmUI docs/API.md and
+docs/APIRoutes/*.md), for tests.
 
 Run it the way SwarmUI is run, so the worker's process manager can launch it through its
 configurable launch command:
