@@ -29,6 +29,12 @@ def volume_root(named: Path | None = None) -> Path | None:
     return None
 
 
+def on_volume(path: Path, named: Path | None = None) -> bool:
+    """Whether `path` lies on the persistent volume (`volume_root`), so files there outlive the worker."""
+    root = volume_root(named)
+    return root is not None and Path(path).resolve().is_relative_to(root.resolve())
+
+
 def safe_job_id(job_id: object) -> str:
     """A job id usable as one folder or file name: the id itself when it is a plain name (RunPod's are),
     else the same id with each run of other characters turned into `_` (so a resume finds the same

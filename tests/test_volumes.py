@@ -42,6 +42,19 @@ def test_volume_root(monkeypatch, tmp_path):
     assert volumes.volume_root(tmp_path / "set") == tmp_path / "set"  # a settings object's VOLUME_DIR
 
 
+def test_on_volume(monkeypatch, tmp_path):
+    """One test for "are these files kept": under the volume root, not a look at the path's spelling."""
+    monkeypatch.setattr(volumes, "RUNPOD_VOLUME", tmp_path / "runpod-volume")
+    monkeypatch.setattr(volumes, "POD_VOLUME", tmp_path / "workspace")
+    monkeypatch.delenv("VOLUME_DIR", raising=False)
+    (tmp_path / "workspace" / "outputs").mkdir(parents=True)
+    assert not volumes.on_volume(tmp_path / "workspace" / "outputs")  # a plain folder: lost with the container
+    (tmp_path / "runpod-volume").mkdir()
+    assert volumes.on_volume(tmp_path / "runpod-volume" / "outputs")
+    assert not volumes.on_volume(tmp_path / "runpod-volume-2" / "outputs")  # a prefix is not a parent
+    assert not volumes.on_volume(tmp_path / "runpod-volume" / ".." / "elsewhere")
+
+
 def test_trainer_works_on_the_volume(monkeypatch, tmp_path):
     monkeypatch.delenv("DIFFUSION_PIPE_WORKING_DIR", raising=False)
     monkeypatch.setenv("VOLUME_DIR", str(tmp_path))
