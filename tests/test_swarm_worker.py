@@ -7,6 +7,7 @@ manager through `SWARMUI_LAUNCH_CMD`, behind the worker's real gateway.
 from __future__ import annotations
 
 import asyncio
+import gc
 import base64
 import os
 import subprocess
@@ -402,6 +403,42 @@ def test_a_lease_granted_as_its_job_is_cancelled_is_released(worker):
         return rt.leases.current, rt.gateway._match(token)
 
     lease, still_valid = asyncio.run(go())
+    assert lease is None and still_valid is None
+
+
+def test_a_lease_cancelled_while_its_first_output_is_posted_is_released(worker, monkeypatch):
+    """On RunPod the lease's first output is posted to the stream before the job waits on the lease: a
+    cancel that lands then releases the lease at once (not whenever the generator is collected)."""
+    from handlers.swarm_worker import actions
+    from handlers.swarm_worker.handler import handler
+
+    posting = asyncio.Event()
+
+    async def slow_post(job, item):
+        posting.set()
+        await asyncio.sleep(30)
+
+    monkeypatch.setattr(actions, "_publish_stream", slow_post)
+
+    async def go():
+        task = asyncio.create_task(handler({"id": "cancel-at-post", "input": {"action": "lease",
+                                                                             "idle_seconds": 60}}))
+        rt = runtime()
+        await asyncio.wait_for(posting.wait(), 10)
+        token = rt.leases.current.token
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        deadline = time.monotonic() + 5
+        while rt.leases.current is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return rt.leases.current, rt.gateway._match(token)
+
+    gc.disable()  # a generator left unclosed is found only by the cycle collector, whenever that runs
+    try:
+        lease, still_valid = asyncio.run(go())
+    finally:
+        gc.enable()
     assert lease is None and still_valid is None
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -40,6 +42,7 @@ from handlers.swarm_worker.schema import (
 from handlers.swarm_worker.swarm_process import SwarmStartError
 
 Runner = Callable[[dict], Awaitable[dict]]
+log = logging.getLogger("swarm.actions")
 M = TypeVar("M", bound=BaseModel)
 _RUNNERS: dict[tuple[type[BaseModel], str | None], Runner] = {}
 
@@ -97,7 +100,7 @@ async def lease_session(job: dict) -> AsyncIterator[dict]:
         yield await rt.call(leases.watch(lease))
     finally:
         if leases.current is lease:  # the consumer stopped early (job cancelled): release now
-            rt.submit(leases.end(lease, "cancelled"))
+            rt.submit(leases.end(lease, "cancelled")).add_done_callback(_log_failure)
 
 
 def _release_unseen(rt: Any, granted: concurrent.futures.Future) -> None:
@@ -105,7 +108,13 @@ def _release_unseen(rt: Any, granted: concurrent.futures.Future) -> None:
         return
     lease = granted.result()[0]
     if lease is not None:
-        rt.submit(rt.leases.end(lease, "cancelled"))
+        rt.submit(rt.leases.end(lease, "cancelled")).add_done_callback(_log_failure)
+
+
+def _log_failure(done: concurrent.futures.Future) -> None:
+    """A release nobody awaits must not fail silently (the lease would stay held)."""
+    if not done.cancelled() and done.exception() is not None:
+        log.error("releasing the lease failed: %r", done.exception(), exc_info=done.exception())
 
 
 async def _publish_stream(job: dict, item: dict) -> None:
@@ -125,11 +134,14 @@ async def _publish_stream(job: dict, item: dict) -> None:
 async def _lease(job: dict) -> dict:
     last: dict = {}
     first = True
-    async for item in lease_session(job):
-        if first and item.get("token"):
-            await _publish_stream(job, item)
-        first = False
-        last = item
+    # aclosing: a cancel that lands here (while the first output is posted) closes the lease session at
+    # once, which releases the lease; an unclosed generator would keep it until garbage collection.
+    async with contextlib.aclosing(lease_session(job)) as session:
+        async for item in session:
+            if first and item.get("token"):
+                await _publish_stream(job, item)
+            first = False
+            last = item
     return last
 
 
