@@ -1,6 +1,6 @@
-"""The swarm worker's settings: `WorkerConfig.from_env()` is where the worker reads its environment
-(documented in docs/swarm-worker.md). Standard library only: the vast.ai PyWorker side
-(handlers.swarm_worker.vast, in .venv-vast) imports it too."""
+"""The swarm worker's settings: `WorkerConfig.from_env()` is where the worker reads its environment;
+docs/swarm-worker.md's environment table is generated from its fields (`python -m scripts.gen_docs`).
+Standard library only: the vast.ai PyWorker side (handlers.swarm_worker.vast, in .venv-vast) imports it too."""
 
 from __future__ import annotations
 
