@@ -44,6 +44,9 @@ class ModelFile:
     sha256: str | None = None
     size: int | None = None
 
+    def target(self, dest: Path) -> Path:
+        return dest / self.path
+
 
 def gcs_token() -> str | None:
     return os.environ.get("GCS_OAUTH_TOKEN") or os.environ.get("GOOGLE_OAUTH_ACCESS_TOKEN") or None
@@ -81,7 +84,7 @@ def fetch_file(item: ModelFile, dest: Path, *, verify_existing: bool, max_bytes:
     from common.downloads import download, shown_url
     from common.jobs import JobError
 
-    target = dest / item.path
+    target = item.target(dest)
     url, headers = request_for(item.source)
     record: dict = {"path": item.path, "url": shown_url(url) if url.startswith("http") else item.source}
     if target.is_file():

@@ -11,15 +11,12 @@
     ]}
 
 A bare list is accepted too, and so is a `models` list: the swarm worker's `SWARM_MODEL_MANIFEST`
-entries (`{url, folder, sha256?, filename?}`) are this format's subset. Per entry the source is
-`url` (alias `source`), or `repo` + `file` (+ `revision`, `repo_type` model|dataset) for a Hugging
-Face repo file; the target, relative to the destination, is `path`, or `folder` + `filename`
-(default: the source's file name). `sha256` and `size` are optional and checked when present.
-Keys not listed here (a variant name, a note) are ignored. Sources: see `common.model_files`.
-
-Adapter point for the swarm worker: `handlers/swarm_worker/manifest.py` still has its own entry
-model and fetch loop; `parse_entries(entries_of(data))` + `common.model_files.fetch_file` can
-replace them (what differs: it refuses unknown keys, and caps a file at 200 GiB).
+(`handlers/swarm_worker/manifest.py`, entries `{url, folder, sha256?, filename?}`) is this format.
+Per entry the source is `url` (alias `source`), or `repo` + `file` (+ `revision`, `repo_type`
+model|dataset) for a Hugging Face repo file; the target, relative to the destination, is `path`,
+or `folder` + `filename` (default: the source's file name). `sha256` and `size` are optional and
+checked when present; `note` is for the reader. Any other key is refused (a misspelt `sha256`
+must not turn the check off). Sources: see `common.model_files`.
 """
 
 from __future__ import annotations
@@ -42,7 +39,7 @@ class ManifestProblems(ValueError):
 
 
 class ManifestEntry(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     url: str | None = Field(None, description="https/http, hf://, s3://, gs:// source")
     source: str | None = Field(None, description="alias of url")
@@ -55,6 +52,7 @@ class ManifestEntry(BaseModel):
     filename: str | None = Field(None, description="target file name inside `folder`")
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="checked when given")
     size: int | None = Field(None, ge=0, description="bytes; checked when given")
+    note: str | None = Field(None, description="for the reader; not used")
 
     @field_validator("path", "folder")
     @classmethod
@@ -121,8 +119,9 @@ def entries_of(data: Any) -> list:
     return data
 
 
-def parse_entries(entries: Any) -> list[ModelFile]:
-    """Check every entry (and that no two share a target) before anything is fetched."""
+def parse_entries(entries: Any, *, key: str = "files") -> list[ModelFile]:
+    """Check every entry (and that no two share a target) before anything is fetched; problems
+    are named `<key>[i].field`."""
     if not isinstance(entries, list) or not entries:
         raise ManifestProblems(["no entries"])
     problems: list[str] = []
@@ -134,14 +133,14 @@ def parse_entries(entries: Any) -> list[ModelFile]:
         except ValidationError as exc:
             for err in exc.errors():
                 where = ".".join(str(p) for p in err["loc"])
-                problems.append(f"files[{index}]{'.' + where if where else ''}: "
+                problems.append(f"{key}[{index}]{'.' + where if where else ''}: "
                                 f"{err['msg'].removeprefix('Value error, ')}")
             continue
         except ValueError as exc:
-            problems.append(f"files[{index}]: {exc}")
+            problems.append(f"{key}[{index}]: {exc}")
             continue
         if item.path in seen:
-            problems.append(f"files[{index}].path: {item.path} is also the target of files[{seen[item.path]}]")
+            problems.append(f"{key}[{index}].path: {item.path} is also the target of {key}[{seen[item.path]}]")
             continue
         seen[item.path] = index
         files.append(item)

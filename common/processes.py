@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -23,6 +24,14 @@ READ_CHUNK = 64 * 1024
 # Whole families of operator credentials and job plumbing (RunPod's job-queue URLs, S3 settings) a
 # child has no use for, beside every key `is_sensitive_key` recognises.
 _DROPPED_PREFIXES = ("AWS_", "S3_", "RUNPOD_WEBHOOK_")
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 free right now, for a child that binds it itself (DeepSpeed's master port,
+    a server a test or benchmark starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def child_env(keep: Iterable[str] = (), *, base: Mapping[str, str] | None = None) -> dict[str, str]:

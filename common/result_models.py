@@ -1,12 +1,15 @@
 """Pydantic models of what the workers return, shared by the three images: the error result and
-the upload record. They document the response contract (docs/schemas/, `python -m scripts.gen_docs`)
-and the tests validate real results against them, so the documentation cannot drift from the code."""
+the upload record. They document the response contract (docs/schemas/, `python -m scripts.gen_docs`),
+and the code checks what it builds against them (`checked`: the upload record, the trainer's results),
+so the documentation cannot drift from the code without every test that builds one failing."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from common.jobs import validation_details
 
 # queue_full / unauthorized: the controlnet model server's 429 / 401 (MODEL_SERVER_TOKEN) only.
 ErrorCode = Literal["invalid_input", "download_failed", "unsafe_archive", "engine_failed", "upload_failed",
@@ -54,3 +57,14 @@ class UploadRecord(Strict):
     note: str | None = Field(None, description="what the link needs explaining (a private repo, a PUT URL)")
     network_volume_path: str | None = Field(None, description="where the artifact is kept on the network volume")
     attempts: list[UploadAttempt] = Field(..., description="every method tried, in order")
+
+
+def checked(model: type[BaseModel], result: dict[str, Any]) -> dict[str, Any]:
+    """`result` itself, once `model` accepts it; a RuntimeError (an `internal` error: a bug, not bad input)
+    naming the fields otherwise."""
+    try:
+        model.model_validate(result)
+    except ValidationError as exc:
+        raise RuntimeError(f"the result does not match {model.__name__}: "
+                           + "; ".join(validation_details(exc))) from None
+    return result

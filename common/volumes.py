@@ -13,20 +13,26 @@ _PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def volume_root() -> Path | None:
+def volume_root(named: Path | None = None) -> Path | None:
     """The persistent volume this worker runs on, else None.
 
-    `VOLUME_DIR` when the operator names one; else RunPod serverless's network volume
+    `named` (a settings object's `VOLUME_DIR`) or else `VOLUME_DIR` when the operator names one; else RunPod serverless's network volume
     (`/runpod-volume`: it exists only when one is attached); else `/workspace` when something is
     mounted there (a RunPod pod's volume, a vast.ai volume). A plain `/workspace` folder is not a
     volume: the images create one, and files there go with the container."""
-    if named := os.environ.get("VOLUME_DIR"):
+    if named := named or os.environ.get("VOLUME_DIR"):
         return Path(named)
     if RUNPOD_VOLUME.is_dir():
         return RUNPOD_VOLUME
     if os.path.ismount(POD_VOLUME):
         return POD_VOLUME
     return None
+
+
+def on_volume(path: Path, named: Path | None = None) -> bool:
+    """Whether `path` lies on the persistent volume (`volume_root`), so files there outlive the worker."""
+    root = volume_root(named)
+    return root is not None and Path(path).resolve().is_relative_to(root.resolve())
 
 
 def safe_job_id(job_id: object) -> str:

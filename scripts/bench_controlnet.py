@@ -40,19 +40,13 @@ def _median(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_server(models: Path, tmp: Path) -> tuple[subprocess.Popen, int, Path, dict[str, float]]:
     """The model server as a subprocess; returns it with its cold-start times."""
     import requests
 
-    port = _free_port()
+    from common.processes import free_port
+
+    port = free_port()
     model_log = tmp / f"model_server_{port}.log"
     env = dict(os.environ, MODELS_DIR=str(models), MODEL_LOG=str(model_log), MODEL_SERVER_HOST="127.0.0.1",
                MODEL_SERVER_PORT=str(port), PRELOAD_MODEL="lightning", PYTHONPATH=str(REPO), LOG_LEVEL="warning")

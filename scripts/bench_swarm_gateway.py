@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import socket
 import statistics
 import sys
 import threading
@@ -35,12 +34,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 TOKEN = "bench-token-0123456789abcdef0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_loop_thread(name: str) -> asyncio.AbstractEventLoop:
@@ -115,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path-bytes", type=int, default=7000)
     args = parser.parse_args(argv)
 
+    from common.processes import free_port
     from common.redaction import configure_logging
 
     real_stderr, sys.stderr = sys.stderr, open(os.devnull, "w")  # noqa: SIM115 - the log sink, as in production

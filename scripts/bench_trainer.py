@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     url = f"http://127.0.0.1:{httpd.server_address[1]}/ds.zip"
     print(f"dataset: {args.files} images ({(www / 'ds.zip').stat().st_size / 1e6:.1f} MB zip), work dir {tmp}\n")
 
+    from common.processes import free_port
     from handlers.diffusion_pipe_trainer import buckets, captions, configs, dataset, training
     from handlers.diffusion_pipe_trainer.joycaption import caption_batches
     from handlers.diffusion_pipe_trainer.models import JOYCAPTION_DIR, REGISTRY
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         plan = buckets.plan(ds, [buckets.Directory(buckets.media_of(files, "images"), 1)], micro_batch=1,
                             grad_accum=1, world_size=1)
         cmd = training.command(tmp / "cfg" / "config.toml", resume=False, gpu_ids=[0],
-                               master_port=training.free_port())
+                               master_port=free_port())
         asyncio.run(training.run(cmd, gpu_ids=[0], progress=TrainProgress(1, plan.steps_per_epoch),
                                  log_file=tmp / "t.log", on_update=lambda p: None,
                                  on_first_line=lambda f=first: f.append(time.perf_counter())))

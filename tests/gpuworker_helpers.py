@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ from typing import Any
 import pytest
 
 from scripts.gpuworker.cli import main
-from tests.fakes.threaded_http import free_port
+from tests.fakes.threaded_http import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,11 +57,7 @@ def start_swarmui(tmp: Path, *, env: dict | None = None, required_auth: str = ""
     env = {"FAKE_SWARMUI_WS_CLOSE_WAIT": "0.05", **(env or {})}  # SwarmUI waits 2 s before closing
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, f"http://127.0.0.1:{port}", port
-        time.sleep(0.05)
+    if wait_port(port, 30):
+        return proc, f"http://127.0.0.1:{port}", port
     proc.kill()
     raise TimeoutError("the SwarmUI stand-in did not open its port")

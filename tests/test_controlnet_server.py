@@ -186,20 +186,15 @@ def test_unusable_manifest_writes_the_fatal_line_and_exits(cn_models, tmp_path):
     assert "MODEL_SERVER_READY" not in text, "the log is truncated at start"
 
 
-def test_cuda_error_marks_the_instance_fatal(cn_engine, monkeypatch, tmp_path):
+def test_cuda_error_marks_the_instance_fatal(app_state, monkeypatch):
     """In-process app: a (simulated) CUDA error is a 500 for the request and MODEL_SERVER_FATAL
     for the PyWorker, which then reports the instance as errored."""
     from diffusers import StableDiffusionXLControlNetPipeline
     from fastapi.testclient import TestClient
 
-    from handlers.controlnet_pyworker.engine import Engine
-    from handlers.controlnet_pyworker.server import State, create_app
+    from handlers.controlnet_pyworker.server import create_app
 
-    monkeypatch.setenv("MODELS_DIR", str(cn_engine.models_dir))
-    monkeypatch.setenv("MODEL_LOG", str(tmp_path / "model_server.log"))
-    monkeypatch.delenv("MODEL_MANIFEST", raising=False)
-    state = State()
-    state.engines._engine = Engine(cn_engine.manifest, cn_engine.models_dir, device="cpu", fetch_missing=False)
+    state = app_state
 
     def illegal_access(self, *a, **k):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")

@@ -12,8 +12,10 @@ import requests
 
 from tests.controlnet_fixtures import REPO, body, free_port, png_size, stop
 from tests.fakes.vast_autoscaler import VastAutoscaler
+from tests.process_helpers import stop_gracefully
 
 VAST_PYTHON = REPO / ".venv-vast" / "bin" / "python"
+START = REPO / "images" / "controlnet-pyworker" / "start.sh"
 pytestmark = pytest.mark.skipif(not VAST_PYTHON.exists(), reason=".venv-vast not set up (make setup)")
 
 
@@ -28,6 +30,29 @@ def start_front(scaler: VastAutoscaler, tmp, *, model_log, model_port: int):
                             stdout=log, stderr=subprocess.STDOUT)
     log.close()
     return proc, f"http://127.0.0.1:{port}"
+
+
+def start_script_env(scaler: VastAutoscaler, models, tmp, model_port: int, **extra: str | None) -> dict[str, str]:
+    """What an instance of the endpoint gets, for images/controlnet-pyworker/start.sh in vast mode; an
+    `extra` of None removes that variable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
+    env.update(scaler.worker_env(free_port(), free_port()))
+    env.update(CONTROLNET_MODE="vast", APP_DIR=str(REPO), PYTHON=sys.executable, VAST_PYTHON=str(VAST_PYTHON),
+               MODELS_DIR=str(models), MODEL_LOG=str(tmp / "logs" / "model_server.log"),
+               MODEL_SERVER_PORT=str(model_port), DEVICE="cpu", PYWORKER_DIR=str(tmp / "pyworker"),
+               CONTROLNET_LOCK_FILE=str(tmp / "lock"))
+    for name, value in extra.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+def start_script(env: dict[str, str], tmp) -> subprocess.Popen:
+    with open(tmp / "start.log", "wb") as log:
+        return subprocess.Popen(["bash", str(START)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 @pytest.fixture(scope="module")
@@ -136,26 +161,16 @@ def test_fatal_line_marks_the_worker_errored_with_its_cause(tmp_path):
 def test_start_script_runs_server_and_front(cn_models, tmp_path):
     """images/controlnet-pyworker/start.sh in vast mode: fetch check, model server, front; a second
     start on the same instance backs off; SIGTERM stops both."""
-    import signal
-
     from handlers.controlnet_pyworker import workload
 
-    port, http_port, model_port = free_port(), free_port(), free_port()
+    model_port = free_port()
     with VastAutoscaler() as scaler:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
-        env.update(scaler.worker_env(port, http_port))
-        env.update(CONTROLNET_MODE="vast", APP_DIR=str(REPO), PYTHON=sys.executable, VAST_PYTHON=str(VAST_PYTHON),
-                   MODELS_DIR=str(cn_models), MODEL_LOG=str(tmp_path / "logs" / "model_server.log"),
-                   MODEL_SERVER_HOST="127.0.0.1", MODEL_SERVER_PORT=str(model_port), DEVICE="cpu",
-                   PYWORKER_DIR=str(tmp_path / "pyworker"), CONTROLNET_LOCK_FILE=str(tmp_path / "lock"),
-                   BENCHMARK_SIZE="256", BENCHMARK_RUNS="1")
-        script = str(REPO / "images/controlnet-pyworker/start.sh")
-        with open(tmp_path / "start.log", "wb") as log:
-            proc = subprocess.Popen(["bash", script], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+        env = start_script_env(scaler, cn_models, tmp_path, model_port, MODEL_SERVER_HOST="127.0.0.1",
+                               BENCHMARK_SIZE="256", BENCHMARK_RUNS="1")
+        proc = start_script(env, tmp_path)
         try:
             scaler.wait_for(lambda s: s.loaded_worker(), timeout=120, alive=lambda: proc.poll() is None)
-            second = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=30)
+            second = subprocess.run(["bash", str(START)], env=env, capture_output=True, text=True, timeout=30)
             assert second.returncode == 0 and "already running" in second.stderr
             payload = body(seed=3)
             auth = route(scaler, workload.units(payload))
@@ -164,12 +179,7 @@ def test_start_script_runs_server_and_front(cn_models, tmp_path):
             assert r.status_code == 200 and png_size(r.json()["images"][0]) == (256, 256)
             assert (tmp_path / "pyworker" / ".has_benchmark").is_file()
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                raise
+            stop_gracefully(proc)
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{model_port}/ping", timeout=2)
 
@@ -225,34 +235,18 @@ def test_failed_signing_says_why_and_writes_nothing(tmp_path, case):
 def test_start_script_signs_the_certificate_by_default(cn_models, tmp_path):
     """USE_SSL unset = vast's default true: the start script has the certificate signed before the front
     starts, and the front advertises https."""
-    import signal
-
     from tests.fakes.vast_sign_cert import VastCertSigner
 
-    port, http_port, model_port = free_port(), free_port(), free_port()
     with VastAutoscaler() as scaler, VastCertSigner() as signer:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
-        env.update(scaler.worker_env(port, http_port))
-        del env["USE_SSL"]
-        env.update(CONTROLNET_MODE="vast", APP_DIR=str(REPO), PYTHON=sys.executable, VAST_PYTHON=str(VAST_PYTHON),
-                   MODELS_DIR=str(cn_models), MODEL_LOG=str(tmp_path / "logs" / "model_server.log"),
-                   MODEL_SERVER_PORT=str(model_port), DEVICE="cpu", FETCH_ON_START="0", PRELOAD_MODEL="none",
-                   PYWORKER_DIR=str(tmp_path / "pyworker"), CONTROLNET_LOCK_FILE=str(tmp_path / "lock"),
-                   VAST_TLS_DIR=str(tmp_path / "tls"), VAST_SIGN_CERT_URL=signer.url)
-        with open(tmp_path / "start.log", "wb") as log:
-            proc = subprocess.Popen(["bash", str(REPO / "images/controlnet-pyworker/start.sh")], env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+        env = start_script_env(scaler, cn_models, tmp_path, free_port(), USE_SSL=None, FETCH_ON_START="0",
+                               PRELOAD_MODEL="none", VAST_TLS_DIR=str(tmp_path / "tls"), VAST_SIGN_CERT_URL=signer.url)
+        proc = start_script(env, tmp_path)
         try:
             status = scaler.wait_for(lambda s: next(iter(s.statuses), None), timeout=120,
                                      alive=lambda: proc.poll() is None)
-            assert status["url"] == f"https://127.0.0.1:{port}"
+            assert status["url"] == f"https://127.0.0.1:{env['WORKER_PORT']}"
             assert signer.requests and signer.requests[0]["query"] == {"instance_id": ["1"]}
             assert (tmp_path / "tls" / "instance.crt").is_file() and (tmp_path / "tls" / "instance.key").is_file()
             assert "TLS: instance certificate signed by vast.ai" in (tmp_path / "start.log").read_text()
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                raise
+            stop_gracefully(proc)

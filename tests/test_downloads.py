@@ -21,6 +21,7 @@ from common import downloads
 from common.downloads import download
 from common.jobs import JobError
 from tests.fakes.http_files import FileServer, Route
+from tests.fakes.threaded_http import free_port
 
 MB = 1 << 20
 
@@ -329,9 +330,7 @@ def test_error_messages_never_contain_the_query_string(switch_off, server, tmp_p
     err = _download_error(server.url("/gone.bin") + query, tmp_path / "x", max_bytes=MB)  # 404
     assert "HTTP 404" in err.message and "/gone.bin" in err.message
     assert "deadbeef" not in str(err) and "tok123456" not in str(err)
-    with socket.socket() as s:  # a port nobody listens on: connection refused, retried, then failed
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
+    closed = free_port()  # a port nobody listens on: connection refused, retried, then failed
     monkeypatch.setattr(downloads, "RETRIES", 1)
     err = _download_error(f"http://user:pw-secret@127.0.0.1:{closed}/f.bin{query}", tmp_path / "x", max_bytes=MB)
     assert "gave up" in err.message

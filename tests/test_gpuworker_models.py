@@ -122,12 +122,14 @@ def test_manifest_errors_name_entry_and_field_before_any_download(files, tmp_pat
         {"url": files.url("/z.bin"), "path": "same.bin"},
         {"repo": "acme/models", "file": "w.bin", "path": "same.bin"},
         {"repo": "acme/models", "url": files.url("/w.bin"), "file": "w.bin"},
+        {"url": files.url("/v.bin"), "path": "v.bin", "sha265": "a" * 64},
     ]})
     r = run_cli(capsys, "models", "fetch", str(manifest), "--dest", str(tmp_path / "vol"))
     assert r.code == 2
     for expected in ("files[0].path: must be a relative path", "files[1]: give exactly one source",
                      "files[2]: url: unsupported scheme 'ftp'", "files[3].sha256:",
-                     "files[5].path: same.bin is also the target of files[4]", "files[6]: give exactly one source"):
+                     "files[5].path: same.bin is also the target of files[4]", "files[6]: give exactly one source",
+                     "files[7].sha265: Extra inputs are not permitted"):
         assert expected in r.err, expected
     assert not files.seen("/x.bin") and not (tmp_path / "vol").exists()
     r = run_cli(capsys, "models", "fetch", str(tmp_path / "nope.json"), "--dest", str(tmp_path / "vol"))

@@ -4,7 +4,6 @@ an environment without secrets), and the trainer's children through it."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import textwrap
@@ -14,6 +13,7 @@ import pytest
 
 from common import processes
 from handlers.diffusion_pipe_trainer import captions
+from tests.process_helpers import gone_within
 from tests.trainer_fixtures import png
 
 
@@ -33,18 +33,6 @@ def test_splitter_passes_long_lines_cut_and_carriage_returns_as_line_ends():
         s.feed(chunk)
     s.close()
     assert lines == [("short", False), ("AAAAAAAA", True), ("bar 1%", False), ("bar 2%", False), ("tail", False)]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie has ended; only its parent has not reaped it yet
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_stop_terms_then_kills_the_whole_group(tmp_path):
@@ -76,10 +64,7 @@ def test_stop_terms_then_kills_the_whole_group(tmp_path):
 
     took = asyncio.run(scenario())
     assert 0.5 <= took < 5
-    deadline = time.monotonic() + 5
-    while _alive(int(pidfile.read_text())) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(int(pidfile.read_text()))
+    assert gone_within(int(pidfile.read_text()), 5)
 
 
 FAKE_JOYCAPTION = """\

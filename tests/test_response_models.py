@@ -55,6 +55,19 @@ def test_trainer_dry_run_and_training_results(trainer_env, dataset_server, put_s
     assert ErrorResult.model_validate(failed).error_code == "invalid_input"
 
 
+def test_trainer_result_that_drifts_from_its_model_fails_the_job(trainer_env, dataset_server, monkeypatch):
+    """The pipeline checks its result against the response model: an undocumented key fails every job test."""
+    from handlers.diffusion_pipe_trainer import pipeline
+    from tests.test_trainer_job import image_zip, run_handler
+
+    url = dataset_server.put_zip("drift.zip", image_zip(4, captioned=(0, 1, 2, 3)))
+    job = {"model_type": "sdxl", "dry_run": True, "dataset": {"type": "precaptioned", "images_url": url}}
+    documented = pipeline._dry_run_result
+    monkeypatch.setattr(pipeline, "_dry_run_result", lambda *a: {**documented(*a), "surprise": 1})
+    out = run_handler(job, job_id="doc-drift")
+    assert out["error_code"] == "internal" and "surprise" in out["error"]
+
+
 @pytest.fixture(scope="module")
 def swarm_worker(tmp_path_factory):
     from tests.swarm_helpers import configured_worker
@@ -92,3 +105,16 @@ def test_upload_record_refuses_undocumented_keys():
     UploadRecord.model_validate(record)
     with pytest.raises(ValueError, match="surprise"):
         UploadRecord.model_validate({**record, "surprise": 1})
+
+
+def test_upload_record_is_checked_where_it_is_built(put_server, monkeypatch, tmp_path):
+    """`common.uploads.upload` checks its record against UploadRecord: a method answering with a value
+    of the wrong kind is a bug found by every upload test, not a record that merely looks right."""
+    from common.uploads import presigned_put, upload
+
+    real = presigned_put.upload
+    monkeypatch.setattr(presigned_put, "upload", lambda *a, **kw: {**real(*a, **kw), "expires_in_days": "soon"})
+    out = tmp_path / "out.png"
+    out.write_bytes(b"png")
+    with pytest.raises(RuntimeError, match=r"does not match UploadRecord: expires_in_days"):
+        upload([out], {"upload_url": put_server.url("x.png")}, job_id="doc-upload")

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import http.server
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 from common.jobs import JobError
 from common.swarmui import SwarmUIClient
 from handlers.swarm_worker.manifest import load_manifest
+from tests.fakes.http_files import FileServer, Route
 from tests.swarm_helpers import ROOT, running_commands, worker_env
 
 START = ROOT / "images" / "swarm-worker" / "start.sh"
@@ -33,23 +32,11 @@ while True:
 
 
 @pytest.fixture()
-def model_server(tmp_path):
-    served = tmp_path / "served"
-    served.mkdir()
+def model_server():
     payload = os.urandom(300_000)
-    (served / "wan22_high.gguf").write_bytes(payload)
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(served), **kw)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", hashlib.sha256(payload).hexdigest(), payload
-    server.shutdown()
+    with FileServer() as server:
+        server.add("/wan22_high.gguf", Route(payload))
+        yield server.url(""), hashlib.sha256(payload).hexdigest(), payload
 
 
 def _run_start_script(env: dict, url_file: Path, timeout: float = 40) -> tuple[subprocess.Popen, list[str]]:
@@ -119,7 +106,7 @@ def test_bad_manifest_stops_before_starting(tmp_path):
     env.pop("RUNPOD_WEBHOOK_GET_JOB", None)
     out = subprocess.run(["bash", str(START)], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
-    assert "[0].folder: Value error" not in out.stderr and "models[0].folder: must be a relative folder" in out.stderr
+    assert "[0].folder: Value error" not in out.stderr and "models[0].folder: must be a relative path" in out.stderr
 
 
 def test_check_mode_for_the_image_build(tmp_path):

@@ -7,18 +7,19 @@ import json
 import os
 import re
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import tomllib
 
 from common.jobs import JobError
+from common.processes import free_port
 from handlers.diffusion_pipe_trainer import buckets, configs, gpus, training
 from handlers.diffusion_pipe_trainer.models import REGISTRY
 from handlers.diffusion_pipe_trainer.outputs import clear_interrupted_saves, latest_lora
 from handlers.diffusion_pipe_trainer.schema import parse_request
 from handlers.diffusion_pipe_trainer.train_log import TrainProgress
+from tests.process_helpers import gone_within
 from tests.trainer_fixtures import png
 
 FAKE = Path(__file__).parent / "fakes" / "diffusion_pipe_train.py"
@@ -66,7 +67,7 @@ def make_job(tmp_path: Path, model_type: str, training: dict, n_images: int = 6,
 def run(cfg: Path, tp: TrainProgress, tmp_path: Path, gpu_ids: list[int] | None = None, resume: bool = False, **kw):
     updates = []
     ids = gpu_ids or [0]
-    cmd = training.command(cfg, resume=resume, gpu_ids=ids, master_port=training.free_port())
+    cmd = training.command(cfg, resume=resume, gpu_ids=ids, master_port=free_port())
     result = asyncio.run(training.run(cmd, gpu_ids=ids, progress=tp, log_file=tmp_path / "train.log",
                                       on_update=lambda p: updates.append(p.report() | {"pct": p.percent()}), **kw))
     return result, updates
@@ -116,19 +117,6 @@ def test_crash_mid_epoch_is_engine_failed_with_the_log_tail(engine, tmp_path, mo
     assert tp.epoch == 2
 
 
-def _dead(pid: int) -> bool:
-    for _ in range(50):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        # a killed child is reaped by init; until then it may still show up briefly
-        if Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_hang_past_timeout_kills_the_whole_process_group(engine, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_DIFFUSION_PIPE_MODE", "hang")
     monkeypatch.setenv("FAKE_DIFFUSION_PIPE_PIDFILE", str(tmp_path / "train.pid"))
@@ -137,7 +125,7 @@ def test_hang_past_timeout_kills_the_whole_process_group(engine, tmp_path, monke
         run(cfg, tp, tmp_path, timeout_s=3)
     assert ei.value.code == "timeout" and "time limit of 3 s" in ei.value.message
     assert "resume" in ei.value.message
-    assert _dead(int((tmp_path / "train.pid").read_text()))  # the launcher's child, not just the launcher
+    assert gone_within(int((tmp_path / "train.pid").read_text()), 5)  # the launcher's child, not just the launcher
 
 
 def test_cancellation_kills_the_process_group(engine, tmp_path, monkeypatch):
@@ -147,7 +135,7 @@ def test_cancellation_kills_the_process_group(engine, tmp_path, monkeypatch):
     cfg, tp, _, _ = make_job(tmp_path, "sdxl", {"epochs": 3})
 
     async def scenario():
-        cmd = training.command(cfg, resume=False, gpu_ids=[0], master_port=training.free_port())
+        cmd = training.command(cfg, resume=False, gpu_ids=[0], master_port=free_port())
         task = asyncio.create_task(training.run(cmd, gpu_ids=[0], progress=tp, log_file=tmp_path / "t.log",
                                                 on_update=lambda p: None))
         while tp.step < 2:
@@ -157,7 +145,7 @@ def test_cancellation_kills_the_process_group(engine, tmp_path, monkeypatch):
             await task
 
     asyncio.run(scenario())
-    assert _dead(int(pidfile.read_text()))
+    assert gone_within(int(pidfile.read_text()), 5)
 
 
 def test_missing_engine_is_a_clear_error(tmp_path, monkeypatch):
@@ -181,7 +169,7 @@ def test_master_port_reaches_train_py_which_would_otherwise_use_29500(engine, tm
     """train.py has its own --master_port (default 29500) and sets MASTER_PORT from it (train.py:54, 252-253)."""
     monkeypatch.setenv("FAKE_DIFFUSION_PIPE_ARGV", str(tmp_path / "argv.json"))
     cfg, tp, _, _ = make_job(tmp_path, "sdxl", {"epochs": 1, "gradient_accumulation_steps": 1})
-    port = training.free_port()
+    port = free_port()
     cmd = training.command(cfg, resume=False, gpu_ids=[0], master_port=port)
     asyncio.run(training.run(cmd, gpu_ids=[0], progress=tp, log_file=tmp_path / "l", on_update=lambda p: None))
     seen = json.loads((tmp_path / "argv.json").read_text())

@@ -12,7 +12,7 @@ import pytest
 from common.jobs import JobError
 from handlers.diffusion_pipe_trainer import model_fetch
 from handlers.diffusion_pipe_trainer.models import REGISTRY, Fetch
-from tests.fakes.seaweedfs import free_port
+from tests.fakes.threaded_http import free_port
 
 WEIGHTS = b"\x00safetensors-ish" * 64
 

@@ -6,6 +6,7 @@ import os
 import time
 
 from tests.fakes.runpod_jobs import RunPodJobServer, launch_handler
+from tests.process_helpers import gone_within
 from tests.test_trainer_job import image_zip, seed_weights
 
 
@@ -57,20 +58,6 @@ def test_cancel_stops_training_and_its_process_group(trainer_env, dataset_server
             time.sleep(0.1)
         pid = int(pidfile.read_text())
         server.cancel(job_id)
-        deadline = time.monotonic() + 30
-        while _alive(pid):
-            assert time.monotonic() < deadline, f"training process {pid} survived the cancel\n{proc.log_tail()}"
-            time.sleep(0.1)
+        assert gone_within(pid, 30), f"training process {pid} survived the cancel\n{proc.log_tail()}"
         assert proc.poll() is None  # the worker itself lives on for the next job
     assert server.status(job_id)["status"] == "CANCELLED"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
-    except OSError:
-        return False

@@ -39,6 +39,20 @@ def test_volume_root(monkeypatch, tmp_path):
     assert volumes.volume_root() == tmp_path / "runpod-volume"
     monkeypatch.setenv("VOLUME_DIR", str(tmp_path / "named"))
     assert volumes.volume_root() == tmp_path / "named"
+    assert volumes.volume_root(tmp_path / "set") == tmp_path / "set"  # a settings object's VOLUME_DIR
+
+
+def test_on_volume(monkeypatch, tmp_path):
+    """One test for "are these files kept": under the volume root, not a look at the path's spelling."""
+    monkeypatch.setattr(volumes, "RUNPOD_VOLUME", tmp_path / "runpod-volume")
+    monkeypatch.setattr(volumes, "POD_VOLUME", tmp_path / "workspace")
+    monkeypatch.delenv("VOLUME_DIR", raising=False)
+    (tmp_path / "workspace" / "outputs").mkdir(parents=True)
+    assert not volumes.on_volume(tmp_path / "workspace" / "outputs")  # a plain folder: lost with the container
+    (tmp_path / "runpod-volume").mkdir()
+    assert volumes.on_volume(tmp_path / "runpod-volume" / "outputs")
+    assert not volumes.on_volume(tmp_path / "runpod-volume-2" / "outputs")  # a prefix is not a parent
+    assert not volumes.on_volume(tmp_path / "runpod-volume" / ".." / "elsewhere")
 
 
 def test_trainer_works_on_the_volume(monkeypatch, tmp_path):
@@ -57,3 +71,18 @@ def test_upload_keeps_files_inside_the_volume_whatever_the_job_id(litterbox_serv
         upload([out], None, job_id="../../escaped", volume_dir=volume)
     assert (volume / "escaped" / "out.png").read_bytes() == b"png"
     assert not (tmp_path / "escaped").exists()
+
+
+def test_controlnet_keeps_uploaded_images_on_the_volume_under_the_job_id(cn_engine, put_server, monkeypatch,
+                                                                         tmp_path):
+    """controlnet-pyworker asks `volume_root` (its settings' VOLUME_DIR, else the environment's) and names the
+    folder with `safe_job_id`: a job id with a slash keeps its name, made safe, as in the trainer's folders."""
+    from handlers.controlnet_pyworker import service
+    from tests.controlnet_fixtures import body
+
+    monkeypatch.setenv("VOLUME_DIR", str(tmp_path / "vol"))
+    spec = {"upload_url": put_server.url("cn.png")}
+    out = service.respond({"id": "batch/7 a", "input": body(steps=1, output=spec)}, cn_engine)
+    kept = tmp_path / "vol" / "controlnet-outputs" / "batch_7_a" / "batch_7_a_0.png"
+    assert out["upload"]["network_volume_path"] == str(kept.parent)
+    assert kept.read_bytes() == put_server.received["/bucket/cn.png"]

@@ -8,15 +8,16 @@ import ssl
 from pathlib import Path
 
 
-def self_signed_cert(folder: Path) -> tuple[Path, Path]:
-    """(cert.pem, key.pem) for IP 127.0.0.1 and localhost, valid for a day."""
+def self_signed_cert(folder: Path, common_name: str = "127.0.0.1") -> tuple[Path, Path]:
+    """(instance.crt, instance.key) for IP 127.0.0.1 and localhost, valid for a day, that no client trusts
+    unless told to (vast.ai's instance certificates name the instance, e.g. `C.12345`)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))

@@ -2,7 +2,8 @@
 
 - `trainer_models`: the tiny random-weight JoyCaption-shaped model, built once per session
   into a models dir laid out like the volume's `models/`.
-- `dataset_server`: a static HTTP server on 127.0.0.1 serving files from a folder.
+- `dataset_server`: the files a test `put`s, served on 127.0.0.1 (tests/fakes/http_files.py).
+- `put_server`: a presigned-PUT target recording what it receives.
 - `gemini`: the Gemini stand-in (tests/fakes/gemini.py), fresh state per test.
 - `trainer_env`: environment for a job: working dir, models dir, the diffusion-pipe stand-in
   as launcher, Gemini base URL, fast retry pacing.
@@ -13,16 +14,16 @@ from __future__ import annotations
 import io
 import os
 import sys
-import threading
 import time
 import zipfile
-from functools import partial
-from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from tests.fakes.gemini import FakeGemini
+from tests.fakes.http_files import FileServer, Route
+from tests.fakes.threaded_http import LocalService, read_body, reply
 
 FAKE_ENGINE = Path(__file__).parent / "fakes" / "diffusion_pipe_train.py"
 GEMINI_KEY = "test-gemini-key"
@@ -37,42 +38,21 @@ def trainer_models(tmp_path_factory) -> Path:
     return models
 
 
-class _Recording(SimpleHTTPRequestHandler):
-    requests: list[str]
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def send_head(self):
-        self.requests.append(self.path)
-        return super().send_head()
-
-
-class DatasetServer:
-    """Serves files from `root`; `requests` lists every path asked for (to prove nothing was downloaded)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.requests: list[str] = []
-        handler = type("Handler", (_Recording,), {"requests": self.requests})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+class DatasetServer(FileServer):
+    """Serves what `put` gives it; `requests` lists every request (to prove nothing was downloaded)."""
 
     def put(self, name: str, data: bytes) -> str:
-        (self.root / name).write_bytes(data)
-        return f"{self.url}/{name}"
+        self.add(f"/{name}", Route(data))
+        return self.url(f"/{name}")
 
     def put_zip(self, name: str, files: dict[str, bytes]) -> str:
         return self.put(name, make_zip(files))
 
 
 @pytest.fixture(scope="session")
-def dataset_server(tmp_path_factory):
-    server = DatasetServer(tmp_path_factory.mktemp("datasets"))
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+def dataset_server():
+    with DatasetServer() as server:
+        yield server
 
 
 def make_zip(files: dict[str, bytes]) -> bytes:
@@ -156,36 +136,27 @@ def trainer_env(tmp_path, monkeypatch, trainer_models) -> Path:
     return work
 
 
-class _PutRecorder(BaseHTTPRequestHandler):
-    received: dict[str, bytes]
-    server: ThreadingHTTPServer
+class PutServer(LocalService):
+    """A presigned-PUT target: `url(name)` gives a signed-looking URL, `received` the bodies by path;
+    set `delay_s` to make each PUT answer that much later (a slow link)."""
 
-    def log_message(self, *args) -> None:
-        pass
+    methods = ("PUT",)
 
-    def do_PUT(self) -> None:  # noqa: N802
-        n = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(n)
-        time.sleep(self.server.delay_s)  # type: ignore[attr-defined]  # a slow link
-        self.received[self.path.split("?")[0]] = body
-        self.send_response(200)
-        self.send_header("ETag", '"fake"')
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+    def __init__(self) -> None:
+        self.received: dict[str, bytes] = {}
+        self.delay_s = 0.0
+
+    def url(self, name: str) -> str:
+        return f"{self.origin}/bucket/{name}?X-Amz-Signature=deadbeef&X-Amz-Credential=AKIAFAKE"
+
+    def _dispatch(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        body = read_body(handler)
+        time.sleep(self.delay_s)
+        self.received[handler.path.split("?")[0]] = body
+        reply(handler, 200, headers={"ETag": '"fake"'})
 
 
 @pytest.fixture
 def put_server():
-    """A presigned-PUT target on 127.0.0.1: `url(name)` gives a signed-looking URL, `received` the bodies;
-    set `delay_s` to make each PUT answer that much later."""
-    received: dict[str, bytes] = {}
-    handler = type("Handler", (_PutRecorder,), {"received": received})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.delay_s = 0.0  # type: ignore[attr-defined]
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.received = received  # type: ignore[attr-defined]
-    httpd.url = lambda name: f"{base}/bucket/{name}?X-Amz-Signature=deadbeef&X-Amz-Credential=AKIAFAKE"  # type: ignore[attr-defined]
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    with PutServer() as server:
+        yield server

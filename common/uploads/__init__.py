@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from common.jobs import JobError, Progress, invalid_input
 from common.redaction import redact_text, register_secret
+from common.result_models import UploadRecord, checked
 from common.uploads import huggingface, litterbox, presigned_put, s3, transfer_sh
 from common.uploads.base import Artifact, UploadError, with_retries
 from common.uploads.spec import UploadSpec
@@ -264,7 +265,7 @@ def _record(sent: dict, method: str, delivery: _Delivery, kept_dir: Path | None,
     if kept_dir is not None:
         record["network_volume_path"] = str(kept_dir)
     record["attempts"] = attempts
-    return record
+    return checked(UploadRecord, record)
 
 
 def _primary(files: list[Path]) -> Path:

@@ -10,29 +10,14 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import re
 import tempfile
 import threading
-import uuid
 from pathlib import Path
 
 from common.jobs import JobError, Progress, Timings, run_job
+from common.volumes import safe_job_id, volume_root
 from handlers.controlnet_pyworker import schema, workload
 from handlers.controlnet_pyworker.engine import Engine, Generation, Ticket
-
-
-def volume_dir(configured: Path | None) -> Path | None:
-    for candidate in (configured, "/runpod-volume", "/workspace"):
-        if candidate and Path(candidate).is_dir() and os.access(candidate, os.W_OK):
-            return Path(candidate)
-    return None
-
-
-def safe_job_id(job: dict) -> str:
-    """The job id when it is a plain name (it names files and folders), else a fresh one."""
-    job_id = str(job.get("id") or "")
-    return job_id if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", job_id) else f"job-{uuid.uuid4().hex[:12]}"
 
 
 def png_bytes(image, level: int = 1) -> bytes:
@@ -83,7 +68,7 @@ def execute(engine: Engine, raw: dict, *, job: dict, timings: Timings, max_inlin
     """
     try:
         req = request or schema.validate(raw, engine.manifest, engine.settings)
-        job_id = safe_job_id(job)
+        job_id = safe_job_id(job.get("id"))
 
         def on_step(i: int, total: int) -> None:
             if progress:
@@ -106,7 +91,7 @@ def execute(engine: Engine, raw: dict, *, job: dict, timings: Timings, max_inlin
         if progress:
             progress.update("uploading", 100.0, f"uploading {len(pngs)} image(s)", force=True)
         with timings.stage("upload"):
-            result["upload"] = _upload(pngs, req, job_id, progress, volume_dir(engine.settings.volume_dir))
+            result["upload"] = _upload(pngs, req, job_id, progress, volume_root(engine.settings.volume_dir))
         return result, []
     images = [base64.b64encode(p).decode("ascii") for p in pngs]
     size = sum(len(s) for s in images)

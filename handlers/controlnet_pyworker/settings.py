@@ -70,9 +70,9 @@ class Settings:
                                        "updates", parse=number, group="runpod")
     png_compress_level: int = setting("PNG_COMPRESS_LEVEL", 1, "zlib level of the PNGs returned (0-9; 1 is about "
                                       "40 ms faster than 6 at 1024² for ~8% more bytes)", parse=integer)
-    volume_dir: Path | None = setting("VOLUME_DIR", None, "where uploads are staged (then `/runpod-volume`, "
-                                      "`/workspace`, a temporary folder)", parse=lambda r: Path(r) if r else None,
-                                      shown="unset")
+    volume_dir: Path | None = setting("VOLUME_DIR", None, "the volume uploaded images are kept on (unset: "
+                                      "`/runpod-volume`, else a mounted `/workspace`, else a temporary folder, not "
+                                      "kept)", parse=lambda r: Path(r) if r else None, shown="unset")
     log_level: str = setting("LOG_LEVEL", "info", "log level of the model server, the RunPod handler and the "
                              "vast.ai front", parse=lambda r: r or "info", group="all")
     max_queue_time: float = setting("MAX_QUEUE_TIME", 60.0, "seconds of estimated wait before the front answers "

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common import processes
 from common.jobs import JobError, Progress, Timings, error_result
 from common.redaction import redact
+from common.result_models import checked
 from handlers.diffusion_pipe_trainer import (
     buckets,
     configs,
@@ -32,6 +34,7 @@ from handlers.diffusion_pipe_trainer import (
 )
 from handlers.diffusion_pipe_trainer.models import REGISTRY, ModelSpec
 from handlers.diffusion_pipe_trainer.outputs import clear_interrupted_saves, latest_lora
+from handlers.diffusion_pipe_trainer.responses import DryRunOutcome, TrainOutcome
 from handlers.diffusion_pipe_trainer.schema import TrainRequest, parse_request
 from handlers.diffusion_pipe_trainer.train_log import TrainProgress
 from handlers.diffusion_pipe_trainer.workspace import JobDirs, job_dirs
@@ -213,8 +216,9 @@ async def _train(req: TrainRequest, spec: ModelSpec, gpu: preflight.Gpus, dirs: 
             plan = await _plan(req, spec, gpu, dirs, progress, timings)
             if req.dry_run:
                 command = training.command(plan.cfg_path, resume=bool(req.resume), gpu_ids=gpu.ids,
-                                           master_port=training.free_port())
-                return {"status": "dry_run", **base, **_dry_run_result(req, spec, gpu, dirs, plan, command)}
+                                           master_port=processes.free_port())
+                return checked(DryRunOutcome, {"status": "dry_run", **base,
+                                               **_dry_run_result(req, spec, gpu, dirs, plan, command)})
             await _fetch_models(req, spec, dirs, progress, timings)
     except TimeoutError:
         if not before_training.expired():
@@ -236,7 +240,7 @@ async def _train(req: TrainRequest, spec: ModelSpec, gpu: preflight.Gpus, dirs: 
     progress.update("training", 0, "starting diffusion-pipe", force=True)
     # the port is picked now, not before the (possibly long) model download, so that it is still free
     command = training.command(plan.cfg_path, resume=bool(req.resume), gpu_ids=gpu.ids,
-                               master_port=training.free_port())
+                               master_port=processes.free_port())
     with timings.stage("training"):
         await training.run(command, gpu_ids=gpu.ids, progress=tp, log_file=dirs.logs / "train.log",
                            on_update=on_update, timeout_s=remaining)
@@ -252,7 +256,7 @@ async def _train(req: TrainRequest, spec: ModelSpec, gpu: preflight.Gpus, dirs: 
                                      "expires_in_days", "archive_size_mb", "size_bytes", "sha256", "attempts")
               if k in record}
     output["network_volume_path"] = record.get("network_volume_path") or str(lora.directory)
-    return {
+    return checked(TrainOutcome, {
         "status": "success", **base,
         "epochs_completed": epochs_completed, "latest_epoch": lora.name,
         "saved_epochs": tp.saved, "steps": tp.step, "final_loss": tp.loss,
@@ -260,7 +264,7 @@ async def _train(req: TrainRequest, spec: ModelSpec, gpu: preflight.Gpus, dirs: 
         "dataset": plan.dataset_info, "output": output, "gpus": gpu.ids,
         "warnings": plan.warnings + [f"the engine dropped size bucket {b} whole (fewer samples than the global "
                                      "batch)" for b in tp.dropped_buckets],
-    }
+    })
 
 
 async def _upload(req: TrainRequest, job_id: str, lora, progress: Progress) -> dict:

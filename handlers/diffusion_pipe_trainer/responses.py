@@ -1,4 +1,8 @@
-"""The trainer's job outputs: a finished training, or a dry run (docs/diffusion-pipe-trainer.md)."""
+"""The trainer's job outputs: a finished training, or a dry run (docs/diffusion-pipe-trainer.md).
+
+The pipeline checks what it returns against `TrainOutcome` / `DryRunOutcome` (`common.result_models.checked`), so a
+result that drifts from its documentation fails every job test; `common.jobs.run_job_async` then
+adds `timings` and `worker_version`, which makes it a `TrainResult` / `DryRunResult`."""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ _WARNINGS = ("what will not train as asked: files in an aspect-ratio bucket the 
 _GPUS = "the GPU indices trained on (data parallel over all of them unless pipeline_stages splits them)"
 
 
-class TrainResult(Strict):
+class TrainOutcome(Strict):
     status: Literal["success"] = Field(..., description="success (a failure is an error result instead)")
     job_id: str = Field(..., description="the RunPod job id (also the folder names on the volume)")
     model_type: str = Field(..., description="the model_type trained")
@@ -35,12 +39,15 @@ class TrainResult(Strict):
     output: LoraOutput = Field(..., description="the upload record of the LoRA")
     gpus: list[int] = Field(..., description=_GPUS)
     warnings: list[str] = Field(..., description=_WARNINGS + "; and size buckets the engine logged as dropped")
+
+
+class TrainResult(TrainOutcome):
     timings: dict[str, float] = Field(..., description="seconds per stage (download, caption, config, models, "
                                                        "training, upload, total)")
     worker_version: str = Field(..., description="version of the worker image")
 
 
-class DryRunResult(Strict):
+class DryRunOutcome(Strict):
     status: Literal["dry_run"] = Field(..., description="dry_run: nothing was trained")
     job_id: str = Field(..., description="the RunPod job id")
     model_type: str = Field(..., description="the model_type asked for")
@@ -58,5 +65,8 @@ class DryRunResult(Strict):
                                                               "(e.g. flash-attn missing for Wan)")
     lora_file: str = Field(..., description="file name the LoRA would have")
     lora_format: str = Field(..., description="format the LoRA would have")
+
+
+class DryRunResult(DryRunOutcome):
     timings: dict[str, float] = Field(..., description="seconds per stage")
     worker_version: str = Field(..., description="version of the worker image")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
-import socket
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -35,12 +34,6 @@ TAIL_LINES = 40
 
 def engine_dir() -> Path:
     return settings.current().engine_dir
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def command(config: Path, *, resume: bool, gpu_ids: list[int], master_port: int) -> list[str]:

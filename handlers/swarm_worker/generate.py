@@ -14,7 +14,7 @@ from typing import Any
 from common.hashing import file_sha256
 from common.jobs import JobError, Progress, Timings
 from common.swarmui import SwarmUIError, SwarmUIUnavailable, is_data_url
-from common.volumes import safe_job_id
+from common.volumes import on_volume, safe_job_id
 from handlers.swarm_worker.runtime import WorkerRuntime
 from handlers.swarm_worker.schema import GenerateInput
 from handlers.swarm_worker.swarm_process import SwarmProcess, SwarmStartError
@@ -186,8 +186,7 @@ async def run_generate(rt: WorkerRuntime, job: dict, req: GenerateInput, timings
 
         progress.update("upload", 0, f"uploading {len(files)} output(s), {total} bytes")
         # on a network volume the job's copies are what `upload` points to when every method fails
-        persistent = str(rt.cfg.output_dir).startswith(("/runpod-volume/", "/workspace/"))
-        volume_dir = rt.cfg.output_dir if persistent else None
+        volume_dir = rt.cfg.output_dir if on_volume(rt.cfg.output_dir) else None
         with timings.stage("upload"):
             for out, path in zip(outputs, files, strict=True):
                 try:

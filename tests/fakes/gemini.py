@@ -153,36 +153,39 @@ class _Handler(BaseHTTPRequestHandler):
             })
         self._error(404, "NOT_FOUND", f"no route {path}")
 
+    def _file_id(self) -> str | None:
+        """The id of `/<version>/files/<id>` once the caller is authorised; None when answered already."""
+        path = self.path.split("?")[0]
+        m = re.fullmatch(r"/([^/]+)/files/([0-9a-f]+)", path)
+        if m is None:
+            self._error(404, "NOT_FOUND", f"no route {path}")
+            return None
+        return m.group(2) if self._authorized() else None
+
     def do_GET(self) -> None:  # noqa: N802
         st = self.state
-        path = self.path.split("?")[0]
-        if m := re.fullmatch(r"/([^/]+)/files/([0-9a-f]+)", path):
-            if not self._authorized():
-                return
-            with st.lock:
-                f = st.files.get(m.group(2))
-                if f is None:
-                    return self._error(404, "NOT_FOUND", "file not found")
-                f["_polls"] += 1
-                if f["state"] == "PROCESSING" and f["_polls"] >= st.processing_polls:
-                    f["state"] = "FAILED" if f["_fail"] else "ACTIVE"
-                    if f["_fail"]:
-                        f["error"] = {"code": 400, "message": "the video could not be decoded"}
-                body = self._file_json(f)
-            return self._json(200, body)
-        self._error(404, "NOT_FOUND", f"no route {path}")
+        if (file_id := self._file_id()) is None:
+            return
+        with st.lock:
+            f = st.files.get(file_id)
+            if f is None:
+                return self._error(404, "NOT_FOUND", "file not found")
+            f["_polls"] += 1
+            if f["state"] == "PROCESSING" and f["_polls"] >= st.processing_polls:
+                f["state"] = "FAILED" if f["_fail"] else "ACTIVE"
+                if f["_fail"]:
+                    f["error"] = {"code": 400, "message": "the video could not be decoded"}
+            body = self._file_json(f)
+        self._json(200, body)
 
     def do_DELETE(self) -> None:  # noqa: N802
         st = self.state
-        path = self.path.split("?")[0]
-        if m := re.fullmatch(r"/([^/]+)/files/([0-9a-f]+)", path):
-            if not self._authorized():
-                return
-            with st.lock:
-                st.files.pop(m.group(2), None)
-                st.deleted.append(f"files/{m.group(2)}")
-            return self._json(200, {})
-        self._error(404, "NOT_FOUND", f"no route {path}")
+        if (file_id := self._file_id()) is None:
+            return
+        with st.lock:
+            st.files.pop(file_id, None)
+            st.deleted.append(f"files/{file_id}")
+        self._json(200, {})
 
 
 class FakeGemini(BackgroundServer):

@@ -36,7 +36,7 @@ class HostState:
     retry_after: str = "1"
 
 
-def answer_failure(handler: BaseHTTPRequestHandler, state: HostState) -> bool:
+def _answer_failure(handler: BaseHTTPRequestHandler, state: HostState) -> bool:
     """Answer as the failure `state.mode` asks for (or 429 while `state.busy`); False in mode "ok"."""
     if state.busy:
         state.busy -= 1
@@ -63,17 +63,39 @@ def _multipart(handler: BaseHTTPRequestHandler, body: bytes) -> dict[str, tuple[
     return parts
 
 
-class _Litterbox(BaseHTTPRequestHandler):
+class HostHandler(BaseHTTPRequestHandler):
+    """What the litterbox and transfer.sh stand-ins share: every upload recorded, failures as
+    `state.mode` asks, stored files served back."""
+
     state: HostState
 
     def log_message(self, *args):
         pass
 
+    def received(self) -> bytes | None:
+        """The request's body, recorded; None when a failure was answered instead."""
+        body = read_body(self)
+        self.state.requests.append({"path": self.path, "headers": dict(self.headers), "size": len(body)})
+        return None if _answer_failure(self, self.state) else body
+
+    def send_file(self, key: str, missing: str) -> None:
+        if key in self.state.files:
+            return reply(self, 200, self.state.files[key], "application/octet-stream")
+        reply(self, 404, missing)
+
+
+def serve_host(handler: type[HostHandler], state: HostState | None) -> BackgroundServer:
+    state = state or HostState()
+    server = BackgroundServer(handler, state)
+    state.base_url = server.url
+    return server
+
+
+class _Litterbox(HostHandler):
     def do_POST(self):
         st = self.state
-        body = read_body(self)
-        st.requests.append({"path": self.path, "headers": dict(self.headers), "size": len(body)})
-        if answer_failure(self, st):
+        body = self.received()
+        if body is None:
             return
         if self.path != "/resources/internals/api.php":
             return reply(self, 404, "not found")
@@ -93,14 +115,8 @@ class _Litterbox(BaseHTTPRequestHandler):
         reply(self, 200, f"{st.base_url}/files/{key}")
 
     def do_GET(self):
-        key = self.path.removeprefix("/files/")
-        if key in self.state.files:
-            return reply(self, 200, self.state.files[key], "application/octet-stream")
-        reply(self, 404, "not found")
+        self.send_file(self.path.removeprefix("/files/"), "not found")
 
 
 def serve(state: HostState | None = None) -> BackgroundServer:
-    state = state or HostState()
-    server = BackgroundServer(_Litterbox, state)
-    state.base_url = server.url
-    return server
+    return serve_host(_Litterbox, state)

@@ -1,19 +1,29 @@
 """Local servers for tests on 127.0.0.1: `LocalService` (the base of the stand-ins), `free_port()`
-for servers started as processes, and helpers to read and answer requests."""
+(`common.processes.free_port`, here for the tests) for servers started as processes, and helpers to
+read and answer requests."""
 
 from __future__ import annotations
 
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from common.processes import free_port
 
-def free_port() -> int:
-    """A port of 127.0.0.1 free right now (for a process that binds it itself)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["BackgroundServer", "LocalService", "free_port", "read_body", "reply", "reply_json", "wait_port"]
+
+
+def wait_port(port: int, timeout: float = 20) -> bool:
+    """Whether something listens on 127.0.0.1:`port` within `timeout` seconds (a server started as a process)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.05)
+    return False
 
 
 class _Server(ThreadingHTTPServer):

@@ -11,26 +11,19 @@ It also serves as a presigned-PUT target in tests (any query string is ignored).
 from __future__ import annotations
 
 import secrets
-from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
-from tests.fakes.litterbox import HostState, answer_failure
-from tests.fakes.threaded_http import BackgroundServer, read_body, reply
+from tests.fakes.litterbox import HostHandler, HostState, serve_host
+from tests.fakes.threaded_http import BackgroundServer, reply
 
 __all__ = ["HostState", "serve"]
 
 
-class _TransferSh(BaseHTTPRequestHandler):
-    state: HostState
-
-    def log_message(self, *args):
-        pass
-
+class _TransferSh(HostHandler):
     def do_PUT(self):
         st = self.state
-        body = read_body(self)
-        st.requests.append({"path": self.path, "headers": dict(self.headers), "size": len(body)})
-        if answer_failure(self, st):
+        body = self.received()
+        if body is None:
             return
         name = urlsplit(self.path).path.strip("/").split("/")[-1]
         if not body:
@@ -46,14 +39,8 @@ class _TransferSh(BaseHTTPRequestHandler):
         reply(self, 200, url, headers={"X-Url-Delete": f"{url}/{secrets.token_hex(8)}"})
 
     def do_GET(self):
-        key = self.path.strip("/").removeprefix("get/")
-        if key in self.state.files:
-            return reply(self, 200, self.state.files[key], "application/octet-stream")
-        reply(self, 404, "Not Found")
+        self.send_file(self.path.strip("/").removeprefix("get/"), "Not Found")
 
 
 def serve(state: HostState | None = None) -> BackgroundServer:
-    state = state or HostState()
-    server = BackgroundServer(_TransferSh, state)
-    state.base_url = server.url
-    return server
+    return serve_host(_TransferSh, state)

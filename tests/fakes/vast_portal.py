@@ -15,8 +15,6 @@ Authorised requests are forwarded to `target` (the app on its internal port).
 from __future__ import annotations
 
 import base64
-import datetime
-import ipaddress
 import socket
 import ssl
 import tempfile
@@ -27,31 +25,9 @@ from urllib.parse import parse_qs, urlsplit
 import requests
 
 from tests.fakes.threaded_http import LocalService, reply
+from tests.tls_helpers import self_signed_cert
 
 HTTPS_REFUSAL = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 no client trusts (like the instance's own)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "C.12345")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / "instance.crt", directory / "instance.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 class OpenButtonProxy(LocalService):
@@ -66,7 +42,7 @@ class OpenButtonProxy(LocalService):
         self._ctx = None
         if https:
             self._ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            self._ctx.load_cert_chain(*self_signed(Path(self._tmp.name)))
+            self._ctx.load_cert_chain(*self_signed_cert(Path(self._tmp.name), common_name=label))
 
     def _authorized(self, h: BaseHTTPRequestHandler) -> bool:
         auth = h.headers.get("Authorization", "")
