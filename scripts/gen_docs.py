@@ -22,6 +22,8 @@ from typing import Annotated, Union, get_args
 
 from pydantic import BaseModel, Field, TypeAdapter
 
+from common.env_settings import cell, default_cell, markdown_table, variable_cell
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SCHEMAS = DOCS / "schemas"
@@ -125,10 +127,6 @@ def _type(node: dict, defs: dict) -> str:
     return kind + (f" ({', '.join(limits)})" if limits else "")
 
 
-def _cell(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
-
-
 def rows(schema: dict, defs: dict, prefix: str = "", response: bool = False) -> list[str]:
     node = _resolve(schema, defs)
     required = set(node.get("required", []))
@@ -144,17 +142,17 @@ def rows(schema: dict, defs: dict, prefix: str = "", response: bool = False) -> 
         desc = prop.get("description", "")
         if ref in LINKED:
             what, link = LINKED[ref]
-            out.append(f"| `{path}` | object | {default} | {_cell(desc)} ({what}: [{link.split('#')[0]}]({link})) |")
+            out.append(f"| `{path}` | object | {default} | {cell(desc)} ({what}: [{link.split('#')[0]}]({link})) |")
         elif ref is not None and _resolve({"$ref": f"#/$defs/{ref}"}, defs).get("properties"):
-            out.append(f"| `{path}` | object | {default} | {_cell(desc)} |")
+            out.append(f"| `{path}` | object | {default} | {cell(desc)} |")
             out += rows({"$ref": f"#/$defs/{ref}"}, defs, prefix=f"{path}.", response=response)
         else:
             items = prop.get("items", {})
             if prop.get("type") == "array" and "$ref" in items:
-                out.append(f"| `{path}` | array of objects | {default} | {_cell(desc)} |")
+                out.append(f"| `{path}` | array of objects | {default} | {cell(desc)} |")
                 out += rows(items, defs, prefix=f"{path}[].", response=response)
             else:
-                out.append(f"| `{path}` | {_cell(_type(prop, defs))} | {default} | {_cell(desc)} |")
+                out.append(f"| `{path}` | {cell(_type(prop, defs))} | {default} | {cell(desc)} |")
     return out
 
 
@@ -164,7 +162,7 @@ def shape_table(shape: Shape, response: bool = False) -> str:
     lines = [f"#### {shape.title}", ""]
     doc = _resolve(schema, defs).get("description")
     if doc and set(shape.adapter.core_schema["cls"].model_fields) == {"action"}:  # says what the actions do
-        lines += [_cell(doc), ""]
+        lines += [cell(doc), ""]
     column = "present" if response else "default"
     lines += [f"| field | type | {column} | description |", "|---|---|---|---|",
               *rows(schema, defs, response=response), ""]
@@ -179,25 +177,21 @@ def env_tables() -> dict[str, str]:
     """The environment table of each image that has a settings object, by page name."""
     from handlers.controlnet_pyworker.settings import env_table
     from handlers.diffusion_pipe_trainer.settings import TrainerSettings
+    from handlers.swarm_worker.config import env_table as swarm_env_table
 
-    return {"controlnet-pyworker": env_table(), "diffusion-pipe-trainer": settings_table(TrainerSettings)}
+    return {"controlnet-pyworker": env_table(), "diffusion-pipe-trainer": settings_table(TrainerSettings),
+            "swarm-worker": swarm_env_table()}
 
 
 def settings_table(model: type[BaseModel]) -> str:
     """The environment table of a pydantic settings model: each field's variable(s), default, description."""
-    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    rows = []
     for field in model.model_fields.values():
         extra = field.json_schema_extra or {}
         first, *others = extra["env"]
-        name = f"`{first}`" + (f" (or {', '.join(f'`{o}`' for o in others)})" if others else "")
-        default = field.default
-        if isinstance(default, list):
-            default = " ".join(default)
-        elif isinstance(default, float):
-            default = f"{default:g}"
-        shown = extra.get("shown_default") or ("none" if default is None else f"`{default}`")
-        lines.append(f"| {name} | {_cell(shown)} | {_cell(field.description or '')} |")
-    return "\n".join(lines)
+        shown = extra.get("shown_default") or default_cell(field.default)
+        rows.append([variable_cell(first, others), shown, field.description or ""])
+    return markdown_table(["variable", "default", "meaning"], rows)
 
 
 def env_section(table: str) -> str:

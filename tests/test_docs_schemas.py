@@ -85,3 +85,15 @@ def test_every_trainer_setting_is_documented():
     table = gen_docs.settings_table(TrainerSettings)
     for field in TrainerSettings.model_fields.values():
         assert field.description and f"`{field.json_schema_extra['env'][0]}`" in table
+
+
+def test_a_changed_swarm_setting_makes_its_environment_table_stale(docs_copy, monkeypatch):
+    from dataclasses import fields
+
+    from handlers.swarm_worker.config import WorkerConfig
+
+    field = next(f for f in fields(WorkerConfig) if f.name == "idle_poll_seconds")
+    monkeypatch.setattr(field, "metadata", {**field.metadata, "doc": "a CHANGED poll"})
+    assert gen_docs.stale() == ["docs/swarm-worker.md"]
+    assert gen_docs.main([]) == 0 and gen_docs.stale() == []
+    assert "| `SWARM_IDLE_POLL_SECONDS` | `5` | a CHANGED poll |" in (docs_copy / "swarm-worker.md").read_text()

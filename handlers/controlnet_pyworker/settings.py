@@ -15,39 +15,20 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from common import env_settings
+from common.env_settings import flag, integer, number, optional, text
 
 MIB = 1024 * 1024
 
 
-def _text(raw: str) -> str:
-    return raw
-
-
-def _optional(raw: str) -> str | None:
-    return raw or None
-
-
-def _int(raw: str) -> int:
-    return int(float(raw))
-
-
-def _flag(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("expected 1/true/yes or 0/false/no")
-
-
-def setting(env: str, default: Any, doc: str, *, parse: Callable[[str], Any] = _text, shown: str | None = None,
+def setting(env: str, default: Any, doc: str, *, parse: Callable[[str], Any] = text, shown: str | None = None,
             group: str = "server"):
-    """A field read from `env`; `shown` is the default as the docs say it (else the value itself)."""
-    meta = {"env": env, "doc": doc, "parse": parse, "shown": shown, "group": group}
-    return field(default=default, metadata=meta)
+    """A field read from `env`; `group`: who reads it (the docs' "read by" column)."""
+    return env_settings.setting(env, default, doc, parse=parse, shown=shown, group=group)
 
 
 @dataclass(frozen=True)
@@ -61,44 +42,44 @@ class Settings:
     host: str = setting("MODEL_SERVER_HOST", "127.0.0.1", "model server bind address; beyond loopback the server "
                         "refuses to start without `MODEL_SERVER_TOKEN`", parse=lambda r: r or "127.0.0.1",
                         group="model server")
-    port: int = setting("MODEL_SERVER_PORT", 5001, "model server port (the vast.ai front forwards to it)", parse=_int,
+    port: int = setting("MODEL_SERVER_PORT", 5001, "model server port (the vast.ai front forwards to it)", parse=integer,
                         group="both")
     token: str | None = setting(
         "MODEL_SERVER_TOKEN", None, "when set, every route but `/ping` needs `Authorization: Bearer <token>` "
-        "(direct rentals; the vast.ai front cannot send it, so vast mode stays on loopback)", parse=_optional,
+        "(direct rentals; the vast.ai front cannot send it, so vast mode stays on loopback)", parse=optional,
         shown="unset", group="model server")
     preload: str | None = setting(
         "PRELOAD_MODEL", None, "variant loaded (and, by `start.sh`, fetched) before the worker takes requests "
-        "(`none`: skip)", parse=_optional, shown="the manifest's `default_variant` (`lightning`)", group="all")
-    max_queue: int = setting("MAX_QUEUE", 8, "requests that may wait behind the running one (then 429)", parse=_int)
-    max_loaded_variants: int = setting("MAX_LOADED_VARIANTS", 2, "variants kept in memory (LRU)", parse=_int)
-    device: str | None = setting("DEVICE", None, "`cpu` to force CPU", parse=_optional, shown="`cuda` if available")
+        "(`none`: skip)", parse=optional, shown="the manifest's `default_variant` (`lightning`)", group="all")
+    max_queue: int = setting("MAX_QUEUE", 8, "requests that may wait behind the running one (then 429)", parse=integer)
+    max_loaded_variants: int = setting("MAX_LOADED_VARIANTS", 2, "variants kept in memory (LRU)", parse=integer)
+    device: str | None = setting("DEVICE", None, "`cpu` to force CPU", parse=optional, shown="`cuda` if available")
     require_cuda: bool = setting(
         "REQUIRE_CUDA", False, "refuse to run without a usable CUDA device (fatal line, jobs fail with "
-        "`refresh_worker`)", parse=_flag, shown="`1` in the GPU image, unset in CPU builds")
+        "`refresh_worker`)", parse=flag, shown="`1` in the GPU image, unset in CPU builds")
     enable_xformers: bool = setting("ENABLE_XFORMERS", True, "use xformers when installed (CUDA only; SDPA "
-                                    "otherwise)", parse=_flag, shown="`1`")
+                                    "otherwise)", parse=flag, shown="`1`")
     max_image_b64_bytes: int = setting("MAX_IMAGE_B64_BYTES", 16 * MIB, "largest base64 depth map or source image",
-                                       parse=_int, shown="16 MiB")
+                                       parse=integer, shown="16 MiB")
     max_body_bytes: int | None = setting("MAX_BODY_BYTES", None, "request body limit (413)",
-                                         parse=lambda r: _int(r) if r else None,
+                                         parse=lambda r: integer(r) if r else None,
                                          shown="`MAX_IMAGE_B64_BYTES` + 1 MiB", group="model server")
     runpod_max_inline_bytes: int = setting("RUNPOD_MAX_INLINE_BYTES", 9 * MIB, "base64 results larger than this "
-                                           "need an `output` spec", parse=_int, shown="9 MiB", group="runpod")
+                                           "need an `output` spec", parse=integer, shown="9 MiB", group="runpod")
     progress_interval: float = setting("PROGRESS_INTERVAL", 1.0, "seconds between per-step RunPod progress "
-                                       "updates", parse=float, group="runpod")
+                                       "updates", parse=number, group="runpod")
     png_compress_level: int = setting("PNG_COMPRESS_LEVEL", 1, "zlib level of the PNGs returned (0-9; 1 is about "
-                                      "40 ms faster than 6 at 1024² for ~8% more bytes)", parse=_int)
+                                      "40 ms faster than 6 at 1024² for ~8% more bytes)", parse=integer)
     volume_dir: Path | None = setting("VOLUME_DIR", None, "the volume uploaded images are kept on (unset: "
                                       "`/runpod-volume`, else a mounted `/workspace`, else a temporary folder, not "
                                       "kept)", parse=lambda r: Path(r) if r else None, shown="unset")
     log_level: str = setting("LOG_LEVEL", "info", "log level of the model server, the RunPod handler and the "
                              "vast.ai front", parse=lambda r: r or "info", group="all")
     max_queue_time: float = setting("MAX_QUEUE_TIME", 60.0, "seconds of estimated wait before the front answers "
-                                    "429", parse=float, shown="`60`", group="vast")
+                                    "429", parse=number, shown="`60`", group="vast")
     benchmark_size: int = setting("BENCHMARK_SIZE", 1024, "width and height of the front's start-up benchmark",
-                                  parse=_int, group="vast")
-    benchmark_runs: int = setting("BENCHMARK_RUNS", 3, "runs of the front's start-up benchmark", parse=_int,
+                                  parse=integer, group="vast")
+    benchmark_runs: int = setting("BENCHMARK_RUNS", 3, "runs of the front's start-up benchmark", parse=integer,
                                   group="vast")
     runpod_worker_loop: bool = setting("RUNPOD_WEBHOOK_GET_JOB", False, "set by RunPod serverless: the handler "
                                        "preloads `PRELOAD_MODEL` before taking jobs", parse=bool,
@@ -107,16 +88,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Every field from `env` (default: `os.environ`); a bad value names its variable."""
-        env = os.environ if env is None else env
-        values = {}
-        for f in fields(cls):
-            raw = env.get(f.metadata["env"])
-            if raw is None:
-                continue
-            try:
-                values[f.name] = f.metadata["parse"](raw.strip())
-            except ValueError as exc:
-                raise ValueError(f"environment variable {f.metadata['env']}: {exc} (got {raw!r})") from None
+        values = env_settings.read_env(cls, env)
         return cls(**values)
 
     @property
@@ -152,14 +124,10 @@ GROUPS = {"all": "all", "server": "model server and RunPod handler", "model serv
 
 def env_table() -> str:
     """The environment table of docs/controlnet-pyworker.md (markdown)."""
-    lines = ["| variable | default | read by | meaning |", "|---|---|---|---|"]
-    for f in fields(Settings):
-        m = f.metadata
-        shown = m["shown"] or f"`{f.default}`"
-        lines.append(f"| `{m['env']}` | {shown} | {GROUPS[m['group']]} | {m['doc']} |")
-    lines += [f"| `{name}` | {default} | {reader} | {doc} |" for name, default, reader, doc in START_VARIABLES]
-    lines.append("| upload settings | | uploads | see [uploads](uploads.md#environment) |")
-    return "\n".join(lines)
+    rows = env_settings.field_rows(Settings, lambda f: GROUPS[f.metadata["group"]])
+    rows += [[f"`{name}`", default, reader, doc] for name, default, reader, doc in START_VARIABLES]
+    rows.append(["upload settings", "", "uploads", "see [uploads](uploads.md#environment)"])
+    return env_settings.markdown_table(["variable", "default", "read by", "meaning"], rows)
 
 
 def main(argv: list[str]) -> int:

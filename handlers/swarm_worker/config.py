@@ -1,6 +1,6 @@
-"""The swarm worker's settings: `WorkerConfig.from_env()` is where the worker reads its environment
-(documented in docs/swarm-worker.md). Standard library only: the vast.ai PyWorker side
-(handlers.swarm_worker.vast, in .venv-vast) imports it too."""
+"""The swarm worker's settings: `WorkerConfig.from_env()` is where the worker reads its environment;
+docs/swarm-worker.md's environment table is generated from its fields (`python -m scripts.gen_docs`).
+Standard library only: the vast.ai PyWorker side (handlers.swarm_worker.vast, in .venv-vast) imports it too."""
 
 from __future__ import annotations
 
@@ -8,28 +8,16 @@ import os
 import socket
 import ssl
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from common import env_settings
+from common.env_settings import choice, integer, number, optional, read_env, setting
 from handlers.swarm_worker.run_as import RunAs, parse_run_as, prepare_run_as
 
 DEFAULT_SWARMUI_DIR = "/opt/SwarmUI"
 DEFAULT_LAUNCH_ARGS = ("--launch_mode none --host 127.0.0.1 --port {port} --data_dir {data_dir} "
                        "--settings_file {settings_file} --backends_file {backends_file}")
-
-
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {name}: expected a number, got {raw!r}") from None
-
-
-def _int(name: str, default: int) -> int:
-    return int(_float(name, default))
 
 
 MIN_TOKEN_LENGTH = 16
@@ -66,7 +54,7 @@ def access_token() -> str | None:
     return token
 
 
-def tls_files() -> tuple[Path, Path] | None:
+def tls_files(mode: str = "auto") -> tuple[Path, Path] | None:
     """The gateway's certificate and key: SWARMUI_TLS_CERT/SWARMUI_TLS_KEY, else vast.ai's instance
     certificate when it is there (SWARMUI_TLS=off serves plain HTTP anyway)."""
     cert, key = os.environ.get("SWARMUI_TLS_CERT", "").strip(), os.environ.get("SWARMUI_TLS_KEY", "").strip()
@@ -77,17 +65,9 @@ def tls_files() -> tuple[Path, Path] | None:
             if not Path(path).is_file():
                 raise ValueError(f"environment variable {name}: no such file {path!r}")
         return Path(cert), Path(key)
-    mode = _choice("SWARMUI_TLS", ("auto", "off"), "auto")
     if mode == "auto" and VAST_INSTANCE_CERT.is_file() and VAST_INSTANCE_KEY.is_file():
         return VAST_INSTANCE_CERT, VAST_INSTANCE_KEY
     return None
-
-
-def _choice(name: str, allowed: tuple[str, ...], default: str) -> str:
-    value = os.environ.get(name, "").strip().lower() or default
-    if value not in allowed:
-        raise ValueError(f"environment variable {name}: expected one of {', '.join(allowed)}, got {value!r}")
-    return value
 
 
 def default_model_roots(swarmui_dir: Path) -> list[Path]:
@@ -103,110 +83,138 @@ def default_model_roots(swarmui_dir: Path) -> list[Path]:
 
 def lease_control_port() -> int:
     """The loopback port of the vast.ai lease control (lease_control.py), which vast.py forwards to."""
-    return _int("SWARM_LEASE_CONTROL_PORT", 18000)
+    return read_env(WorkerConfig, only=["lease_control_port"], blank_is_unset=True).get("lease_control_port", 18000)
 
 
 def _env(name: str) -> str | None:
     return os.environ.get(name, "").strip() or None
 
 
-@dataclass
+def _roots(raw: str) -> list[Path]:
+    return [Path(p) for p in raw.split(";") if p.strip()]
+
+
+@dataclass(kw_only=True)
 class WorkerConfig:
-    swarmui_dir: Path
-    launch_cmd: str
-    internal_port: int
-    public_port: int
-    public_host: str
-    public_url: str | None
-    access_token: str | None
-    startup_timeout: float
-    model_roots: list[Path]
-    work_dir: Path
-    output_dir: Path
-    max_restarts: int = 1
-    idle_seconds: float = 120
-    startup_grace_seconds: float = 600
-    max_lease_seconds: float = 3600
-    lease_min_seconds: float = 5
-    lease_cap_seconds: float = 3600
-    idle_poll_seconds: float = 5
-    hold_cap_seconds: float = 3600
-    wakeup_hold: str = "ready"
-    concurrency: int = 8
-    inline_max_bytes: int = 6 * 1024 * 1024
-    stop_timeout: float = 15
-    comfy_extra_args: str = ""
-    refresh_debounce_seconds: float = 10
-    refresh_timeout: float = 600
-    http_timeout: float = 10
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    run_as: RunAs | None = None
-    pod_id: str | None = None  # RunPod's RUNPOD_POD_ID
-    worker_id: str = field(default_factory=socket.gethostname)
-    vast_public_ip: str | None = None  # vast.ai's PUBLIC_IPADDR
-    vast_public_port: str | None = None  # vast.ai's VAST_TCP_PORT_<public_port>: the gateway's mapped port
-    lease_control_port: int = 18000
-    model_manifest: str | None = None
-    model_download_root: Path | None = None
-    tunnel: str = "auto"
-    cloudflared_bin: str | None = None
-    url_file: Path | None = None
+    """Each field names its variable, default and meaning (docs/swarm-worker.md's table is generated
+    from them); those with `parse=None` are computed in `from_env` (aliases, derived defaults)."""
+
+    swarmui_dir: Path = setting("SWARMUI_DIR", Path(DEFAULT_SWARMUI_DIR), "SwarmUI install (working directory "
+                                "of the process)", parse=Path)
+    launch_cmd: str = setting("SWARMUI_LAUNCH_CMD", doc="command starting SwarmUI; `{port}` etc. are filled in",
+                              parse=None, shown=f"`$SWARMUI_DIR/src/bin/live_release/SwarmUI {DEFAULT_LAUNCH_ARGS}`")
+    internal_port: int = setting("SWARMUI_INTERNAL_PORT", 7810, "SwarmUI's loopback port", parse=integer)
+    public_port: int = setting("SWARM_PUBLIC_PORT", 7801, "the gateway's port", parse=None,
+                               aliases=("SWARMUI_PUBLIC_PORT",))
+    public_host: str = setting("SWARM_PUBLIC_HOST", "0.0.0.0", "the gateway's bind address", parse=None,
+                               aliases=("SWARMUI_PUBLIC_HOST",))
+    public_url: str | None = setting("SWARM_PUBLIC_URL", None, "base of the public URL when not on RunPod",
+                                     parse=lambda r: r.rstrip("/") or None,
+                                     shown="RunPod proxy URL, else `http(s)://127.0.0.1:7801`")
+    access_token: str | None = setting(
+        "SWARM_ACCESS_TOKEN", None, f"fixed gateway token (pods, vast.ai instances; ≥ {MIN_TOKEN_LENGTH} "
+        "characters); valid during and after every lease; `SWARMUI_WORKER_TOKEN` is the name HartsyAI's "
+        "CloudBackends injects (as it does `SWARMUI_PUBLIC_PORT`/`SWARMUI_PUBLIC_HOST`)", parse=None,
+        aliases=("SWARMUI_WORKER_TOKEN",), shown="none: a token is minted per lease, and one per worker for the "
+        "legacy URL")
+    tls_cert: Path | None = setting("SWARMUI_TLS_CERT", None, "PEM certificate: the gateway serves HTTPS (with "
+                                    "`SWARMUI_TLS_KEY`)", parse=None,
+                                    shown=f"vast.ai's `{VAST_INSTANCE_CERT}` when present")
+    tls_key: Path | None = setting("SWARMUI_TLS_KEY", None, "PEM key of `SWARMUI_TLS_CERT`", parse=None,
+                                   shown=f"vast.ai's `{VAST_INSTANCE_KEY}` when present")
+    tls_mode: str = setting("SWARMUI_TLS", "auto", "`off`: plain HTTP even where vast.ai's instance certificate "
+                            "is there (`SWARMUI_TLS_CERT` still wins)", parse=choice("auto", "off"))
+    run_as: RunAs | None = setting("SWARMUI_RUN_AS", None, "user (`name[:group]` or `uid[:gid]`) SwarmUI and "
+                                   "ComfyUI run as; needs a root worker", parse=None,
+                                   shown="`swarmui` in the GPU image, else unset")
+    lease_control_port: int = setting("SWARM_LEASE_CONTROL_PORT", 18000, "vast.ai serverless: the lease "
+                                      "control's loopback port", parse=integer)
+    startup_timeout: float = setting("SWARMUI_STARTUP_TIMEOUT", 600, "seconds for SwarmUI to answer and its "
+                                     "backend to run", parse=number)
+    max_restarts: int = setting("SWARMUI_MAX_RESTARTS", 1, "automatic restarts after a crash or failed start",
+                                parse=integer)
+    stop_timeout: float = setting("SWARMUI_STOP_TIMEOUT", 15, "seconds SwarmUI gets to exit before it is killed",
+                                  parse=number)
+    model_roots: list[Path] = setting("SWARMUI_MODEL_ROOT", doc="model folders (`;`-list)", parse=_roots,
+                                      shown="volume root + `$SWARMUI_DIR/Models`")
+    work_dir: Path = setting("SWARM_WORK_DIR", doc="per-worker SwarmUI data, outputs, model tree, `swarmui.log`",
+                             parse=Path, shown="`/tmp/swarm-worker`")
+    output_dir: Path = setting("SWARM_OUTPUT_DIR", doc="copies of `generate` outputs", parse=Path,
+                               shown="`/runpod-volume/swarm_outputs`, else `$SWARM_WORK_DIR/jobs`")
+    idle_seconds: float = setting("SWARMUI_IDLE_SECONDS", 120, "lease default: release after this long idle",
+                                  parse=number)
+    startup_grace_seconds: float = setting("SWARMUI_STARTUP_GRACE_SECONDS", 600, "lease default: release when "
+                                           "unused this long", parse=number)
+    max_lease_seconds: float = setting("SWARMUI_MAX_LEASE_SECONDS", 3600, "lease default: longest lease",
+                                       parse=number)
+    lease_min_seconds: float = setting("SWARM_LEASE_MIN_SECONDS", 5, "lower clamp of client lease limits",
+                                       parse=number)
+    lease_cap_seconds: float = setting("SWARM_LEASE_CAP_SECONDS", 3600, "upper clamp of client lease limits",
+                                       parse=number)
+    idle_poll_seconds: float = setting("SWARM_IDLE_POLL_SECONDS", 5, "how often SwarmUI's status is read",
+                                       parse=number)
+    hold_cap_seconds: float = setting("SWARM_HOLD_CAP_SECONDS", 3600, "longest `wakeup`/`keepalive` hold",
+                                      parse=number)
+    wakeup_hold: str = setting("SWARM_WAKEUP_HOLD", "ready", "`ready`: `wakeup` ends once SwarmUI is up; "
+                               "`duration`: it holds its whole `duration`", parse=choice("ready", "duration"))
+    concurrency: int = setting("SWARM_WORKER_CONCURRENCY", 8, "jobs at once (a lease always holds the worker "
+                               "alone)", parse=lambda r: max(1, integer(r)))
+    inline_max_bytes: int = setting("SWARM_INLINE_MAX_BYTES", 6 * 1024 * 1024, "largest inline `generate` result",
+                                    parse=integer)
+    comfy_extra_args: str = setting("SWARMUI_COMFY_EXTRA_ARGS", "", "ComfyUI arguments in the pre-written "
+                                    "backend (e.g. `--lowvram`)")
+    http_timeout: float = setting("SWARMUI_HTTP_TIMEOUT", 10, "seconds for the worker's own SwarmUI API calls "
+                                  "(status, sessions, model lists)", parse=number)
+    refresh_timeout: float = setting("SWARMUI_REFRESH_TIMEOUT", 600, "seconds a model refresh (`TriggerRefresh`) "
+                                     "may take: it rescans every model folder", parse=number)
+    refresh_debounce_seconds: float = setting(
+        "SWARMUI_REFRESH_DEBOUNCE_SECONDS", 10, "SwarmUI ignores a refresh within 10 s of its start or of the last "
+        "one; the worker waits that out", parse=number)
+    model_manifest: str | None = setting("SWARM_MODEL_MANIFEST", None, "models fetched at start (standalone, vast.ai "
+                                         "serverless): inline JSON or a file path (see [deploy](#vastai-template-and-runpod-pods))", parse=optional)
+    model_download_root: Path | None = setting("SWARM_MODEL_DOWNLOAD_ROOT", None, "where the manifest's models go",
+                                               parse=Path, shown="the first model folder")
+    tunnel: str = setting("SWARM_TUNNEL", "auto", "`auto`, `cloudflared` or `none`: standalone only; `auto` opens "
+                          "a Cloudflare quick tunnel when `cloudflared` is installed and there is no proxy of its "
+                          "own", parse=str.lower)  # checked by standalone.tunnel_binary, its only user
+    cloudflared_bin: str | None = setting("SWARM_CLOUDFLARED_BIN", None, "the `cloudflared` binary",
+                                          parse=optional, shown="`cloudflared` on `PATH`")
+    url_file: Path | None = setting("SWARM_URL_FILE", None, "standalone: where the full public URL is written",
+                                    parse=Path, shown="`$SWARM_WORK_DIR/public_url.txt`")
+    pod_id: str | None = setting("RUNPOD_POD_ID", None, "the RunPod pod or worker (its proxy URL and worker id)",
+                                 parse=optional, shown="set by RunPod")
+    worker_id: str = setting("VAST_CONTAINERLABEL", doc="the worker id off RunPod (on RunPod: `RUNPOD_POD_ID`; "
+                             "elsewhere the host name)", parse=None, default_factory=socket.gethostname,
+                             shown="set by vast.ai")
+    vast_public_ip: str | None = setting("PUBLIC_IPADDR", None, "the instance's public address", parse=optional,
+                                         shown="set by vast.ai")
+    vast_public_port: str | None = setting("VAST_TCP_PORT_<SWARM_PUBLIC_PORT>", None, "the gateway's public port "
+                                           "as vast.ai maps it", parse=None, shown="set by vast.ai")
 
     @classmethod
     def from_env(cls) -> WorkerConfig:
-        swarmui_dir = Path(os.environ.get("SWARMUI_DIR", DEFAULT_SWARMUI_DIR))
-        launch = os.environ.get("SWARMUI_LAUNCH_CMD") or (
-            f"{swarmui_dir}/src/bin/live_release/SwarmUI {DEFAULT_LAUNCH_ARGS}")
-        roots_env = os.environ.get("SWARMUI_MODEL_ROOT", "")
-        roots = [Path(p) for p in roots_env.split(";") if p.strip()] or default_model_roots(swarmui_dir)
-        work_dir = Path(os.environ.get("SWARM_WORK_DIR") or Path(tempfile.gettempdir()) / "swarm-worker")
+        values = read_env(cls, blank_is_unset=True)
+        swarmui_dir = values.setdefault("swarmui_dir", Path(DEFAULT_SWARMUI_DIR))
+        values["model_roots"] = roots = values.get("model_roots") or default_model_roots(swarmui_dir)
+        work_dir = values.setdefault("work_dir", Path(tempfile.gettempdir()) / "swarm-worker")
         volume_outputs = Path("/runpod-volume/swarm_outputs") if Path("/runpod-volume").is_dir() else None
-        output_dir = Path(os.environ.get("SWARM_OUTPUT_DIR") or volume_outputs or work_dir / "jobs")
-        tls = tls_files()
+        values.setdefault("output_dir", volume_outputs or work_dir / "jobs")
+        values.setdefault("model_download_root", roots[0])
+        values.setdefault("url_file", work_dir / "public_url.txt")
+        tls = tls_files(values.get("tls_mode", "auto"))
         public_port = _port("SWARM_PUBLIC_PORT", "SWARMUI_PUBLIC_PORT", 7801)
-        pod_id = _env("RUNPOD_POD_ID")
         cfg = cls(
-            swarmui_dir=swarmui_dir,
-            launch_cmd=launch,
-            internal_port=_int("SWARMUI_INTERNAL_PORT", 7810),
+            **values,
+            launch_cmd=_env("SWARMUI_LAUNCH_CMD") or f"{swarmui_dir}/src/bin/live_release/SwarmUI "
+                                                     f"{DEFAULT_LAUNCH_ARGS}",
             public_port=public_port,
             public_host=_aliased("SWARM_PUBLIC_HOST", "SWARMUI_PUBLIC_HOST") or "0.0.0.0",
-            public_url=(os.environ.get("SWARM_PUBLIC_URL") or "").rstrip("/") or None,
             access_token=access_token(),
-            startup_timeout=_float("SWARMUI_STARTUP_TIMEOUT", 600),
-            model_roots=roots,
-            work_dir=work_dir,
-            output_dir=output_dir,
-            max_restarts=_int("SWARMUI_MAX_RESTARTS", 1),
-            idle_seconds=_float("SWARMUI_IDLE_SECONDS", 120),
-            startup_grace_seconds=_float("SWARMUI_STARTUP_GRACE_SECONDS", 600),
-            max_lease_seconds=_float("SWARMUI_MAX_LEASE_SECONDS", 3600),
-            lease_min_seconds=_float("SWARM_LEASE_MIN_SECONDS", 5),
-            lease_cap_seconds=_float("SWARM_LEASE_CAP_SECONDS", 3600),
-            idle_poll_seconds=_float("SWARM_IDLE_POLL_SECONDS", 5),
-            hold_cap_seconds=_float("SWARM_HOLD_CAP_SECONDS", 3600),
-            wakeup_hold=_choice("SWARM_WAKEUP_HOLD", ("ready", "duration"), "ready"),
-            concurrency=max(1, _int("SWARM_WORKER_CONCURRENCY", 8)),
-            inline_max_bytes=_int("SWARM_INLINE_MAX_BYTES", 6 * 1024 * 1024),
-            stop_timeout=_float("SWARMUI_STOP_TIMEOUT", 15),
-            comfy_extra_args=os.environ.get("SWARMUI_COMFY_EXTRA_ARGS", "").strip(),
-            refresh_debounce_seconds=_float("SWARMUI_REFRESH_DEBOUNCE_SECONDS", 10),
-            refresh_timeout=_float("SWARMUI_REFRESH_TIMEOUT", 600),
-            http_timeout=_float("SWARMUI_HTTP_TIMEOUT", 10),
             tls_cert=tls[0] if tls else None,
             tls_key=tls[1] if tls else None,
             run_as=parse_run_as(os.environ.get("SWARMUI_RUN_AS")),
-            pod_id=pod_id,
-            worker_id=pod_id or _env("VAST_CONTAINERLABEL") or socket.gethostname(),
-            vast_public_ip=_env("PUBLIC_IPADDR"),
+            worker_id=values.get("pod_id") or _env("VAST_CONTAINERLABEL") or socket.gethostname(),
             vast_public_port=_env(f"VAST_TCP_PORT_{public_port}"),
-            lease_control_port=lease_control_port(),
-            model_manifest=_env("SWARM_MODEL_MANIFEST"),
-            model_download_root=Path(_env("SWARM_MODEL_DOWNLOAD_ROOT") or roots[0]),
-            tunnel=(_env("SWARM_TUNNEL") or "auto").lower(),  # checked by standalone.tunnel_binary, its only user
-            cloudflared_bin=_env("SWARM_CLOUDFLARED_BIN"),
-            url_file=Path(_env("SWARM_URL_FILE") or work_dir / "public_url.txt"),
         )
         cfg.server_ssl_context()  # a certificate that does not load fails here, naming the variables
         return cfg
@@ -265,3 +273,18 @@ class WorkerConfig:
         if self.vast_public_ip and self.vast_public_port:
             return f"{self.scheme}://{self.vast_public_ip}:{self.vast_public_port}"
         return None
+
+
+# Read outside `WorkerConfig`: (variable, default, meaning).
+OTHER_VARIABLES: tuple[tuple[str, str, str], ...] = (
+    ("SWARMUI_PASS_ENV", "empty", "credentials SwarmUI may see (e.g. `HF_TOKEN,CIVITAI_API_KEY`); all others — RunPod "
+     "job key, `AWS_*`/`S3_*`, tokens, keys — are removed from SwarmUI's and ComfyUI's environment, since a lease "
+     "holder can run code there (read each time SwarmUI starts)"),
+    ("VAST_PYTHON", "`/opt/venv-vast/bin/python`", "vast.ai serverless: the Python of vast's PyWorker (`start.sh`)"),
+)
+
+
+def env_table() -> str:
+    """The environment table of docs/swarm-worker.md (markdown)."""
+    rows = env_settings.field_rows(WorkerConfig) + [[f"`{name}`", default, doc] for name, default, doc in OTHER_VARIABLES]
+    return env_settings.markdown_table(["variable", "default", "meaning"], rows)
