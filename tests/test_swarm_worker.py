@@ -7,8 +7,8 @@ manager through `SWARMUI_LAUNCH_CMD`, behind the worker's real gateway.
 from __future__ import annotations
 
 import asyncio
-import gc
 import base64
+import gc
 import os
 import subprocess
 import sys
@@ -394,6 +394,40 @@ def test_a_lease_granted_as_its_job_is_cancelled_is_released(worker):
         while rt.leases.current.published is None and time.monotonic() < deadline:
             time.sleep(0.001)
         time.sleep(0.05)
+        token = rt.leases.current.token
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        while rt.leases.current is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return rt.leases.current, rt.gateway._match(token)
+
+    lease, still_valid = asyncio.run(go())
+    assert lease is None and still_valid is None
+
+
+def test_a_lease_granted_while_the_runtime_is_busy_and_then_cancelled_is_released(worker, monkeypatch):
+    """The runtime's loop is busy (slow log handlers, say) when the grant completes, so the granted lease
+    has not reached the job yet when the job is cancelled: the lease is released, not leaked."""
+    from handlers.swarm_worker.handler import handler
+
+    leases = runtime().leases
+    real_begin = leases.begin
+
+    async def busy_after_granting(*args, **kwargs):
+        granted = await real_begin(*args, **kwargs)
+        asyncio.get_running_loop().call_soon(time.sleep, 0.5)  # runs before the answer is handed over
+        return granted
+
+    monkeypatch.setattr(leases, "begin", busy_after_granting)
+
+    async def go():
+        task = asyncio.create_task(handler({"id": "cancel-busy", "input": {"action": "lease", "idle_seconds": 60,
+                                                                          "startup_grace_seconds": 60}}))
+        rt = runtime()
+        deadline = time.monotonic() + 10
+        while (rt.leases.current is None or rt.leases.current.published is None) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         token = rt.leases.current.token
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -84,13 +85,15 @@ async def lease_session(job: dict) -> AsyncIterator[dict]:
         return
     rt = get_runtime()
     leases = rt.leases
-    granting = rt.submit(leases.begin(req.idle_seconds, req.startup_grace_seconds, req.max_lease_seconds))
+    owner = f"{job.get('id')}/{secrets.token_hex(8)}"
     try:
-        lease, first = await asyncio.wrap_future(granting)
+        lease, first = await rt.call(leases.begin(req.idle_seconds, req.startup_grace_seconds,
+                                                  req.max_lease_seconds, owner=owner))
     except asyncio.CancelledError:
-        # Cancelled in the instant the runtime finished granting: the lease exists though this job never
-        # saw it. (A grant still in progress is cancelled with the job and releases itself in `begin`.)
-        granting.add_done_callback(lambda done: _release_unseen(rt, done))
+        # A grant in progress is cancelled with the job and releases itself in `begin`; one that completed
+        # in this instant is held by a lease this job never saw: release it by owner. (Queued after the
+        # grant's cancellation on the runtime loop, so it runs once `begin` is done either way.)
+        rt.submit(leases.release_owned(owner, "cancelled")).add_done_callback(_log_failure)
         raise
     if lease is None:
         yield first
@@ -101,14 +104,6 @@ async def lease_session(job: dict) -> AsyncIterator[dict]:
     finally:
         if leases.current is lease:  # the consumer stopped early (job cancelled): release now
             rt.submit(leases.end(lease, "cancelled")).add_done_callback(_log_failure)
-
-
-def _release_unseen(rt: Any, granted: concurrent.futures.Future) -> None:
-    if granted.cancelled() or granted.exception() is not None:
-        return
-    lease = granted.result()[0]
-    if lease is not None:
-        rt.submit(rt.leases.end(lease, "cancelled")).add_done_callback(_log_failure)
 
 
 def _log_failure(done: concurrent.futures.Future) -> None:

@@ -37,6 +37,7 @@ class Lease:
     last_active: float | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     stop_reason: str | None = None
+    owner: str | None = None  # the lease job that asked for it (see `release_owned`)
 
 
 class Leases:
@@ -70,8 +71,8 @@ class Leases:
             "max_lease_seconds": self._clamp(max_lease, self.cfg.max_lease_seconds),
         }
 
-    async def begin(self, idle: float | None, grace: float | None,
-                    max_lease: float | None) -> tuple[Lease | None, dict]:
+    async def begin(self, idle: float | None, grace: float | None, max_lease: float | None,
+                    owner: str | None = None) -> tuple[Lease | None, dict]:
         """Claim the worker for one lease and wait for SwarmUI; returns (lease, first output).
 
         A lease job that finds the worker leased waits for that lease to end instead of failing: it
@@ -86,7 +87,7 @@ class Leases:
             await self._ended.wait()
         limits = self.limits(idle, grace, max_lease)
         self.count += 1
-        lease = Lease(number=self.count, token=secrets.token_urlsafe(48), **limits)
+        lease = Lease(number=self.count, token=secrets.token_urlsafe(48), owner=owner, **limits)
         self.current = lease
         # The per-worker legacy token belongs to no lease: it is refused (and its WebSockets closed)
         # until the lease ends. A fixed token from the environment stays valid (documented).
@@ -108,6 +109,13 @@ class Leases:
         return lease, {"success": True, "public_url": self.cfg.public_base_url(), "token": lease.token,
                        "worker_id": self.worker_id, "lease": lease.number, "version": self.version,
                        "protocol": PROTOCOL, **limits}
+
+    async def release_owned(self, owner: str, reason: str) -> None:
+        """End the lease `owner` asked for, if it holds the worker. For a lease job cancelled while its
+        grant was on the way: a grant that completed in that instant never reached the job (the answer
+        of a cancelled cross-loop call is dropped), so the job cannot name the lease itself."""
+        if self.current is not None and self.current.owner == owner:
+            await self.end(self.current, reason)
 
     async def watch(self, lease: Lease) -> dict:
         """Hold the lease until idle, startup grace or max lifetime (never cutting a generation)."""
