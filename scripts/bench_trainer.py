@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     _row(f"caption/video ({args.videos} clips)", ours / args.videos, base / args.videos)
 
     # config
-    req = parse_request({"model_type": "wan13", "dataset": {"type": "images", "images_url": url}})
-    spec = REGISTRY["wan13"]
+    req = parse_request({"model_type": "sdxl", "dataset": {"type": "images", "images_url": url}})
+    spec = REGISTRY["sdxl"]
     t = time.perf_counter()
     cfg = configs.build_config(spec, req.training, models_dir=models, output_dir=tmp / "out",
                                dataset_toml=tmp / "cfg" / "dataset.toml")
