@@ -354,16 +354,22 @@ def test_lease_max_lifetime_waits_for_a_running_generation(worker):
     assert items[-1]["held_seconds"] >= 1.0
 
 
-def test_cancelled_lease_job_releases_at_once(worker):
+async def _published(rt, deadline: float) -> None:
+    while (rt.leases.current is None or rt.leases.current.published is None) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def cancel_lease_job(job_id: str, before_cancel=_published) -> tuple:
+    """Start a lease job, `await before_cancel(runtime, deadline)`, cancel the job; returns the lease still
+    held (None once released, within 10 s) and whether its token still opens the gateway."""
     from handlers.swarm_worker.handler import handler
 
     async def go():
-        task = asyncio.create_task(handler({"id": "cancel-me", "input": {"action": "lease", "idle_seconds": 60,
-                                                                         "startup_grace_seconds": 60}}))
+        task = asyncio.create_task(handler({"id": job_id, "input": {"action": "lease", "idle_seconds": 60,
+                                                                    "startup_grace_seconds": 60}}))
         rt = runtime()
         deadline = time.monotonic() + 10
-        while (rt.leases.current is None or rt.leases.current.published is None) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await before_cancel(rt, deadline)
         token = rt.leases.current.token
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -372,21 +378,19 @@ def test_cancelled_lease_job_releases_at_once(worker):
             await asyncio.sleep(0.02)
         return rt.leases.current, rt.gateway._match(token)
 
-    lease, still_valid = asyncio.run(go())
-    assert lease is None and still_valid is None
+    return asyncio.run(go())
+
+
+def test_cancelled_lease_job_releases_at_once(worker):
+    assert cancel_lease_job("cancel-me") == (None, None)
 
 
 def test_a_lease_granted_as_its_job_is_cancelled_is_released(worker):
     """The cancel lands after the runtime granted the lease but before the job's loop took the answer
     (the job's loop is held up meanwhile, as on a loaded machine): the granted lease is released all the same."""
-    from handlers.swarm_worker.handler import handler
 
-    async def go():
-        task = asyncio.create_task(handler({"id": "cancel-at-grant", "input": {"action": "lease", "idle_seconds": 60,
-                                                                              "startup_grace_seconds": 60}}))
-        rt = runtime()
+    async def block_this_loop_through_the_grant(rt, deadline):
         assert rt.leases.current is None
-        deadline = time.monotonic() + 10
         while rt.leases.current is None and time.monotonic() < deadline:  # the runtime is granting it
             await asyncio.sleep(0)
         # From here this loop is blocked: the grant completes on the runtime's loop and its answer waits
@@ -394,23 +398,13 @@ def test_a_lease_granted_as_its_job_is_cancelled_is_released(worker):
         while rt.leases.current.published is None and time.monotonic() < deadline:
             time.sleep(0.001)
         time.sleep(0.05)
-        token = rt.leases.current.token
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        while rt.leases.current is not None and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        return rt.leases.current, rt.gateway._match(token)
 
-    lease, still_valid = asyncio.run(go())
-    assert lease is None and still_valid is None
+    assert cancel_lease_job("cancel-at-grant", block_this_loop_through_the_grant) == (None, None)
 
 
 def test_a_lease_granted_while_the_runtime_is_busy_and_then_cancelled_is_released(worker, monkeypatch):
     """The runtime's loop is busy (slow log handlers, say) when the grant completes, so the granted lease
     has not reached the job yet when the job is cancelled: the lease is released, not leaked."""
-    from handlers.swarm_worker.handler import handler
-
     leases = runtime().leases
     real_begin = leases.begin
 
@@ -420,31 +414,13 @@ def test_a_lease_granted_while_the_runtime_is_busy_and_then_cancelled_is_release
         return granted
 
     monkeypatch.setattr(leases, "begin", busy_after_granting)
-
-    async def go():
-        task = asyncio.create_task(handler({"id": "cancel-busy", "input": {"action": "lease", "idle_seconds": 60,
-                                                                          "startup_grace_seconds": 60}}))
-        rt = runtime()
-        deadline = time.monotonic() + 10
-        while (rt.leases.current is None or rt.leases.current.published is None) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        token = rt.leases.current.token
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        while rt.leases.current is not None and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        return rt.leases.current, rt.gateway._match(token)
-
-    lease, still_valid = asyncio.run(go())
-    assert lease is None and still_valid is None
+    assert cancel_lease_job("cancel-busy") == (None, None)
 
 
 def test_a_lease_cancelled_while_its_first_output_is_posted_is_released(worker, monkeypatch):
     """On RunPod the lease's first output is posted to the stream before the job waits on the lease: a
     cancel that lands then releases the lease at once (not whenever the generator is collected)."""
     from handlers.swarm_worker import actions
-    from handlers.swarm_worker.handler import handler
 
     posting = asyncio.Event()
 
@@ -454,26 +430,14 @@ def test_a_lease_cancelled_while_its_first_output_is_posted_is_released(worker, 
 
     monkeypatch.setattr(actions, "_publish_stream", slow_post)
 
-    async def go():
-        task = asyncio.create_task(handler({"id": "cancel-at-post", "input": {"action": "lease",
-                                                                             "idle_seconds": 60}}))
-        rt = runtime()
+    async def while_posting(rt, deadline):
         await asyncio.wait_for(posting.wait(), 10)
-        token = rt.leases.current.token
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        deadline = time.monotonic() + 5
-        while rt.leases.current is not None and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        return rt.leases.current, rt.gateway._match(token)
 
     gc.disable()  # a generator left unclosed is found only by the cycle collector, whenever that runs
     try:
-        lease, still_valid = asyncio.run(go())
+        assert cancel_lease_job("cancel-at-post", while_posting) == (None, None)
     finally:
         gc.enable()
-    assert lease is None and still_valid is None
 
 
 def test_hold_outlasts_a_running_generation(worker):
