@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
-import threading
 
 from aiohttp import web
 
@@ -42,8 +40,8 @@ from common.jobs import JobError
 from common.redaction import configure_logging, register_env_secrets
 from handlers.swarm_worker.config import WorkerConfig
 from handlers.swarm_worker.leases import Lease
-from handlers.swarm_worker.manifest import fetch_models, load_manifest
-from handlers.swarm_worker.runtime import WorkerRuntime
+from handlers.swarm_worker.manifest import load_manifest, prefetch_models
+from handlers.swarm_worker.runtime import WorkerRuntime, run_until_stopped, stop_on_signals
 
 log = logging.getLogger("swarm.vast")
 
@@ -167,29 +165,18 @@ def main() -> int:
         log.error("vast.ai serverless needs the gateway on TLS (CloudBackends refuses a plain-HTTP address): "
                   "no /etc/instance.crt, and SWARMUI_TLS_CERT/SWARMUI_TLS_KEY are not set")
         return 2
-    if entries:
-        try:
-            for rec in fetch_models(entries, cfg.model_download_root):
-                log.info("model %s: %s", rec["status"], rec["path"])
-        except JobError as exc:
-            log.error("model download failed: %s", exc)
-            return 1
+    if entries and not prefetch_models(entries, cfg.model_download_root):
+        return 1
 
     rt = WorkerRuntime(cfg)
     control = LeaseControl(rt, public_url)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     runner = None
     try:
         rt.start_background().result(60)
         runner = rt.submit(_serve(control, cfg.lease_control_port)).result(30)
         log.info("lease control on 127.0.0.1:%d; gateway at %s", cfg.lease_control_port, public_url)
-        while not stop.wait(1.0):
-            if rt.process.state == "failed":
-                log.error("SwarmUI is gone: %s", rt.process.error)
-                return 1
-        return 0
+        return run_until_stopped(rt, stop)
     finally:
         if runner is not None:
             rt.submit(runner.cleanup()).result(10)

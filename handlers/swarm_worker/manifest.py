@@ -52,3 +52,14 @@ def fetch_models(files: list[ModelFile], root: Path, *, max_bytes: int = DEFAULT
             log.info("model present, skipped: %s", item.target(root))
         records.append({**record, "path": str(item.target(root))})
     return records
+
+
+def prefetch_models(files: list[ModelFile], root: Path) -> bool:
+    """Fetch a standalone worker's models before it starts, logging each; False (logged) when one fails."""
+    try:
+        for rec in fetch_models(files, root):
+            log.info("model %s: %s", rec["status"], rec["path"])
+    except JobError as exc:
+        log.error("model download failed: %s", exc)
+        return False
+    return True

@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import logging
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Coroutine
@@ -223,6 +224,24 @@ class WorkerRuntime:
 
 _runtime: WorkerRuntime | None = None
 _runtime_lock = threading.Lock()
+
+
+def stop_on_signals() -> threading.Event:
+    """An event SIGTERM and SIGINT set (the container stopping, Ctrl-C); installed before the boot so a
+    stop during it still ends cleanly."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def run_until_stopped(rt: WorkerRuntime, stop: threading.Event) -> int:
+    """Watch SwarmUI until `stop` is set (0) or SwarmUI has failed for good (1, logged)."""
+    while not stop.wait(1.0):
+        if rt.process.state == "failed":
+            log.error("SwarmUI is gone: %s", rt.process.error)
+            return 1
+    return 0
 
 
 def get_runtime() -> WorkerRuntime:

@@ -21,16 +21,14 @@ import argparse
 import logging
 import secrets
 import shutil
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from common.jobs import JobError
 from common.redaction import configure_logging, register_env_secrets
 from handlers.swarm_worker.config import WorkerConfig
-from handlers.swarm_worker.manifest import fetch_models, load_manifest
-from handlers.swarm_worker.runtime import WorkerRuntime
+from handlers.swarm_worker.manifest import load_manifest, prefetch_models
+from handlers.swarm_worker.runtime import WorkerRuntime, run_until_stopped, stop_on_signals
 from handlers.swarm_worker.swarm_process import SwarmStartError
 from handlers.swarm_worker.tunnel import QuickTunnel, TunnelError
 
@@ -79,18 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("SWARM_ACCESS_TOKEN (or SWARMUI_WORKER_TOKEN) is not set: minted a token for this run "
                     "(the URL changes on restart)")
 
-    if entries:
-        try:
-            for rec in fetch_models(entries, cfg.model_download_root):
-                log.info("model %s: %s", rec["status"], rec["path"])
-        except JobError as exc:
-            log.error("model download failed: %s", exc)
-            return 1
+    if entries and not prefetch_models(entries, cfg.model_download_root):
+        return 1
 
     rt = WorkerRuntime(cfg)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     tunnel = None
     try:
         rt.start_background().result(60)
@@ -121,11 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"SWARM_PUBLIC_URL={shown}", flush=True)
         print(f"SwarmUI is ready at {base} (token in the path, or 'Authorization: Bearer <token>'); "
               f"full URL in {url_file}", flush=True)
-        while not stop.wait(1.0):
-            if rt.process.state == "failed":
-                log.error("SwarmUI is gone: %s", rt.process.error)
-                return 1
-        return 0
+        return run_until_stopped(rt, stop)
     finally:
         if tunnel:
             rt.submit(tunnel.stop()).result(10)
